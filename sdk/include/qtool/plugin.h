@@ -1,0 +1,463 @@
+/*
+ * qtool plugin SDK, ABI v1.
+ *
+ * This is the only header a quantization plugin includes. A plugin is a
+ * shared object that exports one symbol, `qtool_plugin_entry`, returning a
+ * pointer to a constant `qtool_plugin_desc`. Everything else in the plugin
+ * should have hidden visibility.
+ *
+ * Compatibility rules
+ *   - `abi_version` encodes MAJOR << 16 | MINOR. The host refuses a plugin
+ *     whose major differs from its own and names both versions.
+ *   - Structs that cross the boundary start with `struct_size` (or, for the
+ *     descriptor, `abi_version` then `struct_size`). Fields are only ever
+ *     appended; a reader uses an appended field only if the writer's
+ *     `struct_size` covers it.
+ *
+ * Ownership rules
+ *   - Memory a plugin needs for packed weights, scales and workspace comes
+ *     from `qtool_host_services.alloc` and goes back through
+ *     `qtool_host_services.free`, so the host's accounting is exact. A plugin
+ *     never frees memory it did not allocate, and the host never frees memory
+ *     inside a plugin object except by calling the plugin's destroy slots.
+ *   - Tensors passed into a slot are borrowed for the duration of the call.
+ *   - Strings in the descriptor are static and live as long as the library.
+ *
+ * Call order (the host guarantees it)
+ *   entry -> init (once) -> probe* -> create -> [calibrate*] -> pack* ->
+ *   { matmul_cpu | matmul_cuda | memory | save }* -> free_packed* -> destroy
+ *   -> shutdown (once, before dlclose).
+ *   `load` replaces `calibrate`/`pack` when reading a saved checkpoint.
+ *   Distinct packed layers may be used from different threads at once; one
+ *   packed layer is used by one thread at a time unless the plugin sets
+ *   QTOOL_PLUGIN_THREAD_SAFE_MATMUL.
+ *
+ * Plugins never call exit/abort, never create or destroy CUDA streams and
+ * never synchronise the whole device; device work goes on the stream the
+ * host passes in.
+ */
+#ifndef QTOOL_PLUGIN_H
+#define QTOOL_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QTOOL_ABI_MAJOR 1
+#define QTOOL_ABI_MINOR 0
+#define QTOOL_ABI_VERSION ((uint32_t)((QTOOL_ABI_MAJOR << 16) | QTOOL_ABI_MINOR))
+#define QTOOL_ABI_MAJOR_OF(v) ((uint32_t)(v) >> 16)
+#define QTOOL_ABI_MINOR_OF(v) ((uint32_t)(v)&0xFFFFu)
+
+#if defined(__GNUC__)
+#define QTOOL_EXPORT __attribute__((visibility("default")))
+#define QTOOL_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#else
+#define QTOOL_EXPORT
+#define QTOOL_PRINTF(fmt, args)
+#endif
+
+/* Name of the one exported symbol. */
+#define QTOOL_PLUGIN_ENTRY_SYMBOL "qtool_plugin_entry"
+
+/* ---------------------------------------------------------------- status */
+
+/* Every slot returns one of these. Details go to the host log or to the
+ * caller's message buffer; the status says what kind of failure it was. */
+typedef enum qtool_status {
+    QTOOL_OK = 0,
+    QTOOL_ERR_INVALID_ARGUMENT = 1, /* bad shape, dtype, option value, NULL */
+    QTOOL_ERR_UNSUPPORTED = 2,      /* valid request this plugin cannot do */
+    QTOOL_ERR_OUT_OF_MEMORY = 3,    /* host or device allocation failed */
+    QTOOL_ERR_DEVICE = 4,           /* CUDA or cuBLAS error */
+    QTOOL_ERR_FORMAT = 5,           /* malformed saved/loaded data */
+    QTOOL_ERR_INTERNAL = 6          /* a bug in the plugin */
+} qtool_status;
+
+/* ------------------------------------------------------------ data types */
+
+typedef enum qtool_dtype {
+    QTOOL_DTYPE_F32 = 0,
+    QTOOL_DTYPE_F16 = 1,
+    QTOOL_DTYPE_BF16 = 2,
+    QTOOL_DTYPE_I8 = 3,
+    QTOOL_DTYPE_U8 = 4,
+    QTOOL_DTYPE_I32 = 5,
+    QTOOL_DTYPE_I64 = 6,
+    QTOOL_DTYPE_F64 = 7,
+    QTOOL_DTYPE_F8_E4M3 = 8,
+    QTOOL_DTYPE_I16 = 9,
+    /* Opaque packed bytes (4-bit codes, GGUF blocks...): shape is in bytes. */
+    QTOOL_DTYPE_PACKED = 10,
+    QTOOL_DTYPE_COUNT
+} qtool_dtype;
+
+typedef enum qtool_device_kind {
+    QTOOL_DEVICE_CPU = 0,
+    QTOOL_DEVICE_CUDA = 1
+} qtool_device_kind;
+
+/* Bit mask of devices a plugin can run on. */
+#define QTOOL_DEVMASK_CPU (1u << QTOOL_DEVICE_CPU)
+#define QTOOL_DEVMASK_CUDA (1u << QTOOL_DEVICE_CUDA)
+
+#define QTOOL_MAX_DIMS 4
+
+/* A borrowed view of a dense, contiguous, row-major tensor. */
+typedef struct qtool_tensor {
+    void *data;
+    int32_t dtype;  /* qtool_dtype */
+    int32_t device; /* qtool_device_kind */
+    int32_t ndim;
+    int32_t reserved;
+    int64_t shape[QTOOL_MAX_DIMS];
+} qtool_tensor;
+
+/* ----------------------------------------------------- memory accounting */
+
+typedef enum qtool_mem_category {
+    QTOOL_MEM_WEIGHTS = 0,       /* packed codes or full-precision weights */
+    QTOOL_MEM_SCALES = 1,        /* scales, zeros, absmax, code tables */
+    QTOOL_MEM_NESTED_SCALES = 2, /* scales of scales (double quantization) */
+    QTOOL_MEM_OUTLIERS = 3,      /* outlier buffers (LLM.int8) */
+    QTOOL_MEM_WORKSPACE = 4,     /* scratch kept between calls */
+    QTOOL_MEM_ACTIVATIONS = 5,   /* runtime activations (host use) */
+    QTOOL_MEM_OTHER = 6,
+    QTOOL_MEM_COUNT
+} qtool_mem_category;
+
+/* --------------------------------------------------------------- logging */
+
+typedef enum qtool_log_level {
+    QTOOL_LOG_ERROR = 0,
+    QTOOL_LOG_WARN = 1,
+    QTOOL_LOG_INFO = 2,
+    QTOOL_LOG_DEBUG = 3
+} qtool_log_level;
+
+/* ------------------------------------------------------------ the device */
+
+/* What `probe` is asked about. For the CPU, `kind` is QTOOL_DEVICE_CPU and
+ * the CUDA fields are zero. `simulated` is 1 when the host evaluates the
+ * rules for a card it does not have (`qtool probe --as sm_75`). */
+typedef struct qtool_device_info {
+    uint32_t struct_size;
+    int32_t kind; /* qtool_device_kind */
+    int32_t index;
+    int32_t cc_major, cc_minor; /* compute capability */
+    int32_t multiprocessors;
+    uint64_t total_memory;  /* bytes */
+    uint64_t shared_memory_per_block_optin;
+    int32_t driver_version;  /* CUDA driver API version, e.g. 13000 */
+    int32_t runtime_version; /* CUDA runtime version */
+    int32_t simulated;
+    int32_t cpu_threads;
+    char name[128];
+    /* CPU SIMD features (QTOOL_CPU_*), for CPU plugins. */
+    uint32_t cpu_features;
+} qtool_device_info;
+
+#define QTOOL_CPU_AVX2 (1u << 0)
+#define QTOOL_CPU_FMA (1u << 1)
+#define QTOOL_CPU_AVX512F (1u << 2)
+#define QTOOL_CPU_AVX512BW (1u << 3)
+#define QTOOL_CPU_AVX512VNNI (1u << 4)
+#define QTOOL_CPU_F16C (1u << 5)
+
+/* ------------------------------------------------------- host services */
+
+/* Called for i in [0, n) from the host's thread pool; returns when all done. */
+typedef void (*qtool_parallel_fn)(void *arg, int64_t begin, int64_t end);
+
+typedef struct qtool_host_services {
+    uint32_t struct_size;
+    uint32_t reserved;
+    void *ctx; /* passed back as the first argument of every service */
+
+    void (*log)(void *ctx, int level, const char *fmt, ...) QTOOL_PRINTF(3, 4);
+
+    /* Accounted allocation: `device` is qtool_device_kind, `category` a
+     * qtool_mem_category. Host memory is 64-byte aligned; CUDA memory comes
+     * from cudaMalloc (256-byte aligned). Returns NULL on failure. */
+    void *(*alloc)(void *ctx, int device, size_t bytes, int category);
+    void (*free)(void *ctx, int device, void *ptr);
+
+    /* Splits [0, n) into chunks of at least `grain` and runs them on the
+     * host's threads. Safe to call from any slot; not re-entrant. */
+    void (*parallel_for)(void *ctx, int64_t n, int64_t grain, qtool_parallel_fn fn, void *arg);
+    int32_t num_threads;
+
+    /* The CUDA device ordinal in use, and the stream all work goes on
+     * (a cudaStream_t; NULL means the default stream). -1 without CUDA. */
+    int32_t cuda_device;
+    void *cuda_stream;
+} qtool_host_services;
+
+/* --------------------------------------------------------------- options */
+
+typedef enum qtool_option_type {
+    QTOOL_OPT_INT = 0,
+    QTOOL_OPT_FLOAT = 1,
+    QTOOL_OPT_BOOL = 2,   /* accepts 0/1/true/false/yes/no/on/off */
+    QTOOL_OPT_STRING = 3,
+    QTOOL_OPT_ENUM = 4    /* one of `choices`, a '|'-separated list */
+} qtool_option_type;
+
+typedef struct qtool_option_desc {
+    const char *name;
+    int32_t type; /* qtool_option_type */
+    const char *default_value; /* as the user would type it */
+    const char *help;
+    const char *choices; /* ENUM only */
+    double min_value, max_value; /* INT and FLOAT; ignored when min > max */
+} qtool_option_desc;
+
+/* The host parses `--opt KEY=VALUE` against the descriptor's options and
+ * passes one value per declared option, in declaration order, defaults
+ * filled in. */
+typedef struct qtool_option_value {
+    const char *name;
+    int32_t type;
+    int32_t reserved;
+    int64_t i;       /* INT, BOOL (0/1), ENUM (index into choices) */
+    double f;        /* FLOAT */
+    const char *s;   /* the text as given (every type) */
+} qtool_option_value;
+
+/* ---------------------------------------------------------------- layers */
+
+/* Which Linear of a transformer block this is; plugins with per-tensor rules
+ * (GGUF mixes, AWQ clipping) use it. */
+typedef enum qtool_layer_role {
+    QTOOL_ROLE_OTHER = 0,
+    QTOOL_ROLE_ATTN_Q = 1,
+    QTOOL_ROLE_ATTN_K = 2,
+    QTOOL_ROLE_ATTN_V = 3,
+    QTOOL_ROLE_ATTN_QKV = 4, /* fused */
+    QTOOL_ROLE_ATTN_OUT = 5,
+    QTOOL_ROLE_FFN_GATE = 6,
+    QTOOL_ROLE_FFN_UP = 7,
+    QTOOL_ROLE_FFN_GATE_UP = 8, /* fused */
+    QTOOL_ROLE_FFN_DOWN = 9,
+    QTOOL_ROLE_HEAD = 10,
+    QTOOL_ROLE_EMBEDDING = 11
+} qtool_layer_role;
+
+typedef struct qtool_layer_info {
+    uint32_t struct_size;
+    int32_t role;        /* qtool_layer_role */
+    const char *name;    /* checkpoint name of the weight, e.g. model.layers.3.mlp.down_proj.weight */
+    int64_t in_features;  /* K */
+    int64_t out_features; /* N */
+    int32_t block_index;  /* transformer block, -1 outside blocks */
+    int32_t n_blocks;
+} qtool_layer_info;
+
+/* ------------------------------------------------------ opaque handles */
+
+typedef struct qtool_instance qtool_instance; /* a configured quantizer */
+typedef struct qtool_packed qtool_packed;     /* one packed Linear */
+
+/* -------------------------------------------------------- pack / matmul */
+
+typedef struct qtool_pack_args {
+    uint32_t struct_size;
+    int32_t device; /* where the packed layer will live and run */
+    const qtool_layer_info *layer;
+    const qtool_tensor *weight; /* [N, K], F32/F16/BF16, on the CPU */
+    const qtool_tensor *bias;   /* [N] or NULL, on the CPU */
+    /* Optional out: a per-input-channel scale s[K] the runtime must apply
+     * to the layer input (x / s) by folding it into the preceding norm or
+     * linear, or explicitly. The plugin writes K floats and sets
+     * *has_input_scale = 1; the weight it packed is already W * s. */
+    float *input_scale;
+    int32_t *has_input_scale;
+} qtool_pack_args;
+
+/* y[M, N] = x[M, K] @ W^T + bias.
+ * CPU: x and y are F32. CUDA: x and y are F16 or BF16 (same dtype), on the
+ * device, work enqueued on `stream`; the call may return before it ends. */
+typedef struct qtool_matmul_args {
+    uint32_t struct_size;
+    int32_t reserved;
+    const qtool_tensor *x;
+    qtool_tensor *y;
+    void *stream; /* cudaStream_t for CUDA, NULL for the CPU */
+} qtool_matmul_args;
+
+/* ------------------------------------------------------------ save/load */
+
+/* Saving: the plugin hands the host each tensor of the packed layer under a
+ * suffix appended to the layer's prefix (for `model.x.weight`: prefix
+ * `model.x.`; suffixes such as `weight`, `SCB`, `weight.absmax`, `qweight`).
+ * Tensors may live on either device; the host copies them. */
+typedef struct qtool_save_sink {
+    void *ctx;
+    int (*put)(void *ctx, const char *suffix, const qtool_tensor *t);
+} qtool_save_sink;
+
+/* Loading: the plugin asks for tensors by the same suffixes. `get` returns
+ * QTOOL_ERR_FORMAT (and logs the missing name) when a tensor is absent; the
+ * view points at CPU memory valid until `load` returns. */
+typedef struct qtool_load_source {
+    void *ctx;
+    int (*get)(void *ctx, const char *suffix, qtool_tensor *out);
+    int (*has)(void *ctx, const char *suffix);
+} qtool_load_source;
+
+/* ------------------------------------------------------------ descriptor */
+
+#define QTOOL_PLUGIN_NEEDS_CALIBRATION (1u << 0)
+#define QTOOL_PLUGIN_THREAD_SAFE_MATMUL (1u << 1)
+#define QTOOL_PLUGIN_BASELINE (1u << 2) /* does not quantize: the reference */
+
+typedef struct qtool_plugin_desc {
+    uint32_t abi_version; /* QTOOL_ABI_VERSION */
+    uint32_t struct_size; /* sizeof(qtool_plugin_desc) as the plugin saw it */
+
+    const char *name;    /* short identifier: [a-z0-9_]+ */
+    const char *version; /* the plugin's own version */
+    const char *summary; /* one line */
+    uint32_t devices;    /* QTOOL_DEVMASK_* */
+    uint32_t flags;      /* QTOOL_PLUGIN_* */
+    int32_t weight_bits; /* nominal bits per weight (4, 8, 16) */
+    int32_t activation_bits;
+
+    const qtool_option_desc *options;
+    uint32_t n_options;
+    uint32_t reserved;
+
+    /* Once after load, before anything else; optional. A failure refuses
+     * the plugin; `msg` says why. */
+    int (*init)(const qtool_host_services *host, char *msg, size_t msg_len);
+    /* Once before unload; optional. */
+    void (*shutdown)(void);
+
+    /* Can this plugin run on `dev`? Return QTOOL_OK when yes, otherwise
+     * QTOOL_ERR_UNSUPPORTED with a one-line reason in `reason`, for example
+     * "needs compute capability >= 8.9; found 7.5 (Tesla T4)". Pure: it looks
+     * only at `dev`, so simulated devices give the same answer as real ones. */
+    int (*probe)(const qtool_device_info *dev, char *reason, size_t reason_len);
+
+    /* Configure an instance. `opts` has one value per declared option. */
+    int (*create)(const qtool_host_services *host, const qtool_option_value *opts, uint32_t n_opts,
+                  qtool_instance **out, char *msg, size_t msg_len);
+    void (*destroy)(qtool_instance *inst);
+
+    /* Calibration: called for a layer with a batch of its input activations
+     * x [T, K] (F32, CPU), possibly several times; optional. */
+    int (*calibrate)(qtool_instance *inst, const qtool_layer_info *layer, const qtool_tensor *x);
+
+    int (*pack)(qtool_instance *inst, const qtool_pack_args *args, qtool_packed **out);
+    void (*free_packed)(qtool_packed *p);
+
+    /* Either may be NULL if `devices` does not list that device. */
+    int (*matmul_cpu)(qtool_packed *p, const qtool_matmul_args *args);
+    int (*matmul_cuda)(qtool_packed *p, const qtool_matmul_args *args);
+
+    /* Bytes held by the packed layer, by category (qtool_mem_category). Must
+     * equal what it allocated through the host. */
+    int (*memory)(const qtool_packed *p, uint64_t bytes[QTOOL_MEM_COUNT]);
+
+    /* Saved-checkpoint support; all optional (NULL: cannot save). */
+    int (*save)(const qtool_packed *p, const qtool_save_sink *sink);
+    int (*load)(qtool_instance *inst, const qtool_layer_info *layer, int device,
+                const qtool_load_source *src, qtool_packed **out);
+    /* Writes the `quantization_config` object (JSON text) for config.json. */
+    int (*quant_config_json)(const qtool_instance *inst, char *buf, size_t buf_len);
+    /* Does a checkpoint's `quantization_config` (JSON text) belong to this
+     * plugin? Returns 1 when yes. */
+    int (*accepts_config)(const char *quantization_config_json);
+} qtool_plugin_desc;
+
+/* The smallest descriptor a v1 host accepts: everything up to `memory`. */
+#define QTOOL_PLUGIN_DESC_MIN_SIZE \
+    (offsetof(qtool_plugin_desc, memory) + sizeof(((qtool_plugin_desc *)0)->memory))
+
+typedef const qtool_plugin_desc *(*qtool_plugin_entry_fn)(void);
+
+/* In the plugin:  QTOOL_PLUGIN_ENTRY { return &my_desc; } */
+#define QTOOL_PLUGIN_ENTRY QTOOL_EXPORT const qtool_plugin_desc *qtool_plugin_entry(void)
+
+/* Helpers every plugin needs; header-only so plugins link nothing. */
+static inline size_t qtool_dtype_size(int dtype)
+{
+    switch (dtype) {
+    case QTOOL_DTYPE_F32: case QTOOL_DTYPE_I32: return 4;
+    case QTOOL_DTYPE_F16: case QTOOL_DTYPE_BF16: case QTOOL_DTYPE_I16: return 2;
+    case QTOOL_DTYPE_I8: case QTOOL_DTYPE_U8: case QTOOL_DTYPE_F8_E4M3: case QTOOL_DTYPE_PACKED: return 1;
+    case QTOOL_DTYPE_I64: case QTOOL_DTYPE_F64: return 8;
+    default: return 0;
+    }
+}
+
+static inline int64_t qtool_tensor_numel(const qtool_tensor *t)
+{
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    return n;
+}
+
+/* Half-precision conversions on the CPU (round to nearest even). */
+static inline float qtool_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: renormalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400u)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3FFu) << 13);
+        }
+    } else if (exp == 0x1F) {
+        bits = sign | 0x7F800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    union { uint32_t u; float f; } v = { bits };
+    return v.f;
+}
+
+static inline uint16_t qtool_f32_to_f16(float f)
+{
+    union { float f; uint32_t u; } v = { f };
+    uint32_t x = v.u, sign = (x >> 16) & 0x8000u, ax = x & 0x7FFFFFFFu;
+    if (ax >= 0x7F800000u) /* inf or nan */
+        return (uint16_t)(sign | 0x7C00u | (ax > 0x7F800000u ? 0x200u : 0));
+    if (ax >= 0x477FF000u) /* rounds to >= 65520: overflow */
+        return (uint16_t)(sign | 0x7C00u);
+    if (ax < 0x38800000u) { /* result is subnormal or zero */
+        if (ax < 0x33000000u) return (uint16_t)sign; /* < 2^-25: rounds to 0 */
+        uint32_t e = ax >> 23, m = (ax & 0x7FFFFFu) | 0x800000u;
+        uint32_t shift = 126 - e; /* 14..24 */
+        uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return (uint16_t)(sign | r);
+    }
+    uint32_t r = ((ax >> 13) - (112u << 10)), rem = ax & 0x1FFFu;
+    if (rem > 0x1000u || (rem == 0x1000u && (r & 1))) r++;
+    return (uint16_t)(sign | r);
+}
+
+static inline float qtool_bf16_to_f32(uint16_t h)
+{
+    union { uint32_t u; float f; } v = { (uint32_t)h << 16 };
+    return v.f;
+}
+
+static inline uint16_t qtool_f32_to_bf16(float f)
+{
+    union { float f; uint32_t u; } v = { f };
+    if ((v.u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((v.u >> 16) | 0x40u); /* quiet nan */
+    uint32_t rounding = 0x7FFFu + ((v.u >> 16) & 1u);
+    return (uint16_t)((v.u + rounding) >> 16);
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QTOOL_PLUGIN_H */
