@@ -371,6 +371,12 @@ typedef struct qtool_plugin_desc {
     /* Does a checkpoint's `quantization_config` (JSON text) belong to this
      * plugin? Returns 1 when yes. */
     int (*accepts_config)(const char *quantization_config_json);
+
+    /* Optional: the weight exactly as matmul sees it, W_hat [N, K] as F32
+     * into `out` (CPU memory, N*K floats), whichever device the packed layer
+     * lives on. Weight-level error reports use it; without it the host
+     * recovers W_hat by multiplying the identity, which is much slower. */
+    int (*dequantize)(const qtool_packed *p, float *out);
 } qtool_plugin_desc;
 
 /* The smallest descriptor a v1 host accepts: everything up to `memory`. */
