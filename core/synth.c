@@ -10,6 +10,10 @@
 #include "fsutil.h"
 #include "safetensors.h"
 
+typedef struct synth_rng {
+    uint64_t s[4];
+} synth_rng;
+
 /* xoshiro256** seeded through splitmix64. */
 static uint64_t splitmix(uint64_t *x)
 {
@@ -19,14 +23,14 @@ static uint64_t splitmix(uint64_t *x)
     return z ^ (z >> 31);
 }
 
-void qt_rng_seed(qt_rng *r, uint64_t seed)
+static void rng_seed(synth_rng *r, uint64_t seed)
 {
     for (int i = 0; i < 4; i++) r->s[i] = splitmix(&seed);
 }
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-uint64_t qt_rng_next(qt_rng *r)
+static uint64_t rng_next(synth_rng *r)
 {
     uint64_t *s = r->s, out = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
     s[2] ^= s[0];
@@ -38,21 +42,21 @@ uint64_t qt_rng_next(qt_rng *r)
     return out;
 }
 
-double qt_rng_uniform(qt_rng *r) { return (double)(qt_rng_next(r) >> 11) * 0x1.0p-53; }
+static double rng_uniform(synth_rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p-53; }
 
-double qt_rng_normal(qt_rng *r)
+static double rng_normal(synth_rng *r)
 {
-    double u = qt_rng_uniform(r), v = qt_rng_uniform(r);
+    double u = rng_uniform(r), v = rng_uniform(r);
     return sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v);
 }
 
 /* Student-t with 4 degrees of freedom, scaled to unit variance: the heavy
  * tails of trained weights. */
-static double heavy(qt_rng *r)
+static double heavy(synth_rng *r)
 {
-    double z = qt_rng_normal(r), c = 0;
+    double z = rng_normal(r), c = 0;
     for (int i = 0; i < 4; i++) {
-        double g = qt_rng_normal(r);
+        double g = rng_normal(r);
         c += g * g;
     }
     return z / sqrt(c / 4.0) / sqrt(2.0);
@@ -60,7 +64,7 @@ static double heavy(qt_rng *r)
 
 typedef struct builder {
     qt_st_writer *w;
-    qt_rng rng;
+    synth_rng rng;
     int rc;
     const qt_synth_spec *spec;
     int *outlier_ch; /* hidden channels that carry large activations */
@@ -114,7 +118,7 @@ static void norm_weight(builder *b, const char *name, int64_t n)
     float *v = new_buf(b, n);
     if (!v) return;
     for (int64_t i = 0; i < n; i++) v[i] = (float)(0.8 + 0.3 * fabs(heavy(&b->rng)));
-    for (int o = 0; o < b->n_outlier; o++) v[b->outlier_ch[o]] = (float)(12.0 + 4.0 * qt_rng_uniform(&b->rng));
+    for (int o = 0; o < b->n_outlier; o++) v[b->outlier_ch[o]] = (float)(12.0 + 4.0 * rng_uniform(&b->rng));
     put(b, name, v, 1, n, 0);
 }
 
@@ -131,7 +135,7 @@ static void head_bias(builder *b, const char *name)
     const qt_synth_spec *s = b->spec;
     float *v = new_buf(b, s->num_labels);
     if (!v) return;
-    for (int i = 0; i < s->num_labels; i++) v[i] = (float)(0.1 * qt_rng_normal(&b->rng)) + (s->class_bias ? s->class_bias[i] : 0.0f);
+    for (int i = 0; i < s->num_labels; i++) v[i] = (float)(0.1 * rng_normal(&b->rng)) + (s->class_bias ? s->class_bias[i] : 0.0f);
     put(b, name, v, 1, s->num_labels, 0);
 }
 
@@ -317,7 +321,7 @@ int qt_synth_write(const qt_synth_spec *spec, const char *dir)
         (spec->arch == QT_SYNTH_QWEN2 && (spec->kv_heads <= 0 || spec->heads % spec->kv_heads)))
         return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "synthetic model: inconsistent sizes");
     builder b = {.spec = spec};
-    qt_rng_seed(&b.rng, spec->seed);
+    rng_seed(&b.rng, spec->seed);
     b.n_outlier = spec->hidden >= 64 ? 3 : 1;
     int outl[3];
     for (int i = 0; i < b.n_outlier; i++) outl[i] = (int)((uint64_t)(i * 7919 + 13) % (uint64_t)spec->hidden);

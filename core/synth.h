@@ -25,13 +25,5 @@ typedef struct qt_synth_spec {
 /* Writes `dir`/config.json and `dir`/model.safetensors (F32). */
 int qt_synth_write(const qt_synth_spec *spec, const char *dir);
 
-/* The generator's PRNG, exposed so data generation shares it. */
-typedef struct qt_rng {
-    uint64_t s[4];
-} qt_rng;
-void qt_rng_seed(qt_rng *r, uint64_t seed);
-uint64_t qt_rng_next(qt_rng *r);
-double qt_rng_uniform(qt_rng *r); /* [0, 1) */
-double qt_rng_normal(qt_rng *r);
 
 #endif
