@@ -21,6 +21,9 @@ static const command commands[] = {
     {"check-plugin", "run the conformance suite on a plugin (name or .so path)", cmd_check_plugin},
     {"quantize", "pack a checkpoint with a plugin and save it", cmd_quantize},
     {"eval", "evaluate one configuration on a dataset", cmd_eval},
+    {"metrics", "accuracy, F1, ECE, temperature, tiers from saved logits", cmd_metrics},
+    {"sweep", "every model x every plugin from sweep.ini, then the report", cmd_sweep},
+    {"report", "tables, plots, envelope check and recommendation from results/", cmd_report},
     {"tokenize", "tokenize text with a tokenizer.json", cmd_tokenize},
     {"demo", "run the whole measurement on an embedded default", cmd_demo},
 };

@@ -1,0 +1,396 @@
+// Attention over the varlen layout: a flash-attention style kernel on the
+// tensor cores (mma.sync, float32 accumulation, online softmax), and a
+// portable float32 kernel for what it does not cover.
+//
+// Tensor-core kernel: one CTA of 4 warps takes 64 query rows of one
+// sequence and one head (16 rows a warp) and walks the visible keys in
+// tiles of 64: S = Q K^T (m16n8k16; two m16n8k8 on sm_75), mask, online
+// softmax in the log2 domain, O += P V with P rounded to the activation
+// type as flash attention does. The head dimension is padded with zeros to
+// DP (16, 32, 64 or 128) in shared memory; padded query rows and keys past
+// the sequence are zero and never written or weighted. Key tiles outside
+// every query's window are skipped, so causal and sliding-window layers do
+// proportionally less work.
+#include "model_common.cuh"
+
+using namespace qtk;
+
+namespace {
+
+constexpr int BM = QTK_ATTN_TILE; // query rows per CTA
+constexpr int BN = 64;            // keys per step
+constexpr int NTHREADS = 128;
+constexpr float LOG2E = 1.4426950408889634f;
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+// c[16x8] += a[16x16] b[16x8], float32 accumulators.
+template <typename T> __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const uint32_t b0, const uint32_t b1);
+
+template <> __device__ __forceinline__ void mma16816<__half>(float c[4], const uint32_t a[4], const uint32_t b0, const uint32_t b1)
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    // sm_75 has m16n8k8 only: the two halves of k.
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(b0));
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[2]), "r"(a[3]), "r"(b1));
+#endif
+}
+
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float c[4], const uint32_t a[4], const uint32_t b0, const uint32_t b1)
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    // No bf16 tensor cores before sm_80; the host never launches this there.
+    (void)c;
+    (void)a;
+    (void)b0;
+    (void)b1;
+    __trap();
+#endif
+}
+
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi)
+{
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+// Rows [r0, r0 + 64) of a head (g points at row 0 of the sequence, column
+// of the head) into shared memory [64][LDS]; zeros past the sequence and
+// past the head dimension.
+template <typename T, int DP>
+__device__ __forceinline__ void load_tile(T *s, const T *g, int64_t ld, int r0, int len, int D, int vec)
+{
+    constexpr int LDS = DP + 8;
+    if (vec) {
+        constexpr int CH = DP / 8;
+        for (int idx = threadIdx.x; idx < 64 * CH; idx += NTHREADS) {
+            int r = idx / CH, c = (idx % CH) * 8;
+            uint4 val = make_uint4(0u, 0u, 0u, 0u);
+            if (r0 + r < len && c < D) val = *reinterpret_cast<const uint4 *>(g + (int64_t)(r0 + r) * ld + c);
+            *reinterpret_cast<uint4 *>(s + r * LDS + c) = val;
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < 64 * DP; idx += NTHREADS) {
+            int r = idx / DP, c = idx % DP;
+            T val = Cvt<T>::h(0.0f);
+            if (r0 + r < len && c < D) val = g[(int64_t)(r0 + r) * ld + c];
+            s[r * LDS + c] = val;
+        }
+    }
+}
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(NTHREADS) flash_kernel(const T *__restrict__ q, int64_t ldq, const T *__restrict__ k,
+                                                         int64_t ldk, const T *__restrict__ v, int64_t ldv,
+                                                         T *__restrict__ o, int64_t ldo, const int64_t *offsets,
+                                                         const int32_t *tiles, int group, int D, float sl2,
+                                                         int64_t wl, int64_t wr, int vec_in, int vec_out)
+{
+    constexpr int LDS = DP + 8; // +16 bytes a row: conflict-free ldmatrix
+    constexpr int KD = DP / 16; // k-steps of Q K^T
+    constexpr int ND = DP / 8;  // n-tiles of O
+    __shared__ __align__(16) T sK[BN * LDS]; // Q is staged here first
+    __shared__ __align__(16) T sV[BN * LDS];
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int h = blockIdx.y, kvh = h / group;
+    const int seq = tiles[2 * blockIdx.x], q0 = tiles[2 * blockIdx.x + 1];
+    const int64_t base = offsets[seq];
+    const int len = (int)(offsets[seq + 1] - base);
+
+    load_tile<T, DP>(sK, q + base * ldq + (int64_t)h * D, ldq, q0, len, D, vec_in);
+    __syncthreads();
+    uint32_t qf[KD][4];
+#pragma unroll
+    for (int kd = 0; kd < KD; kd++)
+        ldsm_x4(qf[kd], &sK[(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + kd * 16 + (lane >> 4) * 8]);
+    __syncthreads();
+
+    float acc[ND][4];
+#pragma unroll
+    for (int d = 0; d < ND; d++) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+    const int q_last = min(q0 + BM, len) - 1;
+    const int lo = wl < 0 ? 0 : (int)max((int64_t)0, (int64_t)q0 - wl);
+    const int hi = wr < 0 ? len - 1 : (int)min((int64_t)len - 1, (int64_t)q_last + wr);
+    const int i0 = q0 + warp * 16 + (lane >> 2); // this thread's rows: i0, i0 + 8
+    const T *kg = k + base * ldk + (int64_t)kvh * D;
+    const T *vg = v + base * ldv + (int64_t)kvh * D;
+
+    for (int kv0 = lo; kv0 <= hi; kv0 += BN) {
+        load_tile<T, DP>(sK, kg, ldk, kv0, len, D, vec_in);
+        load_tile<T, DP>(sV, vg, ldv, kv0, len, D, vec_in);
+        __syncthreads();
+
+        float s[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+        for (int kd = 0; kd < KD; kd++) {
+#pragma unroll
+            for (int n = 0; n < 8; n += 2) {
+                uint32_t b[4];
+                ldsm_x4(b, &sK[(n * 8 + (lane & 7) + (lane >> 4) * 8) * LDS + kd * 16 + ((lane >> 3) & 1) * 8]);
+                mma16816<T>(s[n], qf[kd], b[0], b[1]);
+                mma16816<T>(s[n + 1], qf[kd], b[2], b[3]);
+            }
+        }
+
+        // Mask and scale into the log2 domain; row maxima over the quad.
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int j = kv0 + n * 8 + (lane & 3) * 2 + (e & 1);
+                int i = i0 + (e >> 1) * 8;
+                bool ok = j <= hi && (wl < 0 || (int64_t)j >= (int64_t)i - wl) && (wr < 0 || (int64_t)j <= (int64_t)i + wr);
+                s[n][e] = ok ? s[n][e] * sl2 : -INFINITY;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+            }
+        }
+        float alpha[2], base_[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            base_[r] = mx[r] == -INFINITY ? 0.0f : mx[r]; // nothing visible yet: all p are 0
+            alpha[r] = exp2f(m[r] - base_[r]);
+            m[r] = mx[r];
+        }
+        float rs[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float p = exp2f(s[n][e] - base_[e >> 1]);
+                s[n][e] = p;
+                rs[e >> 1] += p;
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) l[r] = l[r] * alpha[r] + rs[r];
+#pragma unroll
+        for (int d = 0; d < ND; d++) {
+            acc[d][0] *= alpha[0];
+            acc[d][1] *= alpha[0];
+            acc[d][2] *= alpha[1];
+            acc[d][3] *= alpha[1];
+        }
+
+        // O += P V: the S accumulators of keys 16kk..16kk+15 are the A
+        // fragment of the next product.
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            uint32_t a[4];
+            a[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+            a[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+            a[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            a[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int d = 0; d < ND; d += 2) {
+                uint32_t b[4];
+                ldsm_x4_t(b, &sV[(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + d * 8 + (lane >> 4) * 8]);
+                mma16816<T>(acc[d], a, b[0], b[1]);
+                mma16816<T>(acc[d + 1], a, b[2], b[3]);
+            }
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        l[r] = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int i = i0 + r * 8;
+        if (i >= len) continue;
+        T *orow = o + (base + i) * ldo + (int64_t)h * D;
+#pragma unroll
+        for (int d = 0; d < ND; d++) {
+            int c = d * 8 + (lane & 3) * 2;
+            float v0 = acc[d][2 * r] * l[r], v1 = acc[d][2 * r + 1] * l[r];
+            if (vec_out && c + 1 < D) {
+                *reinterpret_cast<uint32_t *>(orow + c) = pack2<T>(v0, v1);
+            } else {
+                if (c < D) orow[c] = Cvt<T>::h(v0);
+                if (c + 1 < D) orow[c + 1] = Cvt<T>::h(v1);
+            }
+        }
+    }
+}
+
+// One warp per (query row, head); lane owns dimensions lane + 32 e.
+template <typename T>
+__global__ void attn_simt_kernel(const T *q, int64_t ldq, const T *k, int64_t ldk, const T *v, int64_t ldv, T *o,
+                                 int64_t ldo, const int64_t *offsets, const int32_t *seq_of, const int32_t *pos,
+                                 int64_t total, int n_heads, int group, int D, float scale, int64_t wl, int64_t wr)
+{
+    int lane = threadIdx.x & 31;
+    int64_t item = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (item >= total * n_heads) return;
+    int64_t t = item / n_heads;
+    int h = (int)(item % n_heads), kvh = h / group;
+    int64_t base = offsets[seq_of[t]], len = offsets[seq_of[t] + 1] - base, i = pos[t];
+    int64_t lo = wl < 0 ? 0 : i - wl, hi = wr < 0 ? len - 1 : i + wr;
+    if (lo < 0) lo = 0;
+    if (hi > len - 1) hi = len - 1;
+    float qr[8], acc[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        int d = lane + 32 * e;
+        qr[e] = d < D ? Cvt<T>::f(q[t * ldq + (int64_t)h * D + d]) : 0.0f;
+        acc[e] = 0.0f;
+    }
+    float mx = -INFINITY, l = 0.0f;
+    for (int64_t j = lo; j <= hi; j++) {
+        const T *kr = k + (base + j) * ldk + (int64_t)kvh * D;
+        const T *vr = v + (base + j) * ldv + (int64_t)kvh * D;
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            int d = lane + 32 * e;
+            if (d < D) dot += qr[e] * Cvt<T>::f(kr[d]);
+        }
+        float s = warp_sum(dot) * scale;
+        float mn = fmaxf(mx, s), alpha = expf(mx - mn), p = expf(s - mn);
+        l = l * alpha + p;
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            int d = lane + 32 * e;
+            acc[e] = acc[e] * alpha + (d < D ? p * Cvt<T>::f(vr[d]) : 0.0f);
+        }
+        mx = mn;
+    }
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        int d = lane + 32 * e;
+        if (d < D) o[t * ldo + (int64_t)h * D + d] = Cvt<T>::h(acc[e] / l);
+    }
+}
+
+template <typename T, int DP>
+int flash_launch(const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v, int64_t ldv, void *o,
+                 int64_t ldo, const int64_t *offsets, const int32_t *tiles, int64_t n_tiles, int n_heads, int group,
+                 int D, float scale, int64_t wl, int64_t wr, cudaStream_t st)
+{
+    int vec_in = D % 8 == 0 && ldq % 8 == 0 && ldk % 8 == 0 && ldv % 8 == 0 && aligned16(q) && aligned16(k) &&
+                 aligned16(v);
+    int vec_out = D % 2 == 0 && ldo % 2 == 0 && ((uintptr_t)o & 3u) == 0;
+    dim3 grid((unsigned)n_tiles, (unsigned)n_heads);
+    flash_kernel<T, DP><<<grid, NTHREADS, 0, st>>>((const T *)q, ldq, (const T *)k, ldk, (const T *)v, ldv, (T *)o,
+                                                   ldo, offsets, tiles, group, D, scale * LOG2E, wl, wr, vec_in,
+                                                   vec_out);
+    return (int)cudaGetLastError();
+}
+
+template <typename T>
+int flash_dispatch(int dp, const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v, int64_t ldv,
+                   void *o, int64_t ldo, const int64_t *offsets, const int32_t *tiles, int64_t n_tiles, int n_heads,
+                   int group, int D, float scale, int64_t wl, int64_t wr, cudaStream_t st)
+{
+    switch (dp) {
+    case 16: return flash_launch<T, 16>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, st);
+    case 32: return flash_launch<T, 32>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, st);
+    case 64: return flash_launch<T, 64>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, st);
+    default: return flash_launch<T, 128>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, st);
+    }
+}
+
+template <typename T>
+int simt_launch(const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v, int64_t ldv, void *o,
+                int64_t ldo, const int64_t *offsets, const int32_t *seq_of, const int32_t *pos, int64_t total,
+                int n_heads, int group, int D, float scale, int64_t wl, int64_t wr, cudaStream_t st)
+{
+    int64_t items = total * n_heads;
+    unsigned grid = (unsigned)((items + 7) / 8);
+    attn_simt_kernel<T><<<grid, 256, 0, st>>>((const T *)q, ldq, (const T *)k, ldk, (const T *)v, ldv, (T *)o, ldo,
+                                              offsets, seq_of, pos, total, n_heads, group, D, scale, wl, wr);
+    return (int)cudaGetLastError();
+}
+
+} // namespace
+
+extern "C" int qtk_attention_uses_mma(int dt, int head_dim, int cc_major)
+{
+    if (head_dim < 1 || head_dim > 128) return 0;
+    return dt == QTK_BF16 ? cc_major >= 8 : cc_major >= 7;
+}
+
+extern "C" int qtk_attention_simt(int dt, const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v,
+                                  int64_t ldv, void *out, int64_t ldo, const int64_t *offsets, const int32_t *seq_of,
+                                  const int32_t *pos, int64_t total, int n_heads, int n_kv_heads, int head_dim,
+                                  float scale, int64_t wl, int64_t wr, void *stream)
+{
+    if (total <= 0) return 0;
+    if (head_dim < 1 || head_dim > 256 || n_kv_heads < 1 || n_heads % n_kv_heads) return (int)cudaErrorInvalidValue;
+    int group = n_heads / n_kv_heads;
+    if (dt == QTK_BF16)
+        return simt_launch<__nv_bfloat16>(q, ldq, k, ldk, v, ldv, out, ldo, offsets, seq_of, pos, total, n_heads,
+                                          group, head_dim, scale, wl, wr, (cudaStream_t)stream);
+    return simt_launch<__half>(q, ldq, k, ldk, v, ldv, out, ldo, offsets, seq_of, pos, total, n_heads, group,
+                               head_dim, scale, wl, wr, (cudaStream_t)stream);
+}
+
+extern "C" int qtk_attention(int dt, const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v,
+                             int64_t ldv, void *out, int64_t ldo, const int64_t *offsets, const int32_t *seq_of,
+                             const int32_t *pos, const int32_t *tiles, int64_t n_tiles, int64_t total, int n_heads,
+                             int n_kv_heads, int head_dim, float scale, int64_t wl, int64_t wr, int cc_major,
+                             void *stream)
+{
+    if (total <= 0) return 0;
+    if (n_kv_heads < 1 || n_heads % n_kv_heads || n_heads > 65535) return (int)cudaErrorInvalidValue;
+    if (!qtk_attention_uses_mma(dt, head_dim, cc_major))
+        return qtk_attention_simt(dt, q, ldq, k, ldk, v, ldv, out, ldo, offsets, seq_of, pos, total, n_heads,
+                                  n_kv_heads, head_dim, scale, wl, wr, stream);
+    int group = n_heads / n_kv_heads;
+    int dp = head_dim <= 16 ? 16 : head_dim <= 32 ? 32 : head_dim <= 64 ? 64 : 128;
+    cudaStream_t st = (cudaStream_t)stream;
+    if (dt == QTK_BF16)
+        return flash_dispatch<__nv_bfloat16>(dp, q, ldq, k, ldk, v, ldv, out, ldo, offsets, tiles, n_tiles, n_heads,
+                                             group, head_dim, scale, wl, wr, st);
+    return flash_dispatch<__half>(dp, q, ldq, k, ldk, v, ldv, out, ldo, offsets, tiles, n_tiles, n_heads, group,
+                                  head_dim, scale, wl, wr, st);
+}

@@ -1,0 +1,450 @@
+// Elementwise, norm, embedding, RoPE, pooling and head kernels of the CUDA
+// model backend. Memory-bound: rows are read with 16-byte accesses where
+// the layout allows (8 columns per access), otherwise one element at a time.
+#include "model_common.cuh"
+
+using namespace qtk;
+
+namespace {
+
+// ------------------------------------------------------------ embedding
+
+template <typename T>
+__global__ void embed_kernel(const T *tok, const float *type0, const float *pos_tab, const int32_t *ids,
+                             const int32_t *pos, int64_t rows, int64_t H, T *out, int64_t ldo, int vec)
+{
+    int64_t per_row = vec ? H / 8 : H;
+    int64_t n = rows * per_row;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / per_row, c = (i % per_row) * (vec ? 8 : 1);
+        const T *src = tok + (int64_t)ids[r] * H + c;
+        T *dst = out + r * ldo + c;
+        if (vec) {
+            float v[8];
+            ld8(src, v);
+            if (type0 || pos_tab) {
+                const float *p = pos_tab ? pos_tab + (int64_t)pos[r] * H + c : nullptr;
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    // BERT: (words + token_type) + position, in float32.
+                    if (type0) v[e] = v[e] + type0[c + e];
+                    if (p) v[e] = v[e] + p[e];
+                }
+            }
+            st8(dst, v);
+        } else {
+            float v = ld1(src);
+            if (type0) v = v + type0[c];
+            if (pos_tab) v = v + pos_tab[(int64_t)pos[r] * H + c];
+            st1(dst, v);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- norms
+
+// One warp per row. Pass 0 (optional) adds the residual and writes the
+// rounded sum back; then mean / variance (two passes, float32) and the
+// normalised output. A lane touches the same columns in every pass.
+template <typename T, bool VEC>
+__global__ void norm_kernel(int kind, T *x, int64_t ldx, const T *res, int64_t ldr, T *out, int64_t ldo, int64_t rows,
+                            int cols, const float *w, const float *b, float eps)
+{
+    int lane = threadIdx.x & 31;
+    int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    T *xr = x + row * ldx;
+    T *yr = out + row * ldo;
+    const T *rr = res ? res + row * ldr : nullptr;
+    constexpr int W = VEC ? 8 : 1;
+    float sum = 0.0f;
+    for (int c = lane * W; c < cols; c += 32 * W) {
+        float v[W];
+        if constexpr (VEC) ld8(xr + c, v);
+        else v[0] = ld1(xr + c);
+        if (rr) {
+            float r[W];
+            if constexpr (VEC) ld8(rr + c, r);
+            else r[0] = ld1(rr + c);
+#pragma unroll
+            for (int e = 0; e < W; e++) v[e] = Cvt<T>::f(Cvt<T>::h(v[e] + r[e]));
+            if constexpr (VEC) st8(xr + c, v);
+            else st1(xr + c, v[0]);
+        }
+#pragma unroll
+        for (int e = 0; e < W; e++) sum += kind == 2 ? v[e] * v[e] : v[e];
+    }
+    if (kind == 0) { // identity: copy (the residual, if any, is already in x)
+        if (yr == xr) return;
+        for (int c = lane * W; c < cols; c += 32 * W) {
+            float v[W];
+            if constexpr (VEC) {
+                ld8(xr + c, v);
+                st8(yr + c, v);
+            } else {
+                st1(yr + c, ld1(xr + c));
+            }
+        }
+        return;
+    }
+    sum = warp_sum(sum);
+    float mean = 0.0f, rstd;
+    if (kind == 1) {
+        mean = sum / (float)cols;
+        float var = 0.0f;
+        for (int c = lane * W; c < cols; c += 32 * W) {
+            float v[W];
+            if constexpr (VEC) ld8(xr + c, v);
+            else v[0] = ld1(xr + c);
+#pragma unroll
+            for (int e = 0; e < W; e++) {
+                float d = v[e] - mean;
+                var += d * d;
+            }
+        }
+        var = warp_sum(var) / (float)cols;
+        rstd = 1.0f / sqrtf(var + eps);
+    } else {
+        rstd = 1.0f / sqrtf(sum / (float)cols + eps);
+    }
+    for (int c = lane * W; c < cols; c += 32 * W) {
+        float v[W];
+        if constexpr (VEC) ld8(xr + c, v);
+        else v[0] = ld1(xr + c);
+#pragma unroll
+        for (int e = 0; e < W; e++) {
+            if (kind == 1) {
+                float y = (v[e] - mean) * rstd * w[c + e];
+                v[e] = b ? y + b[c + e] : y;
+            } else {
+                v[e] = w[c + e] * (v[e] * rstd);
+            }
+        }
+        if constexpr (VEC) st8(yr + c, v);
+        else st1(yr + c, v[0]);
+    }
+}
+
+// ---------------------------------------------------------- elementwise
+
+enum { EW_ADD = 0, EW_ACT = 1, EW_GLU = 2, EW_SCALE = 3 };
+
+// out = f(a, b) over rows x cols; `per_row` chunks of W columns per row.
+template <typename T, int OP, bool VEC>
+__global__ void ew_kernel(int act, const T *a, int64_t lda, const T *b, int64_t ldb, const float *s, T *out,
+                          int64_t ldo, int64_t rows, int64_t cols)
+{
+    constexpr int W = VEC ? 8 : 1;
+    int64_t per_row = cols / W, n = rows * per_row;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / per_row, c = (i % per_row) * W;
+        float x[W], y[W];
+        if constexpr (VEC) ld8(a + r * lda + c, x);
+        else x[0] = ld1(a + r * lda + c);
+        if constexpr (OP == EW_ADD || OP == EW_GLU) {
+            if constexpr (VEC) ld8(b + r * ldb + c, y);
+            else y[0] = ld1(b + r * ldb + c);
+        }
+#pragma unroll
+        for (int e = 0; e < W; e++) {
+            if constexpr (OP == EW_ADD) x[e] = x[e] + y[e];
+            else if constexpr (OP == EW_ACT) x[e] = act_apply<float>(act, x[e]);
+            else if constexpr (OP == EW_GLU) x[e] = act_apply<float>(act, x[e]) * y[e];
+            else x[e] = x[e] / s[c + e];
+        }
+        if constexpr (VEC) st8(out + r * ldo + c, x);
+        else st1(out + r * ldo + c, x[0]);
+    }
+}
+
+template <typename T, int OP>
+int ew_launch(int act, const void *a, int64_t lda, const void *b, int64_t ldb, const float *s, void *out,
+              int64_t ldo, int64_t rows, int64_t cols, void *stream)
+{
+    if (rows <= 0 || cols <= 0) return 0;
+    bool vec = cols % 8 == 0 && lda % 8 == 0 && ldo % 8 == 0 && aligned16(a) && aligned16(out) &&
+               (!b || (ldb % 8 == 0 && aligned16(b)));
+    int64_t n = rows * (vec ? cols / 8 : cols);
+    cudaStream_t st = (cudaStream_t)stream;
+    if (vec)
+        ew_kernel<T, OP, true><<<grid_for(n, 256), 256, 0, st>>>(act, (const T *)a, lda, (const T *)b, ldb, s, (T *)out,
+                                                                ldo, rows, cols);
+    else
+        ew_kernel<T, OP, false><<<grid_for(n, 256), 256, 0, st>>>(act, (const T *)a, lda, (const T *)b, ldb, s,
+                                                                 (T *)out, ldo, rows, cols);
+    return (int)cudaGetLastError();
+}
+
+// ----------------------------------------------------------------- RoPE
+
+// One thread per (row, i < head_dim / 2): the angle is computed once and
+// applied to every head of the row.
+template <typename T>
+__global__ void rope_kernel(T *x, int64_t ldx, const int32_t *pos, int64_t rows, int n_heads, int head_dim,
+                            const float *inv_freq, float scaling)
+{
+    int half = head_dim / 2;
+    int64_t n = rows * half;
+    for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < n; t += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = t / half;
+        int i = (int)(t % half);
+        // freqs = position (float32) * inv_freq (float32), as transformers.
+        float ang = (float)pos[r] * inv_freq[i], sn, cs;
+        sincosf(ang, &sn, &cs);
+        cs *= scaling;
+        sn *= scaling;
+        T *row = x + r * ldx;
+        for (int h = 0; h < n_heads; h++) {
+            T *v = row + (int64_t)h * head_dim;
+            float x1 = ld1(v + i), x2 = ld1(v + i + half);
+            st1(v + i, x1 * cs - x2 * sn);
+            st1(v + i + half, x2 * cs + x1 * sn);
+        }
+    }
+}
+
+// -------------------------------------------------------------- pooling
+
+template <typename T>
+__global__ void pool_kernel(int mode, const T *x, int64_t ldx, const int64_t *rows, const int64_t *offsets,
+                            int64_t H, float *out)
+{
+    int64_t s = blockIdx.x;
+    int64_t c = (int64_t)blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= H) return;
+    float v;
+    if (mode == 1) {
+        int64_t b = offsets[s], e = offsets[s + 1];
+        float acc = 0.0f;
+        for (int64_t r = b; r < e; r++) acc += ld1(x + r * ldx + c);
+        v = acc / (float)(e - b);
+    } else {
+        v = ld1(x + rows[s] * ldx + c);
+    }
+    out[s * H + c] = v;
+}
+
+template <typename T>
+__global__ void to_f32_kernel(const T *x, int64_t ldx, int64_t rows, int64_t cols, float *out)
+{
+    int64_t n = rows * cols;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = ld1(x + (i / cols) * ldx + i % cols);
+}
+
+// ----------------------------------------------------------------- head
+
+// One warp per output; float64 accumulation, as the host head.
+__global__ void dense_f32_kernel(const float *x, const float *w, const float *b, float *y, int64_t n, int64_t in,
+                                 int64_t out)
+{
+    int lane = threadIdx.x & 31;
+    int64_t o = (int64_t)blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int64_t r = blockIdx.x;
+    if (o >= out || r >= n) return;
+    const float *xr = x + r * in, *wr = w + o * in;
+    double acc = 0.0;
+    for (int64_t k = lane; k < in; k += 32) acc += (double)wr[k] * xr[k];
+    acc = warp_sum(acc);
+    if (lane == 0) y[r * out + o] = (float)(b ? acc + b[o] : acc);
+}
+
+__device__ double block_sum(double v, double *sh)
+{
+    v = warp_sum(v);
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    double t = 0.0;
+    for (int i = 0; i < nw; i++) t += sh[i];
+    return t;
+}
+
+// One block per row: act, then LayerNorm / RMSNorm with float64 statistics
+// (what qt_cpu_norm_row computes).
+__global__ void head_act_norm_kernel(float *x, int64_t H, int act, int kind, const float *w, const float *b, float eps)
+{
+    __shared__ double sh[32];
+    float *row = x + (int64_t)blockIdx.x * H;
+    for (int64_t c = threadIdx.x; c < H; c += blockDim.x) row[c] = (float)act_apply<double>(act, (double)row[c]);
+    if (kind == 0) return;
+    __syncthreads();
+    if (kind == 1) {
+        double s = 0.0;
+        for (int64_t c = threadIdx.x; c < H; c += blockDim.x) s += row[c];
+        double mean = block_sum(s, sh) / (double)H;
+        double v = 0.0;
+        for (int64_t c = threadIdx.x; c < H; c += blockDim.x) {
+            double d = row[c] - mean;
+            v += d * d;
+        }
+        double var = block_sum(v, sh) / (double)H;
+        double rstd = 1.0 / sqrt(var + (double)eps);
+        __syncthreads();
+        for (int64_t c = threadIdx.x; c < H; c += blockDim.x) {
+            double y = (row[c] - mean) * rstd * w[c];
+            if (b) y += b[c];
+            row[c] = (float)y;
+        }
+    } else {
+        double s = 0.0;
+        for (int64_t c = threadIdx.x; c < H; c += blockDim.x) s += (double)row[c] * row[c];
+        double ss = block_sum(s, sh);
+        float r = (float)(1.0 / sqrt((double)(float)(ss / (double)H) + (double)eps));
+        __syncthreads();
+        for (int64_t c = threadIdx.x; c < H; c += blockDim.x) row[c] = w[c] * (row[c] * r);
+    }
+}
+
+template <typename T>
+int norm_launch(int kind, void *x, int64_t ldx, const void *res, int64_t ldr, void *out, int64_t ldo, int64_t rows,
+                int64_t cols, const float *w, const float *b, float eps, cudaStream_t st)
+{
+    bool vec = cols % 8 == 0 && ldx % 8 == 0 && ldo % 8 == 0 && aligned16(x) && aligned16(out) &&
+               (!res || (ldr % 8 == 0 && aligned16(res)));
+    const int warps = 8;
+    unsigned grid = (unsigned)((rows + warps - 1) / warps);
+    if (vec)
+        norm_kernel<T, true><<<grid, warps * 32, 0, st>>>(kind, (T *)x, ldx, (const T *)res, ldr, (T *)out, ldo, rows,
+                                                          (int)cols, w, b, eps);
+    else
+        norm_kernel<T, false><<<grid, warps * 32, 0, st>>>(kind, (T *)x, ldx, (const T *)res, ldr, (T *)out, ldo,
+                                                           rows, (int)cols, w, b, eps);
+    return (int)cudaGetLastError();
+}
+
+} // namespace
+
+// ------------------------------------------------------------- launchers
+
+#define DISPATCH(dt, F, ...) ((dt) == QTK_BF16 ? F<__nv_bfloat16>(__VA_ARGS__) : F<__half>(__VA_ARGS__))
+
+extern "C" int qtk_device_cc(int *major, int *minor)
+{
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(minor, cudaDevAttrComputeCapabilityMinor, dev);
+    return (int)e;
+}
+
+template <typename T>
+static int embed_launch(const void *tok, const float *type0, const float *pos_tab, const int32_t *ids,
+                        const int32_t *pos, int64_t rows, int64_t H, void *out, int64_t ldo, cudaStream_t st)
+{
+    int vec = H % 8 == 0 && ldo % 8 == 0 && aligned16(tok) && aligned16(out);
+    int64_t n = rows * (vec ? H / 8 : H);
+    embed_kernel<T><<<grid_for(n, 256), 256, 0, st>>>((const T *)tok, type0, pos_tab, ids, pos, rows, H, (T *)out,
+                                                      ldo, vec);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int qtk_embed(int dt, const void *tok, const float *type0, const float *pos_tab, const int32_t *ids,
+                         const int32_t *pos, int64_t rows, int64_t H, void *out, int64_t ld_out, void *stream)
+{
+    if (rows <= 0) return 0;
+    return DISPATCH(dt, embed_launch, tok, type0, pos_tab, ids, pos, rows, H, out, ld_out, (cudaStream_t)stream);
+}
+
+extern "C" int qtk_norm(int dt, int kind, void *x, int64_t ldx, const void *res, int64_t ldr, void *out, int64_t ldo,
+                        int64_t rows, int64_t cols, const float *weight, const float *bias, float eps, void *stream)
+{
+    if (rows <= 0 || cols <= 0) return 0;
+    if (kind == 0 && !res && x == out) return 0;
+    return DISPATCH(dt, norm_launch, kind, x, ldx, res, ldr, out, ldo, rows, cols, weight, bias, eps,
+                    (cudaStream_t)stream);
+}
+
+extern "C" int qtk_add(int dt, void *x, int64_t ldx, const void *y, int64_t ldy, int64_t rows, int64_t cols,
+                       void *stream)
+{
+    if (dt == QTK_BF16)
+        return ew_launch<__nv_bfloat16, EW_ADD>(0, x, ldx, y, ldy, nullptr, x, ldx, rows, cols, stream);
+    return ew_launch<__half, EW_ADD>(0, x, ldx, y, ldy, nullptr, x, ldx, rows, cols, stream);
+}
+
+extern "C" int qtk_act(int dt, int act, void *x, int64_t ldx, int64_t rows, int64_t cols, void *stream)
+{
+    if (dt == QTK_BF16)
+        return ew_launch<__nv_bfloat16, EW_ACT>(act, x, ldx, nullptr, 0, nullptr, x, ldx, rows, cols, stream);
+    return ew_launch<__half, EW_ACT>(act, x, ldx, nullptr, 0, nullptr, x, ldx, rows, cols, stream);
+}
+
+extern "C" int qtk_glu(int dt, int act, const void *a, int64_t lda, const void *b, int64_t ldb, void *out,
+                       int64_t ldo, int64_t rows, int64_t cols, void *stream)
+{
+    if (dt == QTK_BF16)
+        return ew_launch<__nv_bfloat16, EW_GLU>(act, a, lda, b, ldb, nullptr, out, ldo, rows, cols, stream);
+    return ew_launch<__half, EW_GLU>(act, a, lda, b, ldb, nullptr, out, ldo, rows, cols, stream);
+}
+
+extern "C" int qtk_scale_cols(int dt, const void *x, int64_t ldx, const float *s, void *out, int64_t ldo,
+                              int64_t rows, int64_t cols, void *stream)
+{
+    if (dt == QTK_BF16)
+        return ew_launch<__nv_bfloat16, EW_SCALE>(0, x, ldx, nullptr, 0, s, out, ldo, rows, cols, stream);
+    return ew_launch<__half, EW_SCALE>(0, x, ldx, nullptr, 0, s, out, ldo, rows, cols, stream);
+}
+
+template <typename T>
+static int rope_launch(void *x, int64_t ldx, const int32_t *pos, int64_t rows, int n_heads, int head_dim,
+                       const float *inv_freq, float scaling, cudaStream_t st)
+{
+    int64_t n = rows * (head_dim / 2);
+    rope_kernel<T><<<grid_for(n, 256), 256, 0, st>>>((T *)x, ldx, pos, rows, n_heads, head_dim, inv_freq, scaling);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int qtk_rope(int dt, void *x, int64_t ldx, const int32_t *pos, int64_t rows, int n_heads, int head_dim,
+                        const float *inv_freq, float scaling, void *stream)
+{
+    if (rows <= 0 || head_dim < 2) return 0;
+    return DISPATCH(dt, rope_launch, x, ldx, pos, rows, n_heads, head_dim, inv_freq, scaling, (cudaStream_t)stream);
+}
+
+template <typename T>
+static int pool_launch(int mode, const void *x, int64_t ldx, const int64_t *rows, const int64_t *offsets, int64_t n,
+                       int64_t H, float *out, cudaStream_t st)
+{
+    dim3 grid((unsigned)n, (unsigned)((H + 255) / 256));
+    pool_kernel<T><<<grid, 256, 0, st>>>(mode, (const T *)x, ldx, rows, offsets, H, out);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int qtk_pool(int dt, int mode, const void *x, int64_t ldx, const int64_t *rows, const int64_t *offsets,
+                        int64_t n, int64_t H, float *out, void *stream)
+{
+    if (n <= 0 || H <= 0) return 0;
+    return DISPATCH(dt, pool_launch, mode, x, ldx, rows, offsets, n, H, out, (cudaStream_t)stream);
+}
+
+extern "C" int qtk_dense_f32(const float *x, const float *w, const float *b, float *y, int64_t n, int64_t in,
+                             int64_t out, void *stream)
+{
+    if (n <= 0 || out <= 0) return 0;
+    dim3 grid((unsigned)n, (unsigned)((out + 7) / 8));
+    dense_f32_kernel<<<grid, 256, 0, (cudaStream_t)stream>>>(x, w, b, y, n, in, out);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int qtk_head_act_norm(float *x, int64_t n, int64_t H, int act, int norm_kind, const float *weight,
+                                 const float *bias, float eps, void *stream)
+{
+    if (n <= 0) return 0;
+    head_act_norm_kernel<<<(unsigned)n, 256, 0, (cudaStream_t)stream>>>(x, H, act, norm_kind, weight, bias, eps);
+    return (int)cudaGetLastError();
+}
+
+template <typename T>
+static int to_f32_launch(const void *x, int64_t ldx, int64_t rows, int64_t cols, float *out, cudaStream_t st)
+{
+    to_f32_kernel<T><<<grid_for(rows * cols, 256), 256, 0, st>>>((const T *)x, ldx, rows, cols, out);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int qtk_to_f32(int dt, const void *x, int64_t ldx, int64_t rows, int64_t cols, float *out, void *stream)
+{
+    if (rows <= 0 || cols <= 0) return 0;
+    return DISPATCH(dt, to_f32_launch, x, ldx, rows, cols, out, (cudaStream_t)stream);
+}

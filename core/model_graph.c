@@ -1,0 +1,406 @@
+/* The forward pass of every architecture, written once against the device
+ * operations of model_backend.h, and the float32 classification head. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "error.h"
+#include "model_backend.h"
+
+typedef struct run {
+    qt_backend *be;
+    const qt_backend_ops *ops;
+    qt_model *m;
+    qt_seqs *s;
+} run;
+
+/* A column slice of a matrix (q, k, v inside a fused qkv; halves of Wi). */
+static qt_mat cols_of(const qt_mat *a, int64_t first, int64_t n)
+{
+    qt_mat v = *a;
+    v.data = (char *)a->data + (size_t)first * qtool_dtype_size(a->dtype);
+    v.cols = n;
+    return v;
+}
+
+static int linear(run *R, qt_linear *l, const qt_mat *x, qt_mat *y)
+{
+    qt_model *m = R->m;
+    if (m->linear_hook) {
+        /* Calibration sees the input as float32 host rows. */
+        qtool_tensor t = {0};
+        float *host = NULL;
+        if (x->device == QTOOL_DEVICE_CPU && x->dtype == QTOOL_DTYPE_F32 && x->ld == x->cols) {
+            t.data = x->data;
+        } else {
+            host = qt_alloc(QTOOL_DEVICE_CPU, (size_t)(x->rows * x->cols) * sizeof(float), QTOOL_MEM_ACTIVATIONS);
+            if (!host) return QTOOL_ERR_OUT_OF_MEMORY;
+            int rc = R->ops->read(R->be, x, host);
+            if (rc) {
+                qt_free(QTOOL_DEVICE_CPU, host);
+                return rc;
+            }
+            t.data = host;
+        }
+        t.dtype = QTOOL_DTYPE_F32;
+        t.device = QTOOL_DEVICE_CPU;
+        t.ndim = 2;
+        t.shape[0] = x->rows;
+        t.shape[1] = x->cols;
+        int rc = m->linear_hook(m->linear_hook_ctx, l, &t);
+        qt_free(QTOOL_DEVICE_CPU, host);
+        if (rc) return rc;
+    }
+    return R->ops->linear(R->be, m, l, x, y);
+}
+
+static qt_rope_params rope_of(const qt_model *m, const qt_block *b)
+{
+    qt_rope_params r;
+    r.inv_freq = b->sliding ? m->inv_freq_sliding : m->inv_freq_full;
+    r.scaling = b->sliding ? m->rope_scaling_sliding : m->rope_scaling_full;
+    r.n_heads = m->cfg.n_heads;
+    r.head_dim = m->cfg.head_dim;
+    return r;
+}
+
+#define TRY(x)                 \
+    do {                       \
+        if ((rc = (x))) goto out; \
+    } while (0)
+
+/* BERT: post-norm blocks, x = LN(x + attn(x)); x = LN(x + mlp(x)). */
+static int forward_bert(run *R, qt_mat *x)
+{
+    const qt_backend_ops *op = R->ops;
+    qt_backend *be = R->be;
+    const qt_model_config *c = &R->m->cfg;
+    int64_t T = R->s->total, H = c->hidden_size, I = c->intermediate_size;
+    qt_mat q = {0}, k = {0}, v = {0}, ctx = {0}, tmp = {0}, inter = {0};
+    int rc;
+    TRY(op->alloc(be, &q, T, H));
+    TRY(op->alloc(be, &k, T, H));
+    TRY(op->alloc(be, &v, T, H));
+    TRY(op->alloc(be, &ctx, T, H));
+    TRY(op->alloc(be, &tmp, T, H));
+    TRY(op->alloc(be, &inter, T, I));
+    TRY(op->embed(be, R->m, R->s, x));
+    TRY(op->norm(be, &R->m->emb_norm, x, x));
+    qt_attn_params ap = {c->n_heads, c->n_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, -1};
+    for (int64_t i = 0; i < c->n_layers; i++) {
+        qt_block *b = &R->m->blocks[i];
+        TRY(linear(R, &b->q, x, &q));
+        TRY(linear(R, &b->k, x, &k));
+        TRY(linear(R, &b->v, x, &v));
+        TRY(op->attention(be, &ap, R->s, &q, &k, &v, &ctx));
+        TRY(linear(R, &b->o, &ctx, &tmp));
+        TRY(op->add(be, &tmp, x));
+        TRY(op->norm(be, &b->norm1, &tmp, x));
+        TRY(linear(R, &b->up, x, &inter));
+        TRY(op->act(be, c->hidden_act, &inter));
+        TRY(linear(R, &b->down, &inter, &tmp));
+        TRY(op->add(be, &tmp, x));
+        TRY(op->norm(be, &b->norm2, &tmp, x));
+    }
+out:
+    op->release(be, &q);
+    op->release(be, &k);
+    op->release(be, &v);
+    op->release(be, &ctx);
+    op->release(be, &tmp);
+    op->release(be, &inter);
+    return rc;
+}
+
+/* ModernBERT: pre-norm, fused Wqkv and Wi (GLU: act(first half) * second
+ * half), RoPE per layer type, local layers see |i - j| <= local_attention/2. */
+static int forward_modernbert(run *R, qt_mat *x)
+{
+    const qt_backend_ops *op = R->ops;
+    qt_backend *be = R->be;
+    const qt_model_config *c = &R->m->cfg;
+    int64_t T = R->s->total, H = c->hidden_size, I = c->intermediate_size;
+    qt_mat h = {0}, qkv = {0}, ctx = {0}, tmp = {0}, gu = {0}, inter = {0};
+    int rc;
+    TRY(op->alloc(be, &h, T, H));
+    TRY(op->alloc(be, &qkv, T, 3 * H));
+    TRY(op->alloc(be, &ctx, T, H));
+    TRY(op->alloc(be, &tmp, T, H));
+    TRY(op->alloc(be, &gu, T, 2 * I));
+    TRY(op->alloc(be, &inter, T, I));
+    TRY(op->embed(be, R->m, R->s, x));
+    TRY(op->norm(be, &R->m->emb_norm, x, x));
+    for (int64_t i = 0; i < c->n_layers; i++) {
+        qt_block *b = &R->m->blocks[i];
+        qt_attn_params ap = {c->n_heads, c->n_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, -1};
+        if (b->sliding) ap.window_left = ap.window_right = c->sliding_window;
+        qt_rope_params rp = rope_of(R->m, b);
+        TRY(op->norm(be, &b->norm1, x, &h));
+        TRY(linear(R, &b->qkv, &h, &qkv));
+        qt_mat q = cols_of(&qkv, 0, H), k = cols_of(&qkv, H, H), v = cols_of(&qkv, 2 * H, H);
+        TRY(op->rope(be, &rp, R->s, &q));
+        TRY(op->rope(be, &rp, R->s, &k));
+        TRY(op->attention(be, &ap, R->s, &q, &k, &v, &ctx));
+        TRY(linear(R, &b->o, &ctx, &tmp));
+        TRY(op->add(be, x, &tmp));
+        TRY(op->norm(be, &b->norm2, x, &h));
+        TRY(linear(R, &b->gate_up, &h, &gu));
+        qt_mat in = cols_of(&gu, 0, I), gate = cols_of(&gu, I, I);
+        TRY(op->glu(be, c->hidden_act, &in, &gate, &inter));
+        TRY(linear(R, &b->down, &inter, &tmp));
+        TRY(op->add(be, x, &tmp));
+    }
+    TRY(op->norm(be, &R->m->final_norm, x, x));
+out:
+    op->release(be, &h);
+    op->release(be, &qkv);
+    op->release(be, &ctx);
+    op->release(be, &tmp);
+    op->release(be, &gu);
+    op->release(be, &inter);
+    return rc;
+}
+
+/* Qwen2 / Llama: pre-RMSNorm, GQA, causal (optionally sliding) attention,
+ * SwiGLU MLP. */
+static int forward_decoder(run *R, qt_mat *x)
+{
+    const qt_backend_ops *op = R->ops;
+    qt_backend *be = R->be;
+    const qt_model_config *c = &R->m->cfg;
+    int64_t T = R->s->total, H = c->hidden_size, I = c->intermediate_size;
+    int64_t QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
+    qt_mat h = {0}, q = {0}, k = {0}, v = {0}, ctx = {0}, tmp = {0}, g = {0}, u = {0};
+    int rc;
+    TRY(op->alloc(be, &h, T, H));
+    TRY(op->alloc(be, &q, T, QD));
+    TRY(op->alloc(be, &k, T, KD));
+    TRY(op->alloc(be, &v, T, KD));
+    TRY(op->alloc(be, &ctx, T, QD));
+    TRY(op->alloc(be, &tmp, T, H));
+    TRY(op->alloc(be, &g, T, I));
+    TRY(op->alloc(be, &u, T, I));
+    TRY(op->embed(be, R->m, R->s, x));
+    for (int64_t i = 0; i < c->n_layers; i++) {
+        qt_block *b = &R->m->blocks[i];
+        qt_attn_params ap = {c->n_heads, c->n_kv_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, 0};
+        if (b->sliding) ap.window_left = c->sliding_window - 1;
+        qt_rope_params rp = rope_of(R->m, b);
+        TRY(op->norm(be, &b->norm1, x, &h));
+        TRY(linear(R, &b->q, &h, &q));
+        TRY(linear(R, &b->k, &h, &k));
+        TRY(linear(R, &b->v, &h, &v));
+        TRY(op->rope(be, &rp, R->s, &q));
+        rp.n_heads = c->n_kv_heads;
+        TRY(op->rope(be, &rp, R->s, &k));
+        TRY(op->attention(be, &ap, R->s, &q, &k, &v, &ctx));
+        TRY(linear(R, &b->o, &ctx, &tmp));
+        TRY(op->add(be, x, &tmp));
+        TRY(op->norm(be, &b->norm2, x, &h));
+        TRY(linear(R, &b->gate, &h, &g));
+        TRY(linear(R, &b->up, &h, &u));
+        TRY(op->glu(be, c->hidden_act, &g, &u, &g));
+        TRY(linear(R, &b->down, &g, &tmp));
+        TRY(op->add(be, x, &tmp));
+    }
+    TRY(op->norm(be, &R->m->final_norm, x, x));
+out:
+    op->release(be, &h);
+    op->release(be, &q);
+    op->release(be, &k);
+    op->release(be, &v);
+    op->release(be, &ctx);
+    op->release(be, &tmp);
+    op->release(be, &g);
+    op->release(be, &u);
+    return rc;
+}
+
+/* -------------------------------------------------------------- head */
+
+static void dense_row(const qt_dense *d, const float *x, float *y)
+{
+    for (int64_t o = 0; o < d->out; o++) {
+        const float *w = d->weight + o * d->in;
+        double acc = 0;
+        for (int64_t k = 0; k < d->in; k++) acc += (double)w[k] * x[k];
+        if (d->bias) acc += d->bias[o];
+        y[o] = (float)acc;
+    }
+}
+
+/* Pooled rows [n, H] -> logits [n, C], float32 on the host. */
+static int head(const qt_model *m, const float *pooled, int64_t n, float *logits)
+{
+    int64_t H = m->cfg.hidden_size, C = m->cfg.num_labels;
+    float *a = malloc((size_t)H * 2 * sizeof(float));
+    if (!a) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
+    float *b = a + H;
+    for (int64_t i = 0; i < n; i++) {
+        const float *x = pooled + i * H;
+        if (m->has_pre) {
+            dense_row(&m->pre, x, a);
+            if (m->cfg.arch == QT_ARCH_BERT) {
+                for (int64_t c = 0; c < H; c++) a[c] = tanhf(a[c]);
+                x = a;
+            } else {
+                for (int64_t c = 0; c < H; c++) a[c] = qt_act_apply(m->cfg.classifier_act, a[c]);
+                qt_cpu_norm_row(&m->head_norm, a, b);
+                x = b;
+            }
+        }
+        dense_row(&m->classifier, x, logits + i * C);
+    }
+    free(a);
+    return 0;
+}
+
+/* The row each sequence is pooled at (FIRST, LAST). transformers' decoders
+ * take the rightmost token whose id is not pad_token_id (index 0 when all
+ * are), or the last token when the config has no pad token (it then allows
+ * only batches of one, where that is the last position). */
+static int64_t pool_index(const qt_model_config *c, const int32_t *ids, int64_t len)
+{
+    if (c->pooling == QT_POOL_FIRST) return 0;
+    if (!c->has_pad_token) return len - 1;
+    for (int64_t i = len - 1; i >= 0; i--)
+        if (ids[i] != c->pad_token_id) return i;
+    return 0;
+}
+
+/* ----------------------------------------------------------- forward */
+
+static int check_batch(const qt_model *m, const qt_batch *b, int64_t *total, int64_t *max_len)
+{
+    const qt_model_config *c = &m->cfg;
+    if (b->n < 1) return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "empty batch");
+    int64_t t = 0, mx = 0;
+    for (int64_t i = 0; i < b->n; i++) {
+        int64_t L = b->lengths[i];
+        if (L < 1) return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "batch item %" PRId64 " has no tokens", i);
+        if (L > INT32_MAX || t > INT32_MAX - L)
+            return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "batch of more than %d tokens", INT32_MAX);
+        if (c->arch == QT_ARCH_BERT && L > c->max_position_embeddings)
+            return qt_fail(QTOOL_ERR_INVALID_ARGUMENT,
+                           "batch item %" PRId64 " has %" PRId64 " tokens; the model has %" PRId64 " positions",
+                           i, L, c->max_position_embeddings);
+        for (int64_t j = 0; j < L; j++) {
+            int32_t id = b->ids[i][j];
+            if (id < 0 || id >= c->vocab_size)
+                return qt_fail(QTOOL_ERR_INVALID_ARGUMENT,
+                               "batch item %" PRId64 ": token id %d outside the vocabulary [0, %" PRId64 ")", i,
+                               id, c->vocab_size);
+        }
+        t += L;
+        if (L > mx) mx = L;
+    }
+    *total = t;
+    *max_len = mx;
+    return 0;
+}
+
+int qt_model_forward(qt_model *m, const qt_batch *b, int device, void *stream, qt_forward_out *out)
+{
+    const qt_model_config *c = &m->cfg;
+    if (device != QTOOL_DEVICE_CPU && device != QTOOL_DEVICE_CUDA)
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "unknown device %d", device);
+    if (device == QTOOL_DEVICE_CUDA && (!m->desc || m->packed_device != device))
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "the CUDA forward pass needs a model packed for CUDA");
+    if (m->desc && m->packed_device != device)
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "the model is packed for another device");
+    if (out->logits && !c->has_head)
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "%s has no classification head", c->architecture);
+    int64_t total = 0, max_len = 0;
+    int rc = check_batch(m, b, &total, &max_len);
+    if (rc) return rc;
+
+    qt_backend be = {device == QTOOL_DEVICE_CUDA ? &qt_cuda_backend_ops : &qt_cpu_backend_ops, stream, NULL};
+    const qt_backend_ops *op = be.ops;
+    int64_t n = b->n, H = c->hidden_size;
+    /* Batch description: offsets, ids, positions, owners, pooled rows. */
+    size_t bytes = (size_t)(n + 1) * sizeof(int64_t) + (size_t)n * sizeof(int64_t) +
+                   (size_t)total * 3 * sizeof(int32_t);
+    char *meta = qt_alloc(QTOOL_DEVICE_CPU, bytes, QTOOL_MEM_ACTIVATIONS);
+    float *pooled = qt_alloc(QTOOL_DEVICE_CPU, (size_t)(n * H) * sizeof(float), QTOOL_MEM_ACTIVATIONS);
+    if (!meta || !pooled) {
+        qt_free(QTOOL_DEVICE_CPU, meta);
+        qt_free(QTOOL_DEVICE_CPU, pooled);
+        return QTOOL_ERR_OUT_OF_MEMORY;
+    }
+    int64_t *offsets = (int64_t *)meta;
+    int64_t *rows = offsets + n + 1;
+    int32_t *ids = (int32_t *)(rows + n);
+    int32_t *pos = ids + total, *seq = pos + total;
+    offsets[0] = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t L = b->lengths[i], o = offsets[i];
+        memcpy(ids + o, b->ids[i], (size_t)L * sizeof(int32_t));
+        for (int64_t j = 0; j < L; j++) {
+            pos[o + j] = (int32_t)j;
+            seq[o + j] = (int32_t)i;
+        }
+        offsets[i + 1] = o + L;
+        rows[i] = o + pool_index(c, b->ids[i], L);
+    }
+    qt_seqs s = {n, total, max_len, offsets, ids, pos, seq, NULL};
+    run R = {&be, op, m, &s};
+    qt_mat x = {0};
+    int begun = 0;
+    if ((rc = op->begin(&be, m, &s))) goto out;
+    begun = 1;
+    if ((rc = op->alloc(&be, &x, total, H))) goto out;
+    switch (c->arch) {
+    case QT_ARCH_BERT: rc = forward_bert(&R, &x); break;
+    case QT_ARCH_MODERNBERT: rc = forward_modernbert(&R, &x); break;
+    default: rc = forward_decoder(&R, &x); break;
+    }
+    if (rc) goto out;
+    if (out->hidden && (rc = op->read(&be, &x, out->hidden))) goto out;
+    if ((out->pooled || out->logits) && op->pool_head) {
+        /* The backend pools and runs the head itself (on its device). */
+        if ((rc = op->pool_head(&be, m, c->pooling, &s, rows, &x, pooled, out->logits))) goto out;
+        if (out->pooled) memcpy(out->pooled, pooled, (size_t)(n * H) * sizeof(float));
+        goto out;
+    }
+    if ((out->pooled || out->logits) && (rc = op->pool(&be, c->pooling, &s, rows, &x, pooled))) goto out;
+    if (out->pooled) memcpy(out->pooled, pooled, (size_t)(n * H) * sizeof(float));
+    if (out->logits) rc = head(m, pooled, n, out->logits);
+out:
+    op->release(&be, &x);
+    if (begun) op->end(&be, &s);
+    qt_free(QTOOL_DEVICE_CPU, meta);
+    qt_free(QTOOL_DEVICE_CPU, pooled);
+    return rc;
+}
+
+/* ------------------------------------------------------- calibration */
+
+typedef struct calib_ctx {
+    const qtool_plugin_desc *desc;
+    qtool_instance *inst;
+} calib_ctx;
+
+static int calib_hook(void *ctx, qt_linear *l, const qtool_tensor *x)
+{
+    calib_ctx *cc = ctx;
+    int rc = cc->desc->calibrate(cc->inst, &l->info, x);
+    if (rc != QTOOL_OK)
+        return qt_fail(rc, "%s: plugin %s calibration failed (%s)", l->name, cc->desc->name, qt_status_name(rc));
+    return 0;
+}
+
+int qt_model_calibrate(qt_model *m, const qtool_plugin_desc *desc, qtool_instance *inst, const qt_batch *b)
+{
+    if (!desc->calibrate) return 0; /* data-free */
+    if (m->desc) return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "calibrate before packing");
+    calib_ctx cc = {desc, inst};
+    m->linear_hook = calib_hook;
+    m->linear_hook_ctx = &cc;
+    qt_forward_out none = {0};
+    int rc = qt_model_forward(m, b, QTOOL_DEVICE_CPU, NULL, &none);
+    m->linear_hook = NULL;
+    m->linear_hook_ctx = NULL;
+    return rc;
+}

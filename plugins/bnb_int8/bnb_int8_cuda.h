@@ -1,0 +1,47 @@
+/* C interface of the bnb_int8 plugin's CUDA code (bnb_int8_kernels.cu).
+ * Functions return a qtool_status and write a one-line reason into `msg`. */
+#ifndef BNB_INT8_CUDA_H
+#define BNB_INT8_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct i8cu_layer {
+    const int8_t *w;    /* [N, Kp] row-major, zero columns past K */
+    const float *scb;   /* [N] */
+    const float *bias;  /* [N] or NULL */
+    int64_t N, K, Kp;
+} i8cu_layer;
+
+/* Scratch for M input rows: int8 activations, row scales and the int32
+ * product (computed in row chunks), and the outlier-column buffers. */
+size_t i8cu_workspace_bytes(const i8cu_layer *L, int64_t M);
+size_t i8cu_outlier_bytes(const i8cu_layer *L);
+size_t i8cu_lt_workspace_bytes(void);
+
+int i8cu_set_device(int device, char *msg, size_t msg_len);
+int i8cu_lt_create(void **handle, char *msg, size_t msg_len);
+void i8cu_lt_destroy(void *handle);
+
+/* kind 0: host to device, 1: device to host; waits for `stream` only. */
+int i8cu_copy(void *dst, const void *src, size_t bytes, int kind, void *stream, char *msg, size_t msg_len);
+/* rows x cols bytes between pitched buffers (device <-> host, kind as above). */
+int i8cu_copy_2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_t cols, size_t rows, int kind,
+                 void *stream, char *msg, size_t msg_len);
+
+/* y[M, N] = LLM.int8(x[M, K]) with outlier decomposition at `threshold`
+ * (0 disables). x and y F16 (is_bf16 = 0) or BF16 on the device. When
+ * outliers_fresh is 1 the outlier buffer was just allocated and is cleared
+ * first. force_fallback_gemm selects the built-in int8 GEMM over cuBLASLt. */
+int i8cu_matmul(const i8cu_layer *L, const void *x, void *y, int64_t M, int is_bf16, float threshold, void *ws,
+                size_t ws_bytes, void *outliers, size_t outlier_bytes, int outliers_fresh, void *lt_handle,
+                void *lt_ws, size_t lt_ws_bytes, int force_fallback_gemm, void *stream, char *msg, size_t msg_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

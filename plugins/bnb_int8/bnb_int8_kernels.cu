@@ -1,0 +1,376 @@
+// CUDA side of bnb_int8: per-token int8 quantization with outlier
+// detection, int8 x int8 -> int32 GEMM through cuBLASLt (or a dp4a kernel),
+// and one epilogue that dequantizes, removes the outlier columns from the
+// int8 product, adds them back in floating point and adds the bias.
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdio.h>
+
+#include <qtool/plugin.h>
+
+#include "bnb_int8_cuda.h"
+
+namespace {
+
+constexpr size_t kLtWorkspace = 32u << 20;
+// int32 product is produced in row chunks of at most this many bytes, so
+// the scratch stays small and the epilogue reads it back from L2.
+constexpr size_t kAccChunkBytes = 32u << 20;
+constexpr float kDequant = 6.200012e-05f; // 1 / (127 * 127), bitsandbytes' constant
+constexpr float kInv127 = 7.874015718698502e-3f;
+
+size_t align256(size_t v) { return (v + 255) & ~(size_t)255; }
+
+int cuda_fail(cudaError_t e, const char *what, char *msg, size_t len)
+{
+    snprintf(msg, len, "%s: %s", what, cudaGetErrorString(e));
+    return e == cudaErrorMemoryAllocation ? QTOOL_ERR_OUT_OF_MEMORY : QTOOL_ERR_DEVICE;
+}
+
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+int64_t chunk_rows(int64_t M, int64_t N)
+{
+    int64_t r = (int64_t)(kAccChunkBytes / ((size_t)N * 4));
+    if (r < 16) r = 16;
+    if (r > (1 << 19)) r = 1 << 19; // keeps the fallback GEMM grid within 65535 rows of blocks
+    return r < M ? r : M;
+}
+
+// ---------------------------------------------------------------- quantize
+
+// One block per token row: absmax over |x| < threshold, q = rint(x * 127 /
+// absmax), outliers -> 0 and their columns flagged.
+template <typename T>
+__global__ void __launch_bounds__(256)
+    k_quant_rows(const T *__restrict__ x, int64_t K, int64_t Kp, float thr, int8_t *__restrict__ qa,
+                 float *__restrict__ sa, uint8_t *__restrict__ flags)
+{
+    __shared__ float red[8];
+    const int64_t m = blockIdx.x;
+    const T *xr = x + m * K;
+    float amax = 0.0f;
+    for (int64_t c = threadIdx.x; c < K; c += blockDim.x) {
+        float a = fabsf(to_f<T>(xr[c]));
+        if (thr > 0.0f && a >= thr) {
+            flags[c] = 1;
+            continue;
+        }
+        amax = fmaxf(amax, a);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = amax;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.0f;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+        if (threadIdx.x == 0) red[0] = v;
+    }
+    __syncthreads();
+    amax = red[0];
+    if (threadIdx.x == 0) sa[m] = amax;
+    const float scale = amax > 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+    int8_t *qr = qa + m * Kp;
+    for (int64_t c = threadIdx.x; c < Kp; c += blockDim.x) {
+        int q = 0;
+        if (c < K) {
+            float v = to_f<T>(xr[c]);
+            if (!(thr > 0.0f && fabsf(v) >= thr)) q = __float2int_rn(__fmul_rn(v, scale));
+            q = q > 127 ? 127 : (q < -127 ? -127 : q);
+        }
+        qr[c] = (int8_t)q;
+    }
+}
+
+// Compacts the flagged columns into cols[0..count) in increasing order and
+// clears the flags for the next call. One block.
+__global__ void __launch_bounds__(1024) k_collect(uint8_t *__restrict__ flags, int64_t K, int *__restrict__ cols,
+                                                  int *__restrict__ count)
+{
+    __shared__ int warp_base[32];
+    __shared__ int total;
+    if (threadIdx.x == 0) total = 0;
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int64_t base = 0; base < K; base += blockDim.x) {
+        int64_t c = base + threadIdx.x;
+        int f = c < K ? flags[c] : 0;
+        if (f) flags[c] = 0;
+        unsigned ballot = __ballot_sync(0xffffffffu, f);
+        if (lane == 0) warp_base[warp] = __popc(ballot);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int run = total;
+            for (int w = 0; w < (int)(blockDim.x >> 5); w++) {
+                int n = warp_base[w];
+                warp_base[w] = run;
+                run += n;
+            }
+            total = run;
+        }
+        __syncthreads();
+        if (f) cols[warp_base[warp] + __popc(ballot & ((1u << lane) - 1u))] = (int)c;
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *count = total;
+}
+
+// ---------------------------------------------------------------- GEMM
+
+// acc[m, n] = sum_k qa[m, k] * w[n, k]; Kp % 4 == 0. Used when cuBLASLt
+// offers no int8 algorithm for the shape.
+__global__ void __launch_bounds__(256) k_gemm_dp4a(const int8_t *__restrict__ qa, const int8_t *__restrict__ w,
+                                                   int32_t *__restrict__ acc, int64_t M, int64_t N, int64_t Kp)
+{
+    __shared__ int As[16][17], Bs[16][17];
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    const int64_t m = (int64_t)blockIdx.y * 16 + ty, n = (int64_t)blockIdx.x * 16 + tx;
+    const int64_t words = Kp / 4;
+    int sum = 0;
+    for (int64_t k0 = 0; k0 < words; k0 += 16) {
+        int64_t am = (int64_t)blockIdx.y * 16 + ty, bn = (int64_t)blockIdx.x * 16 + ty;
+        As[ty][tx] = (am < M && k0 + tx < words) ? reinterpret_cast<const int *>(qa + am * Kp)[k0 + tx] : 0;
+        Bs[ty][tx] = (bn < N && k0 + tx < words) ? reinterpret_cast<const int *>(w + bn * Kp)[k0 + tx] : 0;
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < 16; j++) sum = __dp4a(As[ty][j], Bs[tx][j], sum);
+        __syncthreads();
+    }
+    if (m < M && n < N) acc[m * N + n] = sum;
+}
+
+int lt_fail(cublasStatus_t s, const char *what, char *msg, size_t len)
+{
+    snprintf(msg, len, "%s failed (cuBLAS status %d)", what, (int)s);
+    return QTOOL_ERR_DEVICE;
+}
+
+// acc[M, N] (row-major int32) = qa[M, Kp] @ w[N, Kp]^T. Returns
+// QTOOL_ERR_UNSUPPORTED when cuBLASLt has no algorithm for the shape.
+int lt_igemm(cublasLtHandle_t h, const int8_t *w, const int8_t *qa, int32_t *acc, int64_t M, int64_t N, int64_t Kp,
+             void *ws, size_t ws_bytes, cudaStream_t st, char *msg, size_t len)
+{
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t a = NULL, b = NULL, d = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasStatus_t s;
+    int rc = 0, found = 0;
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasLtMatmulHeuristicResult_t heur;
+    int32_t alpha = 1, beta = 0;
+#define LT(call, what)                       \
+    do {                                     \
+        s = (call);                          \
+        if (s != CUBLAS_STATUS_SUCCESS) {    \
+            rc = lt_fail(s, what, msg, len); \
+            goto done;                       \
+        }                                    \
+    } while (0)
+    LT(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32I, CUDA_R_32I), "cublasLtMatmulDescCreate");
+    LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "set TRANSA");
+    LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "set TRANSB");
+    // Column-major view: acc^T[N, M] = w (Kp x N, transposed) * qa^T (Kp x M).
+    LT(cublasLtMatrixLayoutCreate(&a, CUDA_R_8I, (uint64_t)Kp, (uint64_t)N, Kp), "layout A");
+    LT(cublasLtMatrixLayoutCreate(&b, CUDA_R_8I, (uint64_t)Kp, (uint64_t)M, Kp), "layout B");
+    LT(cublasLtMatrixLayoutCreate(&d, CUDA_R_32I, (uint64_t)N, (uint64_t)M, N), "layout D");
+    LT(cublasLtMatmulPreferenceCreate(&pref), "preference");
+    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
+                                            sizeof ws_bytes),
+       "preference workspace");
+    s = cublasLtMatmulAlgoGetHeuristic(h, op, a, b, d, d, pref, 1, &heur, &found);
+    if (s != CUBLAS_STATUS_SUCCESS || found < 1) {
+        snprintf(msg, len, "cuBLASLt has no int8 GEMM for %lldx%lldx%lld", (long long)M, (long long)N, (long long)Kp);
+        rc = QTOOL_ERR_UNSUPPORTED;
+        goto done;
+    }
+    LT(cublasLtMatmul(h, op, &alpha, w, a, qa, b, &beta, acc, d, acc, d, &heur.algo, ws, ws_bytes, st),
+       "cublasLtMatmul (int8)");
+#undef LT
+done:
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (d) cublasLtMatrixLayoutDestroy(d);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (op) cublasLtMatmulDescDestroy(op);
+    return rc;
+}
+
+// ---------------------------------------------------------------- epilogue
+
+// y[m, n] = (acc - sum_j qa[m,c_j] w[n,c_j]) * sa[m] * scb[n] / 127^2
+//         + sum_j x[m,c_j] * w[n,c_j] * scb[n] / 127 + bias[n]
+// for rows m0 .. m0 + rows; acc holds those rows only.
+constexpr int kEpiThreads = 256;
+constexpr int kColChunk = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kEpiThreads)
+    k_epilogue(const int32_t *__restrict__ acc, int64_t m0, int64_t rows, int64_t N, const float *__restrict__ sa,
+               const float *__restrict__ scb, const float *__restrict__ bias, const T *__restrict__ x, int64_t K,
+               const int8_t *__restrict__ qa, const int8_t *__restrict__ w, int64_t Kp, const int *__restrict__ cols,
+               const int *__restrict__ count, T *__restrict__ y)
+{
+    __shared__ int sc[kColChunk];
+    const int64_t i = (int64_t)blockIdx.x * kEpiThreads + threadIdx.x;
+    const bool live = i < rows * N;
+    const int64_t ml = live ? i / N : 0, n = live ? i % N : 0, m = m0 + ml;
+    int corr = 0;
+    float outl = 0.0f;
+    const int cnt = count ? *count : 0;
+    for (int j0 = 0; j0 < cnt; j0 += kColChunk) {
+        int nj = cnt - j0 < kColChunk ? cnt - j0 : kColChunk;
+        __syncthreads();
+        for (int j = threadIdx.x; j < nj; j += kEpiThreads) sc[j] = cols[j0 + j];
+        __syncthreads();
+        if (live) {
+            for (int j = 0; j < nj; j++) {
+                int c = sc[j];
+                int wq = w[n * Kp + c];
+                corr += (int)qa[m * Kp + c] * wq;
+                outl = fmaf(to_f<T>(x[m * K + c]), (float)wq, outl);
+            }
+        }
+    }
+    if (!live) return;
+    const float sb = scb[n];
+    float v = __fmul_rn(__fmul_rn(__fmul_rn((float)(acc[ml * N + n] - corr), sa[m]), sb), kDequant);
+    v += outl * __fmul_rn(sb, kInv127);
+    if (bias) v += bias[n];
+    y[m * N + n] = from_f<T>(v);
+}
+
+unsigned blocks_for(int64_t work, int threads) { return (unsigned)((work + threads - 1) / threads); }
+
+template <typename T>
+int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *ws, size_t ws_bytes, void *outl,
+             size_t outl_bytes, int fresh, void *lt, void *lt_ws, size_t lt_ws_bytes, int force_fallback,
+             cudaStream_t st, char *msg, size_t len)
+{
+    if (ws_bytes < i8cu_workspace_bytes(&L, M) || outl_bytes < i8cu_outlier_bytes(&L)) {
+        snprintf(msg, len, "workspace too small");
+        return QTOOL_ERR_INTERNAL;
+    }
+    uint8_t *base = static_cast<uint8_t *>(ws);
+    int8_t *qa = reinterpret_cast<int8_t *>(base);
+    float *sa = reinterpret_cast<float *>(base + align256((size_t)(M * L.Kp)));
+    int32_t *acc = reinterpret_cast<int32_t *>(base + align256((size_t)(M * L.Kp)) + align256((size_t)M * 4));
+    uint8_t *flags = static_cast<uint8_t *>(outl);
+    int *cols = reinterpret_cast<int *>(static_cast<uint8_t *>(outl) + align256((size_t)L.K));
+    int *count = cols + L.K;
+    cudaError_t e;
+    if (fresh) {
+        e = cudaMemsetAsync(flags, 0, (size_t)L.K, st);
+        if (e != cudaSuccess) return cuda_fail(e, "cudaMemsetAsync", msg, len);
+    }
+    k_quant_rows<T><<<(unsigned)M, 256, 0, st>>>(x, L.K, L.Kp, thr, qa, sa, flags);
+    const int *dcount = NULL;
+    if (thr > 0.0f) {
+        k_collect<<<1, 1024, 0, st>>>(flags, L.K, cols, count);
+        dcount = count;
+    }
+    const int64_t mc = chunk_rows(M, L.N);
+    bool use_lt = lt && !force_fallback;
+    for (int64_t m0 = 0; m0 < M; m0 += mc) {
+        int64_t rows = M - m0 < mc ? M - m0 : mc;
+        int rc = QTOOL_ERR_UNSUPPORTED;
+        if (use_lt) {
+            rc = lt_igemm(static_cast<cublasLtHandle_t>(lt), L.w, qa + m0 * L.Kp, acc, rows, L.N, L.Kp, lt_ws,
+                          lt_ws_bytes, st, msg, len);
+            if (rc && rc != QTOOL_ERR_UNSUPPORTED) return rc;
+            if (rc == QTOOL_ERR_UNSUPPORTED) use_lt = false; // same answer for every chunk
+        }
+        if (rc) {
+            dim3 grid(blocks_for(L.N, 16), blocks_for(rows, 16));
+            k_gemm_dp4a<<<grid, 256, 0, st>>>(qa + m0 * L.Kp, L.w, acc, rows, L.N, L.Kp);
+        }
+        k_epilogue<T><<<blocks_for(rows * L.N, kEpiThreads), kEpiThreads, 0, st>>>(
+            acc, m0, rows, L.N, sa, L.scb, L.bias, x, L.K, qa, L.w, L.Kp, cols, dcount, y);
+    }
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return cuda_fail(e, "bnb_int8 kernel launch", msg, len);
+    return 0;
+}
+
+} // namespace
+
+extern "C" {
+
+size_t i8cu_workspace_bytes(const i8cu_layer *L, int64_t M)
+{
+    return align256((size_t)(M * L->Kp)) + align256((size_t)M * 4) + (size_t)chunk_rows(M, L->N) * (size_t)L->N * 4;
+}
+
+size_t i8cu_outlier_bytes(const i8cu_layer *L) { return align256((size_t)L->K) + (size_t)L->K * 4 + 4; }
+
+size_t i8cu_lt_workspace_bytes(void) { return kLtWorkspace; }
+
+int i8cu_set_device(int device, char *msg, size_t msg_len)
+{
+    cudaError_t e = cudaSetDevice(device);
+    if (e != cudaSuccess) return cuda_fail(e, "cudaSetDevice", msg, msg_len);
+    return 0;
+}
+
+int i8cu_lt_create(void **handle, char *msg, size_t msg_len)
+{
+    cublasLtHandle_t h;
+    cublasStatus_t s = cublasLtCreate(&h);
+    if (s != CUBLAS_STATUS_SUCCESS) return lt_fail(s, "cublasLtCreate", msg, msg_len);
+    *handle = h;
+    return 0;
+}
+
+void i8cu_lt_destroy(void *handle)
+{
+    if (handle) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle));
+}
+
+int i8cu_copy(void *dst, const void *src, size_t bytes, int kind, void *stream, char *msg, size_t msg_len)
+{
+    cudaStream_t st = static_cast<cudaStream_t>(stream);
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind == 0 ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost, st);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+    if (e != cudaSuccess) return cuda_fail(e, "cudaMemcpyAsync", msg, msg_len);
+    return 0;
+}
+
+int i8cu_copy_2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_t cols, size_t rows, int kind,
+                 void *stream, char *msg, size_t msg_len)
+{
+    cudaStream_t st = static_cast<cudaStream_t>(stream);
+    cudaError_t e = cudaMemcpy2DAsync(dst, dpitch, src, spitch, cols, rows,
+                                      kind == 0 ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost, st);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+    if (e != cudaSuccess) return cuda_fail(e, "cudaMemcpy2DAsync", msg, msg_len);
+    return 0;
+}
+
+int i8cu_matmul(const i8cu_layer *L, const void *x, void *y, int64_t M, int is_bf16, float threshold, void *ws,
+                size_t ws_bytes, void *outliers, size_t outlier_bytes, int outliers_fresh, void *lt_handle,
+                void *lt_ws, size_t lt_ws_bytes, int force_fallback_gemm, void *stream, char *msg, size_t msg_len)
+{
+    cudaStream_t st = static_cast<cudaStream_t>(stream);
+    if (M > 0x7FFFFFFF) {
+        snprintf(msg, msg_len, "too many rows");
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    if (is_bf16)
+        return matmul_t<__nv_bfloat16>(*L, static_cast<const __nv_bfloat16 *>(x), static_cast<__nv_bfloat16 *>(y), M,
+                                       threshold, ws, ws_bytes, outliers, outlier_bytes, outliers_fresh, lt_handle,
+                                       lt_ws, lt_ws_bytes, force_fallback_gemm, st, msg, msg_len);
+    return matmul_t<__half>(*L, static_cast<const __half *>(x), static_cast<__half *>(y), M, threshold, ws, ws_bytes,
+                            outliers, outlier_bytes, outliers_fresh, lt_handle, lt_ws, lt_ws_bytes,
+                            force_fallback_gemm, st, msg, msg_len);
+}
+
+} // extern "C"

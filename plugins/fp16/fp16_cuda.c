@@ -1,0 +1,459 @@
+/*
+ * CUDA half of the fp16 baseline: W [N, K] stored row-major as fp16 or
+ * bf16, y = x W^T + b through cuBLASLt (compute 32F, bias epilogue).
+ *
+ * cuBLASLt is column-major: row-major y [M, N] is column-major y^T [N, M] =
+ * W x^T, so A = W seen as a column-major [K, N] matrix with the transposed
+ * op, B = x as column-major [K, M], D = y as column-major [N, M]; the bias
+ * runs along D's rows, as the BIAS epilogue wants.
+ *
+ * The cuBLASLt workspace is one buffer per instance, shared by its layers
+ * (one per layer would multiply it by the layer count). memory() reports it
+ * in exactly one live layer, the owner, which hands it over when freed, so
+ * the layers' memory() add up to what was allocated. Only matmuls on the
+ * instance's own stream use it, so layers run on other streams cannot race
+ * on it.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include "fp16_internal.h"
+#include "fp16_kernels.h"
+
+#define MAX_PLANS 8
+
+enum { PLAN_LT_BIAS, PLAN_LT_PLAIN, PLAN_FALLBACK };
+
+struct fp16_cuda_plan {
+    int64_t m;
+    uint32_t align_x, align_y;
+    int use_ws;
+    int kind;
+    cublasLtMatrixLayout_t b_layout, d_layout;
+    cublasLtMatmulAlgo_t algo;
+};
+
+static void logf_(const qtool_instance *inst, int level, const char *fmt, ...) QTOOL_PRINTF(3, 4);
+static void logf_(const qtool_instance *inst, int level, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    inst->host->log(inst->host->ctx, level, "%s", buf);
+}
+
+static int cuda_fail(const qtool_instance *inst, cudaError_t e, const char *what)
+{
+    logf_(inst, QTOOL_LOG_ERROR, "%s: %s", what, cudaGetErrorString(e));
+    return e == cudaErrorMemoryAllocation ? QTOOL_ERR_OUT_OF_MEMORY : QTOOL_ERR_DEVICE;
+}
+
+static int lt_fail(const qtool_instance *inst, cublasStatus_t s, const char *what)
+{
+    logf_(inst, QTOOL_LOG_ERROR, "%s: %s", what, cublasLtGetStatusString(s));
+    return s == CUBLAS_STATUS_ALLOC_FAILED ? QTOOL_ERR_OUT_OF_MEMORY : QTOOL_ERR_DEVICE;
+}
+
+static cudaDataType_t cuda_type(int dtype) { return dtype == QTOOL_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F; }
+
+/* Largest power of two dividing the address, at most 256 (what the
+ * heuristic may assume about a pointer). */
+static uint32_t alignment_of(const void *ptr)
+{
+    uintptr_t a = (uintptr_t)ptr;
+    uint32_t al = 256;
+    while (al > 1 && (a & (al - 1))) al >>= 1;
+    return al;
+}
+
+/* ------------------------------------------------------------ instance */
+
+int fp16_cuda_instance_init(qtool_instance *inst, char *msg, size_t msg_len)
+{
+    const qtool_host_services *h = inst->host;
+    if (h->cuda_device < 0) return QTOOL_OK; /* CPU-only instance */
+    cublasLtHandle_t lt;
+    cublasStatus_t s = cublasLtCreate(&lt);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        if (msg && msg_len) snprintf(msg, msg_len, "cublasLtCreate failed: %s", cublasLtGetStatusString(s));
+        return QTOOL_ERR_DEVICE;
+    }
+    inst->lt = lt;
+    if (inst->workspace_opt >= 0) {
+        inst->workspace_bytes = (size_t)inst->workspace_opt;
+    } else {
+        /* NVIDIA's guidance for cuBLAS: 32 MiB on Hopper and later, 4 MiB before. */
+        int major = 0;
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, h->cuda_device) != cudaSuccess)
+            major = 0;
+        inst->workspace_bytes = (size_t)(major >= 9 ? 32 : 4) << 20;
+    }
+    return QTOOL_OK;
+}
+
+void fp16_cuda_instance_fini(qtool_instance *inst)
+{
+    if (inst->workspace) { /* layers outlived their instance: a host bug */
+        logf_(inst, QTOOL_LOG_WARN, "instance destroyed with %s live CUDA layers",
+              inst->cuda_layers ? "some" : "no");
+        inst->host->free(inst->host->ctx, QTOOL_DEVICE_CUDA, inst->workspace);
+        inst->workspace = NULL;
+        inst->workspace_owner = NULL;
+    }
+    if (inst->lt) cublasLtDestroy((cublasLtHandle_t)inst->lt);
+    inst->lt = NULL;
+}
+
+size_t fp16_cuda_workspace_held(const qtool_packed *p)
+{
+    qtool_instance *inst = p->inst;
+    pthread_mutex_lock(&inst->lock);
+    size_t r = inst->workspace_owner == p ? inst->workspace_bytes : 0;
+    pthread_mutex_unlock(&inst->lock);
+    return r;
+}
+
+/* ---------------------------------------------------------------- pack */
+
+typedef struct conv_job {
+    const qtool_tensor *src;
+    uint16_t *dst;
+    int dtype;
+    int64_t k;
+} conv_job;
+
+static void convert_rows(void *arg, int64_t begin, int64_t end)
+{
+    const conv_job *j = arg;
+    for (int64_t i = begin * j->k; i < end * j->k; i++) {
+        if (j->src->dtype == j->dtype) {
+            j->dst[i] = ((const uint16_t *)j->src->data)[i];
+        } else {
+            float v = fp16_load_elem(j->src->data, j->src->dtype, i);
+            j->dst[i] = j->dtype == QTOOL_DTYPE_F16 ? qtool_f32_to_f16(v) : qtool_f32_to_bf16(v);
+        }
+    }
+}
+
+static int make_desc(qtool_packed *p, int with_bias, void **out)
+{
+    cublasLtMatmulDesc_t d;
+    cublasStatus_t s = cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (s != CUBLAS_STATUS_SUCCESS) return lt_fail(p->inst, s, "cublasLtMatmulDescCreate");
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    s = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    if (s == CUBLAS_STATUS_SUCCESS && with_bias) {
+        cublasLtEpilogue_t e = CUBLASLT_EPILOGUE_BIAS;
+        s = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &e, sizeof e);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p->b_dev,
+                                               sizeof p->b_dev);
+    }
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        cublasLtMatmulDescDestroy(d);
+        return lt_fail(p->inst, s, "cublasLtMatmulDescSetAttribute");
+    }
+    *out = d;
+    return QTOOL_OK;
+}
+
+int fp16_cuda_pack(qtool_packed *p, const qtool_tensor *w, const qtool_tensor *b)
+{
+    qtool_instance *inst = p->inst;
+    const qtool_host_services *h = inst->host;
+    if (!inst->lt) {
+        logf_(inst, QTOOL_LOG_ERROR, "pack for CUDA on an instance created without a CUDA device");
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    p->dtype = inst->cuda_dtype;
+    if ((uint64_t)p->n > (UINT64_MAX / 4) / (uint64_t)p->k) return QTOOL_ERR_INVALID_ARGUMENT;
+    size_t nk = (size_t)p->n * (size_t)p->k;
+    cudaStream_t stream = (cudaStream_t)h->cuda_stream;
+    uint16_t *tmp_w = h->alloc(h->ctx, QTOOL_DEVICE_CPU, nk * 2, QTOOL_MEM_OTHER);
+    uint16_t *tmp_b = b ? h->alloc(h->ctx, QTOOL_DEVICE_CPU, (size_t)p->n * 2, QTOOL_MEM_OTHER) : NULL;
+    int rc = QTOOL_OK, enqueued = 0;
+    if (!tmp_w || (b && !tmp_b)) {
+        rc = QTOOL_ERR_OUT_OF_MEMORY;
+        goto done;
+    }
+    conv_job cw = {w, tmp_w, p->dtype, p->k};
+    h->parallel_for(h->ctx, p->n, 64, convert_rows, &cw);
+    p->w_dev = fp16_alloc(p, QTOOL_DEVICE_CUDA, nk * 2, QTOOL_MEM_WEIGHTS);
+    if (!p->w_dev) {
+        rc = QTOOL_ERR_OUT_OF_MEMORY;
+        goto done;
+    }
+    cudaError_t e = cudaMemcpyAsync(p->w_dev, tmp_w, nk * 2, cudaMemcpyHostToDevice, stream);
+    if (e != cudaSuccess) {
+        rc = cuda_fail(inst, e, "copying the weight to the device");
+        goto done;
+    }
+    enqueued = 1;
+    if (b) {
+        conv_job cb = {b, tmp_b, p->dtype, p->n};
+        convert_rows(&cb, 0, 1);
+        p->b_dev = fp16_alloc(p, QTOOL_DEVICE_CUDA, (size_t)p->n * 2, QTOOL_MEM_WEIGHTS);
+        if (!p->b_dev) {
+            rc = QTOOL_ERR_OUT_OF_MEMORY;
+            goto done;
+        }
+        e = cudaMemcpyAsync(p->b_dev, tmp_b, (size_t)p->n * 2, cudaMemcpyHostToDevice, stream);
+        if (e != cudaSuccess) {
+            rc = cuda_fail(inst, e, "copying the bias to the device");
+            goto done;
+        }
+    }
+done:
+    if (enqueued) { /* the staging buffers must outlive the copies */
+        cudaError_t se = cudaStreamSynchronize(stream);
+        if (se != cudaSuccess && rc == QTOOL_OK) rc = cuda_fail(inst, se, "copying the weight to the device");
+    }
+    h->free(h->ctx, QTOOL_DEVICE_CPU, tmp_w);
+    h->free(h->ctx, QTOOL_DEVICE_CPU, tmp_b);
+    if (rc != QTOOL_OK) return rc;
+
+    if (b && (rc = make_desc(p, 1, &p->op_bias)) != QTOOL_OK) return rc;
+    if ((rc = make_desc(p, 0, &p->op_plain)) != QTOOL_OK) return rc;
+    cublasLtMatrixLayout_t a;
+    cublasStatus_t s = cublasLtMatrixLayoutCreate(&a, cuda_type(p->dtype), (uint64_t)p->k, (uint64_t)p->n, p->k);
+    if (s != CUBLAS_STATUS_SUCCESS) return lt_fail(inst, s, "cublasLtMatrixLayoutCreate");
+    p->a_layout = a;
+
+    pthread_mutex_lock(&inst->lock);
+    if (!inst->workspace && inst->workspace_bytes > 0) {
+        inst->workspace = h->alloc(h->ctx, QTOOL_DEVICE_CUDA, inst->workspace_bytes, QTOOL_MEM_WORKSPACE);
+        if (!inst->workspace) {
+            logf_(inst, QTOOL_LOG_WARN, "no memory for a %zu-byte cuBLASLt workspace; running without",
+                  inst->workspace_bytes);
+            inst->workspace_bytes = 0;
+        }
+    }
+    if (inst->workspace && !inst->workspace_owner) inst->workspace_owner = p;
+    p->prev = NULL;
+    p->next = inst->cuda_layers;
+    if (inst->cuda_layers) inst->cuda_layers->prev = p;
+    inst->cuda_layers = p;
+    pthread_mutex_unlock(&inst->lock);
+    return QTOOL_OK;
+}
+
+void fp16_cuda_free(qtool_packed *p)
+{
+    qtool_instance *inst = p->inst;
+    const qtool_host_services *h = inst->host;
+    pthread_mutex_lock(&inst->lock);
+    int linked = p->prev || p->next || inst->cuda_layers == p;
+    if (linked) {
+        if (p->prev) p->prev->next = p->next;
+        else inst->cuda_layers = p->next;
+        if (p->next) p->next->prev = p->prev;
+        p->prev = p->next = NULL;
+    }
+    void *ws_to_free = NULL;
+    if (inst->workspace_owner == p) {
+        inst->workspace_owner = inst->cuda_layers; /* hand over, or none left */
+        if (!inst->cuda_layers) {
+            ws_to_free = inst->workspace;
+            inst->workspace = NULL;
+        }
+    }
+    pthread_mutex_unlock(&inst->lock);
+    if (ws_to_free) h->free(h->ctx, QTOOL_DEVICE_CUDA, ws_to_free);
+
+    for (int i = 0; i < p->n_plans; i++) {
+        if (p->plans[i].b_layout) cublasLtMatrixLayoutDestroy(p->plans[i].b_layout);
+        if (p->plans[i].d_layout) cublasLtMatrixLayoutDestroy(p->plans[i].d_layout);
+    }
+    free(p->plans);
+    p->plans = NULL;
+    p->n_plans = 0;
+    if (p->op_bias) cublasLtMatmulDescDestroy((cublasLtMatmulDesc_t)p->op_bias);
+    if (p->op_plain) cublasLtMatmulDescDestroy((cublasLtMatmulDesc_t)p->op_plain);
+    if (p->a_layout) cublasLtMatrixLayoutDestroy((cublasLtMatrixLayout_t)p->a_layout);
+    p->op_bias = p->op_plain = p->a_layout = NULL;
+    fp16_free(p, QTOOL_DEVICE_CUDA, p->w_dev, (size_t)p->n * (size_t)p->k * 2, QTOOL_MEM_WEIGHTS);
+    fp16_free(p, QTOOL_DEVICE_CUDA, p->b_dev, (size_t)p->n * 2, QTOOL_MEM_WEIGHTS);
+    p->w_dev = p->b_dev = NULL;
+}
+
+/* -------------------------------------------------------------- matmul */
+
+/* Asks the heuristic for one algorithm; 0 when there is one. */
+static int find_algo(qtool_packed *p, cublasLtMatmulDesc_t desc, fp16_cuda_plan *pl, size_t ws_bytes)
+{
+    qtool_instance *inst = p->inst;
+    cublasLtMatmulPreference_t pref;
+    if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return -1;
+    uint32_t al_a = alignment_of(p->w_dev);
+    cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                            &ws_bytes, sizeof ws_bytes);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
+                                                 sizeof al_a);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                 &pl->align_x, sizeof pl->align_x);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                 &pl->align_y, sizeof pl->align_y);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                 &pl->align_y, sizeof pl->align_y);
+    cublasLtMatmulHeuristicResult_t res;
+    int count = 0;
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulAlgoGetHeuristic((cublasLtHandle_t)inst->lt, desc, (cublasLtMatrixLayout_t)p->a_layout,
+                                           pl->b_layout, pl->d_layout, pl->d_layout, pref, 1, &res, &count);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (s != CUBLAS_STATUS_SUCCESS || count < 1 || res.state != CUBLAS_STATUS_SUCCESS) return -1;
+    pl->algo = res.algo;
+    return 0;
+}
+
+static fp16_cuda_plan *get_plan(qtool_packed *p, int64_t m, uint32_t ax, uint32_t ay, int use_ws, int *rc)
+{
+    qtool_instance *inst = p->inst;
+    for (int i = 0; i < p->n_plans; i++) {
+        fp16_cuda_plan *pl = &p->plans[i];
+        if (pl->m == m && pl->align_x == ax && pl->align_y == ay && pl->use_ws == use_ws) return pl;
+    }
+    if (!p->plans) {
+        p->plans = calloc(MAX_PLANS, sizeof *p->plans);
+        if (!p->plans) {
+            *rc = QTOOL_ERR_OUT_OF_MEMORY;
+            return NULL;
+        }
+    }
+    fp16_cuda_plan *pl;
+    if (p->n_plans < MAX_PLANS) {
+        pl = &p->plans[p->n_plans++];
+    } else { /* evict round-robin */
+        pl = &p->plans[p->next_plan];
+        p->next_plan = (p->next_plan + 1) % MAX_PLANS;
+        if (pl->b_layout) cublasLtMatrixLayoutDestroy(pl->b_layout);
+        if (pl->d_layout) cublasLtMatrixLayoutDestroy(pl->d_layout);
+    }
+    memset(pl, 0, sizeof *pl);
+    pl->m = -1; /* not usable until complete */
+    cudaDataType_t dt = cuda_type(p->dtype);
+    cublasStatus_t s = cublasLtMatrixLayoutCreate(&pl->b_layout, dt, (uint64_t)p->k, (uint64_t)m, p->k);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatrixLayoutCreate(&pl->d_layout, dt, (uint64_t)p->n, (uint64_t)m, p->n);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        *rc = lt_fail(inst, s, "cublasLtMatrixLayoutCreate");
+        return NULL;
+    }
+    pl->align_x = ax;
+    pl->align_y = ay;
+    pl->use_ws = use_ws;
+    size_t ws = use_ws ? inst->workspace_bytes : 0;
+    if (p->op_bias && find_algo(p, (cublasLtMatmulDesc_t)p->op_bias, pl, ws) == 0) {
+        pl->kind = PLAN_LT_BIAS;
+    } else if (find_algo(p, (cublasLtMatmulDesc_t)p->op_plain, pl, ws) == 0) {
+        pl->kind = PLAN_LT_PLAIN;
+    } else {
+        logf_(inst, QTOOL_LOG_DEBUG, "no cuBLASLt algorithm for M=%lld K=%lld N=%lld; using the tiled kernel",
+              (long long)m, (long long)p->k, (long long)p->n);
+        pl->kind = PLAN_FALLBACK;
+    }
+    pl->m = m;
+    return pl;
+}
+
+static int64_t rows_of(const qtool_tensor *t, int64_t last)
+{
+    if (t->ndim < 1 || t->ndim > QTOOL_MAX_DIMS || t->shape[t->ndim - 1] != last) return -1;
+    int64_t r = 1;
+    for (int i = 0; i < t->ndim - 1; i++) {
+        if (t->shape[i] < 0) return -1;
+        r *= t->shape[i];
+    }
+    return r;
+}
+
+int fp16_cuda_matmul(qtool_packed *p, const qtool_matmul_args *args)
+{
+    qtool_instance *inst = p->inst;
+    if (!args || args->struct_size < offsetof(qtool_matmul_args, stream) + sizeof args->stream || !args->x ||
+        !args->y)
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    const qtool_tensor *x = args->x;
+    qtool_tensor *y = args->y;
+    if ((x->dtype != QTOOL_DTYPE_F16 && x->dtype != QTOOL_DTYPE_BF16) || y->dtype != x->dtype ||
+        x->device != QTOOL_DEVICE_CUDA || y->device != QTOOL_DEVICE_CUDA) {
+        logf_(inst, QTOOL_LOG_ERROR, "matmul_cuda: x and y must be CUDA tensors, both F16 or both BF16");
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    int64_t m = rows_of(x, p->k), my = rows_of(y, p->n);
+    if (m < 0 || my != m) {
+        logf_(inst, QTOOL_LOG_ERROR, "matmul_cuda: x must be [M, %lld] and y [M, %lld]", (long long)p->k,
+              (long long)p->n);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    if (m == 0) return QTOOL_OK;
+    if (!x->data || !y->data) return QTOOL_ERR_INVALID_ARGUMENT;
+    cudaStream_t stream = (cudaStream_t)args->stream;
+
+    int kind = PLAN_FALLBACK;
+    fp16_cuda_plan *pl = NULL;
+    int use_ws = 0;
+    if (x->dtype == p->dtype) {
+        use_ws = inst->workspace != NULL && args->stream == inst->host->cuda_stream;
+        int rc = QTOOL_OK;
+        pl = get_plan(p, m, alignment_of(x->data), alignment_of(y->data), use_ws, &rc);
+        if (!pl) return rc;
+        kind = pl->kind;
+    }
+    if (kind == PLAN_FALLBACK) {
+        cudaError_t e = (cudaError_t)fp16_launch_gemm(x->data, x->dtype, p->w_dev, p->dtype, p->b_dev, p->dtype,
+                                                      y->data, m, p->n, p->k, stream);
+        return e == cudaSuccess ? QTOOL_OK : cuda_fail(inst, e, "fp16 tiled GEMM launch");
+    }
+    const float alpha = 1.0f, beta = 0.0f;
+    cublasLtMatmulDesc_t desc = (cublasLtMatmulDesc_t)(kind == PLAN_LT_BIAS ? p->op_bias : p->op_plain);
+    cublasStatus_t s = cublasLtMatmul((cublasLtHandle_t)inst->lt, desc, &alpha, p->w_dev,
+                                      (cublasLtMatrixLayout_t)p->a_layout, x->data, pl->b_layout, &beta, y->data,
+                                      pl->d_layout, y->data, pl->d_layout, &pl->algo,
+                                      use_ws ? inst->workspace : NULL, use_ws ? inst->workspace_bytes : 0, stream);
+    if (s != CUBLAS_STATUS_SUCCESS) return lt_fail(inst, s, "cublasLtMatmul");
+    if (kind == PLAN_LT_PLAIN && p->b_dev) {
+        cudaError_t e = (cudaError_t)fp16_launch_add_bias(y->data, y->dtype, p->b_dev, p->dtype, m, p->n, stream);
+        if (e != cudaSuccess) return cuda_fail(inst, e, "bias kernel launch");
+    }
+    return QTOOL_OK;
+}
+
+/* ------------------------------------------------------------ download */
+
+int fp16_cuda_download(const qtool_packed *p, float *w_out, float *bias_out)
+{
+    qtool_instance *inst = p->inst;
+    const qtool_host_services *h = inst->host;
+    size_t nk = (size_t)p->n * (size_t)p->k;
+    cudaStream_t stream = (cudaStream_t)h->cuda_stream;
+    uint16_t *tmp = h->alloc(h->ctx, QTOOL_DEVICE_CPU, (nk + (size_t)p->n) * 2, QTOOL_MEM_OTHER);
+    if (!tmp) return QTOOL_ERR_OUT_OF_MEMORY;
+    cudaError_t e = cudaMemcpyAsync(tmp, p->w_dev, nk * 2, cudaMemcpyDeviceToHost, stream);
+    if (e == cudaSuccess && bias_out && p->b_dev)
+        e = cudaMemcpyAsync(tmp + nk, p->b_dev, (size_t)p->n * 2, cudaMemcpyDeviceToHost, stream);
+    cudaError_t se = cudaStreamSynchronize(stream);
+    if (e == cudaSuccess) e = se;
+    if (e != cudaSuccess) {
+        h->free(h->ctx, QTOOL_DEVICE_CPU, tmp);
+        return cuda_fail(inst, e, "copying the weight to the host");
+    }
+    for (size_t i = 0; i < nk; i++) w_out[i] = fp16_load_elem(tmp, p->dtype, (int64_t)i);
+    if (bias_out && p->b_dev)
+        for (int64_t i = 0; i < p->n; i++) bias_out[i] = fp16_load_elem(tmp + nk, p->dtype, i);
+    h->free(h->ctx, QTOOL_DEVICE_CPU, tmp);
+    return QTOOL_OK;
+}

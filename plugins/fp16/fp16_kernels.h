@@ -1,0 +1,29 @@
+/* CUDA kernels of the fp16 plugin behind a C interface. Dtypes are
+ * qtool_dtype codes (F32, F16, BF16); the return value is a cudaError_t. */
+#ifndef FP16_KERNELS_H
+#define FP16_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* y[m, n] = x[m, k] W[n, k]^T (+ bias[n]), y in x's dtype, float32
+ * accumulation. A plain tiled kernel: used where cuBLASLt has no algorithm
+ * (activation dtype differs from the stored weight dtype, unusual
+ * alignment). */
+__attribute__((visibility("hidden"))) int fp16_launch_gemm(const void *x, int x_dtype, const void *w,
+                                                           int w_dtype, const void *bias, int bias_dtype,
+                                                           void *y, int64_t m, int64_t n, int64_t k,
+                                                           void *stream);
+
+/* y[m, n] += bias[n]. */
+__attribute__((visibility("hidden"))) int fp16_launch_add_bias(void *y, int y_dtype, const void *bias,
+                                                               int bias_dtype, int64_t m, int64_t n,
+                                                               void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,470 @@
+/* gguf_cpu: llama.cpp's block quantization (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+ * Q4_K, Q5_K, Q6_K and the Q4_K_M / Q5_K_S mixes) with a CPU matmul that
+ * quantizes activations per row exactly as ggml's vec_dot pairs do (Q8_0
+ * for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the k-quants) and sums
+ * integer products in AVX-512 / AVX2 / scalar tiles chosen at run time. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <qtool/plugin.h>
+
+#include "gguf_quants.h"
+
+enum choice { C_Q8_0, C_Q4_0, C_Q4_1, C_Q5_0, C_Q5_1, C_Q4_K, C_Q5_K, C_Q6_K, C_Q4_K_M, C_Q5_K_S, C_COUNT };
+static const char *const choice_names[C_COUNT] = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
+                                                  "Q4_K", "Q5_K", "Q6_K", "Q4_K_M", "Q5_K_S"};
+static const int choice_types[C_COUNT] = {GQ_Q8_0, GQ_Q4_0, GQ_Q4_1, GQ_Q5_0, GQ_Q5_1,
+                                          GQ_Q4_K, GQ_Q5_K, GQ_Q6_K, GQ_Q4_K, GQ_Q5_K};
+
+static const qtool_option_desc options[] = {
+    {"type", QTOOL_OPT_ENUM, "Q4_K_M",
+     "GGUF type: one block type for every layer, or a llama.cpp mix (Q4_K_M, Q5_K_S)",
+     "Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q4_K|Q5_K|Q6_K|Q4_K_M|Q5_K_S", 0, -1},
+    {"isa", QTOOL_OPT_ENUM, "auto", "CPU kernel: best available (auto), or at most avx2 / scalar",
+     "auto|avx2|scalar", 0, -1},
+};
+
+struct qtool_instance {
+    const qtool_host_services *host;
+    int choice;
+    gq_tile_fn tile;
+    const char *isa;
+};
+
+struct qtool_packed {
+    qtool_instance *inst;
+    int type; /* ggml type */
+    int64_t n, k;
+    size_t row_bytes;
+    uint8_t *data;
+    float *bias;
+};
+
+#define LOG(inst, lvl, ...) (inst)->host->log((inst)->host->ctx, (lvl), __VA_ARGS__)
+
+static int plugin_probe(const qtool_device_info *dev, char *reason, size_t reason_len)
+{
+    if (dev->kind == QTOOL_DEVICE_CPU) return QTOOL_OK;
+    snprintf(reason, reason_len, "gguf_cpu runs on the CPU only");
+    return QTOOL_ERR_UNSUPPORTED;
+}
+
+static int plugin_create(const qtool_host_services *host, const qtool_option_value *opts, uint32_t n_opts,
+                         qtool_instance **out, char *msg, size_t msg_len)
+{
+    int choice = C_Q4_K_M, isa = 0;
+    for (uint32_t i = 0; i < n_opts; i++) {
+        if (strcmp(opts[i].name, "type") == 0) choice = (int)opts[i].i;
+        else if (strcmp(opts[i].name, "isa") == 0) isa = (int)opts[i].i;
+    }
+    if (choice < 0 || choice >= C_COUNT || isa < 0 || isa > 2) {
+        snprintf(msg, msg_len, "bad option value");
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    qtool_instance *inst = calloc(1, sizeof *inst);
+    if (!inst) {
+        snprintf(msg, msg_len, "out of memory");
+        return QTOOL_ERR_OUT_OF_MEMORY;
+    }
+    inst->host = host;
+    inst->choice = choice;
+    inst->tile = gq_select_tile(isa == 0 ? GQ_ISA_AVX512 : isa == 1 ? GQ_ISA_AVX2 : GQ_ISA_SCALAR, &inst->isa);
+    LOG(inst, QTOOL_LOG_DEBUG, "type %s, %s kernels", choice_names[choice], inst->isa);
+    *out = inst;
+    return QTOOL_OK;
+}
+
+static void plugin_destroy(qtool_instance *inst) { free(inst); }
+
+/* llama.cpp's use_more_bits: the first and last eighth of the blocks and
+ * every third block in between get more bits. */
+static int use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+/* The ggml type of one layer: the mix rules of llama.cpp's
+ * llama_tensor_get_type (src/llama-quant.cpp) for the roles a runtime
+ * Linear can have, then its fallbacks for rows that are not a multiple of
+ * 256. Returns -1 when K is not a multiple of 32 (llama.cpp keeps such
+ * tensors in F16). */
+static int layer_type(int choice, const qtool_layer_info *L)
+{
+    int t = choice_types[choice];
+    const int64_t k = L->in_features;
+    if (choice == C_Q4_K_M || choice == C_Q5_K_S) {
+        if (L->role == QTOOL_ROLE_HEAD) {
+            t = k % GQ_QK_K ? GQ_Q8_0 : GQ_Q6_K;
+        } else if (choice == C_Q4_K_M && L->block_index >= 0 && L->n_blocks > 0) {
+            /* attn_v (and fused qkv, which llama.cpp counts as attn_v) and
+             * ffn_down of the more-bits blocks go to Q6_K. */
+            const int v_like = L->role == QTOOL_ROLE_ATTN_V || L->role == QTOOL_ROLE_ATTN_QKV;
+            if ((v_like || L->role == QTOOL_ROLE_FFN_DOWN) && use_more_bits(L->block_index, L->n_blocks))
+                t = GQ_Q6_K;
+        }
+    }
+    if (k % GQ_QK_K) {
+        if (t == GQ_Q4_K) t = GQ_Q5_0;
+        else if (t == GQ_Q5_K) t = GQ_Q5_1;
+        else if (t == GQ_Q6_K) t = GQ_Q8_0;
+    }
+    return k % GQ_QK ? -1 : t;
+}
+
+/* ------------------------------------------------------------------ pack */
+
+typedef struct pack_job {
+    qtool_packed *p;
+    const qtool_tensor *w;
+    atomic_int bad_row; /* first non-finite row + 1, 0 when none */
+    atomic_int oom;
+} pack_job;
+
+static void to_f32(float *dst, const void *src, int dtype, int64_t n)
+{
+    if (dtype == QTOOL_DTYPE_F32) {
+        memcpy(dst, src, (size_t)n * 4);
+    } else if (dtype == QTOOL_DTYPE_F16) {
+        const uint16_t *h = src;
+        for (int64_t i = 0; i < n; i++) dst[i] = qtool_f16_to_f32(h[i]);
+    } else {
+        const uint16_t *h = src;
+        for (int64_t i = 0; i < n; i++) dst[i] = qtool_bf16_to_f32(h[i]);
+    }
+}
+
+static void pack_rows(void *arg, int64_t begin, int64_t end)
+{
+    pack_job *job = arg;
+    qtool_packed *p = job->p;
+    const qtool_host_services *host = p->inst->host;
+    float *row = host->alloc(host->ctx, QTOOL_DEVICE_CPU, (size_t)p->k * 4, QTOOL_MEM_WORKSPACE);
+    if (!row) {
+        atomic_store(&job->oom, 1);
+        return;
+    }
+    const gq_type *t = gq_type_traits(p->type);
+    const size_t esz = qtool_dtype_size(job->w->dtype);
+    for (int64_t r = begin; r < end; r++) {
+        to_f32(row, (const uint8_t *)job->w->data + (size_t)r * (size_t)p->k * esz, job->w->dtype, p->k);
+        int finite = 1;
+        for (int64_t i = 0; i < p->k; i++) finite &= isfinite(row[i]) != 0;
+        if (!finite) {
+            int expected = 0;
+            atomic_compare_exchange_strong(&job->bad_row, &expected, (int)r + 1);
+            continue;
+        }
+        t->quantize(row, p->data + (size_t)r * p->row_bytes, p->k);
+    }
+    host->free(host->ctx, QTOOL_DEVICE_CPU, row);
+}
+
+static void free_packed(qtool_packed *p)
+{
+    if (!p) return;
+    const qtool_host_services *host = p->inst->host;
+    if (p->data) host->free(host->ctx, QTOOL_DEVICE_CPU, p->data);
+    if (p->bias) host->free(host->ctx, QTOOL_DEVICE_CPU, p->bias);
+    free(p);
+}
+
+/* A packed layer of type `type` for N x K, data uninitialised. */
+static int new_packed(qtool_instance *inst, int type, int64_t n, int64_t k, int with_bias, qtool_packed **out)
+{
+    qtool_packed *p = calloc(1, sizeof *p);
+    if (!p) return QTOOL_ERR_OUT_OF_MEMORY;
+    p->inst = inst;
+    p->type = type;
+    p->n = n;
+    p->k = k;
+    p->row_bytes = gq_row_size(type, k);
+    const qtool_host_services *host = inst->host;
+    p->data = host->alloc(host->ctx, QTOOL_DEVICE_CPU, p->row_bytes * (size_t)n, QTOOL_MEM_WEIGHTS);
+    if (with_bias) p->bias = host->alloc(host->ctx, QTOOL_DEVICE_CPU, (size_t)n * 4, QTOOL_MEM_OTHER);
+    if (!p->data || (with_bias && !p->bias)) {
+        free_packed(p);
+        return QTOOL_ERR_OUT_OF_MEMORY;
+    }
+    *out = p;
+    return QTOOL_OK;
+}
+
+static int plugin_pack(qtool_instance *inst, const qtool_pack_args *args, qtool_packed **out)
+{
+    *out = NULL;
+    const qtool_tensor *w = args->weight, *b = args->bias;
+    const qtool_layer_info *L = args->layer;
+    const char *name = L && L->name ? L->name : "layer";
+    if (!w || !L || args->device != QTOOL_DEVICE_CPU) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: pack needs a weight, layer info and the CPU device", name);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    if (w->ndim != 2 || w->device != QTOOL_DEVICE_CPU ||
+        (w->dtype != QTOOL_DTYPE_F32 && w->dtype != QTOOL_DTYPE_F16 && w->dtype != QTOOL_DTYPE_BF16) ||
+        w->shape[0] < 1 || w->shape[1] < 1 || w->shape[0] != L->out_features || w->shape[1] != L->in_features) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: weight must be [N, K] F32/F16/BF16 on the CPU matching the layer", name);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    if (b && (b->ndim != 1 || b->dtype != QTOOL_DTYPE_F32 || b->shape[0] != w->shape[0])) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: bias must be [N] F32", name);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    if (w->shape[0] > INT32_MAX) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: too many rows", name);
+        return QTOOL_ERR_UNSUPPORTED;
+    }
+    const int type = layer_type(inst->choice, L);
+    if (type < 0) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: K = %lld is not a multiple of 32, which every GGUF block type needs", name,
+            (long long)L->in_features);
+        return QTOOL_ERR_UNSUPPORTED;
+    }
+    if (type != choice_types[inst->choice] && inst->choice < C_Q4_K_M)
+        LOG(inst, QTOOL_LOG_INFO, "%s: K = %lld is not a multiple of 256: %s instead of %s", name,
+            (long long)L->in_features, gq_type_traits(type)->name, choice_names[inst->choice]);
+    qtool_packed *p;
+    int rc = new_packed(inst, type, w->shape[0], w->shape[1], b != NULL, &p);
+    if (rc) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: out of memory", name);
+        return rc;
+    }
+    pack_job job = {.p = p, .w = w};
+    atomic_init(&job.bad_row, 0);
+    atomic_init(&job.oom, 0);
+    inst->host->parallel_for(inst->host->ctx, p->n, 4, pack_rows, &job);
+    if (atomic_load(&job.oom)) {
+        free_packed(p);
+        LOG(inst, QTOOL_LOG_ERROR, "%s: out of memory", name);
+        return QTOOL_ERR_OUT_OF_MEMORY;
+    }
+    if (atomic_load(&job.bad_row)) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: row %d of the weight has a non-finite value", name,
+            atomic_load(&job.bad_row) - 1);
+        free_packed(p);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    if (b) memcpy(p->bias, b->data, (size_t)p->n * 4);
+    LOG(inst, QTOOL_LOG_DEBUG, "%s: %s", name, gq_type_traits(type)->name);
+    *out = p;
+    return QTOOL_OK;
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+/* Weight rows unpacked together; their unpacked form stays in L1/L2 while
+ * every activation row passes by. */
+#define UNIT_ROWS 8
+
+typedef struct mm_job {
+    const qtool_packed *p;
+    const float *x;
+    float *y;
+    int64_t m;
+    gq_act *act; /* m rows */
+    atomic_int oom;
+} mm_job;
+
+static void quantize_acts(void *arg, int64_t begin, int64_t end)
+{
+    mm_job *job = arg;
+    for (int64_t i = begin; i < end; i++) gq_act_quantize(job->p->type, job->x + i * job->p->k, job->p->k, &job->act[i]);
+}
+
+static void matmul_units(void *arg, int64_t begin, int64_t end)
+{
+    mm_job *job = arg;
+    const qtool_packed *p = job->p;
+    const qtool_host_services *host = p->inst->host;
+    const int64_t k = p->k, n = p->n;
+    /* per row: k codes + k/4 lane scales + k/32 sum coefficients */
+    const size_t row_scratch = (size_t)k + (size_t)k + (size_t)k / 8;
+    uint8_t *scratch = host->alloc(host->ctx, QTOOL_DEVICE_CPU, row_scratch * UNIT_ROWS, QTOOL_MEM_WORKSPACE);
+    if (!scratch) {
+        atomic_store(&job->oom, 1);
+        return;
+    }
+    gq_wrow rows[UNIT_ROWS];
+    for (int r = 0; r < UNIT_ROWS; r++) {
+        uint8_t *base = scratch + row_scratch * r;
+        rows[r].sv = (float *)base;                      /* k bytes, 64-byte aligned when k % 64 == 0 */
+        rows[r].mn = (float *)(base + k);                /* k / 8 bytes */
+        rows[r].q = (int8_t *)(base + k + (size_t)k / 8); /* k bytes */
+    }
+    const int flags = gq_tile_flags(p->type);
+    for (int64_t u = begin; u < end; u++) {
+        const int64_t n0 = u * UNIT_ROWS;
+        const int nw = (int)(n - n0 < UNIT_ROWS ? n - n0 : UNIT_ROWS);
+        for (int r = 0; r < nw; r++) gq_unpack_row(p->type, p->data + (size_t)(n0 + r) * p->row_bytes, k, &rows[r]);
+        for (int64_t i = 0; i < job->m; i += 4) {
+            const int na = (int)(job->m - i < 4 ? job->m - i : 4);
+            p->inst->tile(k, flags, rows, nw, job->act + i, na, job->y + i * n + n0, n);
+        }
+        if (p->bias)
+            for (int64_t i = 0; i < job->m; i++)
+                for (int r = 0; r < nw; r++) job->y[i * n + n0 + r] += p->bias[n0 + r];
+    }
+    host->free(host->ctx, QTOOL_DEVICE_CPU, scratch);
+}
+
+static int plugin_matmul_cpu(qtool_packed *p, const qtool_matmul_args *args)
+{
+    const qtool_host_services *host = p->inst->host;
+    const qtool_tensor *x = args->x;
+    qtool_tensor *y = args->y;
+    if (!x || !y || x->dtype != QTOOL_DTYPE_F32 || y->dtype != QTOOL_DTYPE_F32 || x->device != QTOOL_DEVICE_CPU ||
+        y->device != QTOOL_DEVICE_CPU || x->ndim < 1 || y->ndim != x->ndim || x->shape[x->ndim - 1] != p->k ||
+        y->shape[y->ndim - 1] != p->n) {
+        LOG(p->inst, QTOOL_LOG_ERROR, "matmul: x must be [..., %lld] and y [..., %lld], F32 on the CPU",
+            (long long)p->k, (long long)p->n);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    const int64_t m = qtool_tensor_numel(x) / p->k;
+    if (qtool_tensor_numel(y) / p->n != m) {
+        LOG(p->inst, QTOOL_LOG_ERROR, "matmul: x and y have different row counts");
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    if (m == 0) return QTOOL_OK;
+    const int64_t k = p->k, ng = k / GQ_QK;
+    const size_t act_bytes = (size_t)m * ((size_t)k + 2 * (size_t)ng * 4) + (size_t)m * sizeof(gq_act);
+    uint8_t *buf = host->alloc(host->ctx, QTOOL_DEVICE_CPU, act_bytes, QTOOL_MEM_WORKSPACE);
+    if (!buf) {
+        LOG(p->inst, QTOOL_LOG_ERROR, "matmul: out of memory for %lld activation rows", (long long)m);
+        return QTOOL_ERR_OUT_OF_MEMORY;
+    }
+    gq_act *act = (gq_act *)buf;
+    float *ds = (float *)(buf + (size_t)m * sizeof(gq_act));
+    int8_t *qs = (int8_t *)(ds + 2 * (size_t)m * (size_t)ng);
+    for (int64_t i = 0; i < m; i++) {
+        act[i].d = ds + 2 * (size_t)i * (size_t)ng;
+        act[i].s = act[i].d + ng;
+        act[i].q = qs + (size_t)i * (size_t)k;
+    }
+    mm_job job = {.p = p, .x = x->data, .y = y->data, .m = m, .act = act};
+    atomic_init(&job.oom, 0);
+    host->parallel_for(host->ctx, m, 4, quantize_acts, &job);
+    host->parallel_for(host->ctx, (p->n + UNIT_ROWS - 1) / UNIT_ROWS, 1, matmul_units, &job);
+    host->free(host->ctx, QTOOL_DEVICE_CPU, buf);
+    if (atomic_load(&job.oom)) {
+        LOG(p->inst, QTOOL_LOG_ERROR, "matmul: out of memory for the kernel scratch");
+        return QTOOL_ERR_OUT_OF_MEMORY;
+    }
+    return QTOOL_OK;
+}
+
+static int plugin_memory(const qtool_packed *p, uint64_t bytes[QTOOL_MEM_COUNT])
+{
+    for (int c = 0; c < QTOOL_MEM_COUNT; c++) bytes[c] = 0;
+    /* GGUF blocks interleave codes and their scales: one buffer, counted as
+     * weights (docs/gguf.md gives the scale share per type). */
+    bytes[QTOOL_MEM_WEIGHTS] = (uint64_t)p->row_bytes * (uint64_t)p->n;
+    if (p->bias) bytes[QTOOL_MEM_OTHER] = (uint64_t)p->n * 4;
+    return QTOOL_OK;
+}
+
+/* ------------------------------------------------------------- save/load */
+
+/* Saved form: `weight` = the GGUF block bytes, PACKED [N, row bytes];
+ * `ggml_type` = I32 [1], the ggml type id; `bias` = F32 [N] when present. */
+static int plugin_save(const qtool_packed *p, const qtool_save_sink *sink)
+{
+    int32_t type = p->type;
+    qtool_tensor w = {.data = p->data, .dtype = QTOOL_DTYPE_PACKED, .device = QTOOL_DEVICE_CPU, .ndim = 2,
+                      .shape = {p->n, (int64_t)p->row_bytes}};
+    qtool_tensor t = {.data = &type, .dtype = QTOOL_DTYPE_I32, .device = QTOOL_DEVICE_CPU, .ndim = 1, .shape = {1}};
+    int rc = sink->put(sink->ctx, "weight", &w);
+    if (!rc) rc = sink->put(sink->ctx, "ggml_type", &t);
+    if (!rc && p->bias) {
+        qtool_tensor b = {.data = p->bias, .dtype = QTOOL_DTYPE_F32, .device = QTOOL_DEVICE_CPU, .ndim = 1,
+                          .shape = {p->n}};
+        rc = sink->put(sink->ctx, "bias", &b);
+    }
+    return rc;
+}
+
+static int plugin_load(qtool_instance *inst, const qtool_layer_info *L, int device, const qtool_load_source *src,
+                       qtool_packed **out)
+{
+    *out = NULL;
+    const char *name = L && L->name ? L->name : "layer";
+    if (!L || device != QTOOL_DEVICE_CPU) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: load needs layer info and the CPU device", name);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    qtool_tensor w, t, b;
+    int rc = src->get(src->ctx, "weight", &w);
+    if (!rc) rc = src->get(src->ctx, "ggml_type", &t);
+    if (rc) return rc;
+    int32_t type = -1;
+    if (t.dtype == QTOOL_DTYPE_I32 && t.ndim == 1 && t.shape[0] == 1) memcpy(&type, t.data, 4);
+    const gq_type *tt = gq_type_traits(type);
+    if (!tt || !tt->vec_dot) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: ggml_type must be one I32 naming a type this plugin runs", name);
+        return QTOOL_ERR_FORMAT;
+    }
+    const int64_t n = L->out_features, k = L->in_features;
+    if (k <= 0 || n <= 0 || k % tt->block || w.dtype != QTOOL_DTYPE_PACKED || w.ndim != 2 || w.shape[0] != n ||
+        w.shape[1] != (int64_t)gq_row_size(type, k)) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: weight must be PACKED [%lld, %zu] for %s with K = %lld", name, (long long)n,
+            k % tt->block ? (size_t)0 : gq_row_size(type, k), tt->name, (long long)k);
+        return QTOOL_ERR_FORMAT;
+    }
+    int has_bias = src->has && src->has(src->ctx, "bias");
+    if (has_bias) {
+        if ((rc = src->get(src->ctx, "bias", &b))) return rc;
+        if (b.dtype != QTOOL_DTYPE_F32 || b.ndim != 1 || b.shape[0] != n) {
+            LOG(inst, QTOOL_LOG_ERROR, "%s: bias must be F32 [%lld]", name, (long long)n);
+            return QTOOL_ERR_FORMAT;
+        }
+    }
+    qtool_packed *p;
+    if ((rc = new_packed(inst, type, n, k, has_bias, &p))) return rc;
+    memcpy(p->data, w.data, p->row_bytes * (size_t)n);
+    if (has_bias) memcpy(p->bias, b.data, (size_t)n * 4);
+    *out = p;
+    return QTOOL_OK;
+}
+
+static int plugin_quant_config_json(const qtool_instance *inst, char *buf, size_t buf_len)
+{
+    int n = snprintf(buf, buf_len, "{\"quant_method\": \"gguf\", \"type\": \"%s\"}", choice_names[inst->choice]);
+    return n < 0 || (size_t)n >= buf_len ? QTOOL_ERR_INVALID_ARGUMENT : QTOOL_OK;
+}
+
+/* Looks for "quant_method" followed by the string "gguf". */
+static int plugin_accepts_config(const char *json)
+{
+    const char *p = json ? strstr(json, "\"quant_method\"") : NULL;
+    if (!p) return 0;
+    p += strlen("\"quant_method\"");
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+    if (*p++ != ':') return 0;
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+    return strncmp(p, "\"gguf\"", 6) == 0;
+}
+
+static const qtool_plugin_desc desc = {
+    .abi_version = QTOOL_ABI_VERSION,
+    .struct_size = sizeof(qtool_plugin_desc),
+    .name = "gguf_cpu",
+    .version = "1.0.0",
+    .summary = "llama.cpp GGUF block types (Q8_0 ... Q6_K, Q4_K_M, Q5_K_S), integer CPU matmul",
+    .devices = QTOOL_DEVMASK_CPU,
+    .flags = QTOOL_PLUGIN_THREAD_SAFE_MATMUL,
+    .weight_bits = 4,
+    .activation_bits = 8,
+    .options = options,
+    .n_options = sizeof options / sizeof options[0],
+    .probe = plugin_probe,
+    .create = plugin_create,
+    .destroy = plugin_destroy,
+    .pack = plugin_pack,
+    .free_packed = free_packed,
+    .matmul_cpu = plugin_matmul_cpu,
+    .memory = plugin_memory,
+    .save = plugin_save,
+    .load = plugin_load,
+    .quant_config_json = plugin_quant_config_json,
+    .accepts_config = plugin_accepts_config,
+};
+
+QTOOL_PLUGIN_ENTRY { return &desc; }

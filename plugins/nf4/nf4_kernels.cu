@@ -1,0 +1,421 @@
+// CUDA kernels of the nf4 plugin: a fused dequantize-GEMV for small
+// batches, and dequantize-to-fp16/bf16 + cuBLASLt GEMM for large ones.
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdio.h>
+
+#include <qtool/plugin.h>
+
+#include "nf4_codec.h"
+#include "nf4_cuda.h"
+
+namespace {
+
+constexpr int kWarpsPerBlock = 4;
+constexpr int kGemvMaxRows = 16;
+constexpr size_t kLtWorkspace = 32u << 20;
+
+int cuda_fail(cudaError_t e, const char *what, char *msg, size_t len)
+{
+    snprintf(msg, len, "%s: %s", what, cudaGetErrorString(e));
+    return e == cudaErrorMemoryAllocation ? QTOOL_ERR_OUT_OF_MEMORY : QTOOL_ERR_DEVICE;
+}
+
+int lt_fail(cublasStatus_t s, const char *what, char *msg, size_t len)
+{
+    snprintf(msg, len, "%s failed (cuBLAS status %d)", what, (int)s);
+    return QTOOL_ERR_DEVICE;
+}
+
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Two values packed in a 32-bit word (half2 / bfloat162) to float2.
+template <typename T> __device__ __forceinline__ float2 pair_to_f2(uint32_t w);
+template <> __device__ __forceinline__ float2 pair_to_f2<__half>(uint32_t w)
+{
+    __half2 h = *reinterpret_cast<__half2 *>(&w);
+    return __half22float2(h);
+}
+template <> __device__ __forceinline__ float2 pair_to_f2<__nv_bfloat16>(uint32_t w)
+{
+    // bf16 -> f32 is a shift; exact and valid on every architecture.
+    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u));
+}
+template <typename T> __device__ __forceinline__ uint32_t f2_to_pair(float a, float b);
+template <> __device__ __forceinline__ uint32_t f2_to_pair<__half>(float a, float b)
+{
+    __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+template <> __device__ __forceinline__ uint32_t f2_to_pair<__nv_bfloat16>(float a, float b)
+{
+    uint32_t lo = __bfloat16_as_ushort(__float2bfloat16_rn(a));
+    uint32_t hi = __bfloat16_as_ushort(__float2bfloat16_rn(b));
+    return lo | (hi << 16);
+}
+
+struct Smem {
+    float lut[16];
+    float map[256];
+};
+
+__device__ __forceinline__ void load_tables(const nf4cu_layer &L, Smem &s)
+{
+    // The code tables of nf4_codec.h are host constants; device code has its own copy.
+    if (threadIdx.x < 16) {
+        const float nf4[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+                               -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+                               0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f,
+                               0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
+                               0.7229568362236023f, 1.0f};
+        const float fp4[8] = {0.0f, 0.0625f / 12.0f, 8.0f / 12.0f, 12.0f / 12.0f,
+                              4.0f / 12.0f, 6.0f / 12.0f, 2.0f / 12.0f, 3.0f / 12.0f};
+        int i = threadIdx.x;
+        s.lut[i] = L.quant_type == NF4_TYPE_FP4 ? (i & 8 ? -fp4[i & 7] : fp4[i & 7]) : nf4[i];
+    }
+    if (L.nested)
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) s.map[i] = L.nested_map[i];
+    __syncthreads();
+}
+
+// Dequantized absmax of block b: code[q] * nested_absmax, then + offset,
+// rounded separately as bitsandbytes does (no fused multiply-add).
+__device__ __forceinline__ float block_absmax(const nf4cu_layer &L, const Smem &s, int64_t b)
+{
+    if (!L.nested) return __ldg(L.absmax + b);
+    float a = __fmul_rn(s.map[L.qabsmax[b]], __ldg(L.nested_absmax + (b >> 8)));
+    return __fadd_rn(a, L.offset);
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// ---------------------------------------------------------------- dequant
+
+template <typename T> __global__ void k_dequant(nf4cu_layer L, T *__restrict__ out)
+{
+    __shared__ Smem s;
+    load_tables(L, s);
+    const int64_t n = L.N * L.K;
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x * 8;
+    for (int64_t e0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 8; e0 < n; e0 += stride) {
+        if (e0 + 8 <= n) {
+            // 8 elements = 4 code bytes, all in one absmax block (blocks are >= 64).
+            uint32_t q = *reinterpret_cast<const uint32_t *>(L.codes + (e0 >> 1));
+            float a = block_absmax(L, s, e0 / L.blocksize);
+            uint4 o;
+            uint32_t *ow = reinterpret_cast<uint32_t *>(&o);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                uint32_t byte = (q >> (8 * j)) & 0xFFu;
+                ow[j] = f2_to_pair<T>(s.lut[byte >> 4] * a, s.lut[byte & 15u] * a);
+            }
+            *reinterpret_cast<uint4 *>(out + e0) = o;
+        } else {
+            for (int64_t e = e0; e < n; e++) {
+                unsigned c = (L.codes[e >> 1] >> ((e & 1) ? 0 : 4)) & 15u;
+                out[e] = from_f<T>(s.lut[c] * block_absmax(L, s, e / L.blocksize));
+            }
+        }
+    }
+}
+
+template <typename T> __global__ void k_add_bias(T *__restrict__ y, const float *__restrict__ bias, int64_t M, int64_t N)
+{
+    int64_t total = M * N;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = from_f<T>(to_f<T>(y[i]) + bias[i % N]);
+}
+
+// ---------------------------------------------------------------- GEMV
+
+// One warp per R output features, MT input rows at once. FAST: K % 32 == 0
+// and aligned x, so each lane reads 16 code bytes (32 weights) per feature
+// and 64 bytes of each input row per step; an input chunk loaded once
+// serves all R features.
+template <typename T, int MT, int R, bool FAST>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    k_gemv(nf4cu_layer L, const T *__restrict__ x, T *__restrict__ y, int rows)
+{
+    __shared__ Smem s;
+    load_tables(L, s);
+    const int lane = threadIdx.x & 31;
+    const int64_t n0 = ((int64_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5)) * R;
+    if (n0 >= L.N) return;
+    const int64_t K = L.K;
+    float acc[R][MT];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int m = 0; m < MT; m++) acc[r][m] = 0.0f;
+
+    if (FAST) {
+        for (int64_t k0 = (int64_t)lane * 32; k0 < K; k0 += 32 * 32) {
+            uint32_t qw[R][4];
+            float a[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                int64_t n = n0 + r < L.N ? n0 + r : L.N - 1; // a missing last feature recomputes one
+                uint4 q = __ldg(reinterpret_cast<const uint4 *>(L.codes + n * (K >> 1) + (k0 >> 1)));
+                qw[r][0] = q.x;
+                qw[r][1] = q.y;
+                qw[r][2] = q.z;
+                qw[r][3] = q.w;
+                a[r] = block_absmax(L, s, (n * K + k0) / L.blocksize);
+            }
+#pragma unroll
+            for (int g = 0; g < 4; g++) {
+                float w[R][8];
+#pragma unroll
+                for (int r = 0; r < R; r++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        uint32_t byte = (qw[r][g] >> (8 * j)) & 0xFFu;
+                        w[r][2 * j] = s.lut[byte >> 4] * a[r];
+                        w[r][2 * j + 1] = s.lut[byte & 15u] * a[r];
+                    }
+#pragma unroll
+                for (int m = 0; m < MT; m++) {
+                    if (m < rows) {
+                        uint4 xv = __ldg(reinterpret_cast<const uint4 *>(x + (int64_t)m * K + k0 + g * 8));
+                        const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+                        for (int j = 0; j < 4; j++) {
+                            float2 f = pair_to_f2<T>(xw[j]);
+#pragma unroll
+                            for (int r = 0; r < R; r++) {
+                                acc[r][m] = fmaf(w[r][2 * j], f.x, acc[r][m]);
+                                acc[r][m] = fmaf(w[r][2 * j + 1], f.y, acc[r][m]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        for (int64_t k = lane; k < K; k += 32) {
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                int64_t n = n0 + r < L.N ? n0 + r : L.N - 1;
+                int64_t e = n * K + k;
+                unsigned c = (L.codes[e >> 1] >> ((e & 1) ? 0 : 4)) & 15u;
+                float w = s.lut[c] * block_absmax(L, s, e / L.blocksize);
+#pragma unroll
+                for (int m = 0; m < MT; m++)
+                    if (m < rows) acc[r][m] = fmaf(w, to_f<T>(x[(int64_t)m * K + k]), acc[r][m]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int64_t n = n0 + r;
+        const float b = (L.bias && n < L.N) ? L.bias[n] : 0.0f;
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+            float v = warp_sum(acc[r][m]);
+            if (lane == 0 && m < rows && n < L.N) y[(int64_t)m * L.N + n] = from_f<T>(v + b);
+        }
+    }
+}
+
+template <typename T, int MT, int R>
+void launch_gemv_mt(const nf4cu_layer &L, const T *x, T *y, int rows, bool fast, cudaStream_t st)
+{
+    const int64_t per_block = (int64_t)kWarpsPerBlock * R;
+    dim3 grid((unsigned)((L.N + per_block - 1) / per_block)), block(kWarpsPerBlock * 32);
+    if (fast)
+        k_gemv<T, MT, R, true><<<grid, block, 0, st>>>(L, x, y, rows);
+    else
+        k_gemv<T, MT, R, false><<<grid, block, 0, st>>>(L, x, y, rows);
+}
+
+template <typename T> int run_gemv(const nf4cu_layer &L, const T *x, T *y, int64_t M, cudaStream_t st)
+{
+    bool fast = (L.K % 32) == 0 && ((uintptr_t)x & 15u) == 0 && ((uintptr_t)L.codes & 15u) == 0;
+    for (int64_t m0 = 0; m0 < M; m0 += kGemvMaxRows) {
+        int rows = (int)(M - m0 < kGemvMaxRows ? M - m0 : kGemvMaxRows);
+        const T *xs = x + m0 * L.K;
+        T *ys = y + m0 * L.N;
+        if (rows == 1)
+            launch_gemv_mt<T, 1, 1>(L, xs, ys, rows, fast, st);
+        else if (rows == 2)
+            launch_gemv_mt<T, 2, 1>(L, xs, ys, rows, fast, st);
+        else if (rows <= 4)
+            launch_gemv_mt<T, 4, 1>(L, xs, ys, rows, fast, st);
+        else if (rows <= 8)
+            launch_gemv_mt<T, 8, 2>(L, xs, ys, rows, fast, st);
+        else
+            launch_gemv_mt<T, 16, 2>(L, xs, ys, rows, fast, st);
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------- cuBLASLt
+
+// y[M, N] = x[M, K] @ w[N, K]^T, row-major, fp16/bf16 with fp32 accumulation.
+int lt_gemm(cublasLtHandle_t h, const void *w, const void *x, void *y, int64_t M, int64_t N, int64_t K,
+            cudaDataType_t dt, void *ws, size_t ws_bytes, cudaStream_t st, char *msg, size_t len)
+{
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t a = NULL, b = NULL, d = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasStatus_t s;
+    int rc = 0;
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasLtMatmulHeuristicResult_t heur;
+    int found = 0;
+    float alpha = 1.0f, beta = 0.0f;
+#define LT(call, what)                                   \
+    do {                                                 \
+        s = (call);                                      \
+        if (s != CUBLAS_STATUS_SUCCESS) {                \
+            rc = lt_fail(s, what, msg, len);             \
+            goto done;                                   \
+        }                                                \
+    } while (0)
+    LT(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "set TRANSA");
+    LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "set TRANSB");
+    // Column-major view: y^T[N, M] = w (K x N, transposed) * x^T (K x M).
+    LT(cublasLtMatrixLayoutCreate(&a, dt, (uint64_t)K, (uint64_t)N, K), "layout A");
+    LT(cublasLtMatrixLayoutCreate(&b, dt, (uint64_t)K, (uint64_t)M, K), "layout B");
+    LT(cublasLtMatrixLayoutCreate(&d, dt, (uint64_t)N, (uint64_t)M, N), "layout D");
+    LT(cublasLtMatmulPreferenceCreate(&pref), "preference");
+    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
+                                            sizeof ws_bytes),
+       "preference workspace");
+    LT(cublasLtMatmulAlgoGetHeuristic(h, op, a, b, d, d, pref, 1, &heur, &found), "cublasLtMatmulAlgoGetHeuristic");
+    if (found < 1) {
+        snprintf(msg, len, "cuBLASLt has no fp16 GEMM for %lldx%lldx%lld", (long long)M, (long long)N,
+                 (long long)K);
+        rc = QTOOL_ERR_UNSUPPORTED;
+        goto done;
+    }
+    LT(cublasLtMatmul(h, op, &alpha, w, a, x, b, &beta, y, d, y, d, &heur.algo, ws, ws_bytes, st), "cublasLtMatmul");
+#undef LT
+done:
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (d) cublasLtMatrixLayoutDestroy(d);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (op) cublasLtMatmulDescDestroy(op);
+    return rc;
+}
+
+unsigned grid_for(int64_t work, int threads)
+{
+    int64_t g = (work + threads - 1) / threads;
+    if (g > 65535 * 8) g = 65535 * 8;
+    return (unsigned)(g < 1 ? 1 : g);
+}
+
+template <typename T>
+int matmul_t(const nf4cu_layer &L, const T *x, T *y, int64_t M, int path, void *ws, size_t ws_bytes, void *lt,
+             void *lt_ws, size_t lt_ws_bytes, cudaStream_t st, cudaDataType_t dt, char *msg, size_t len)
+{
+    if (path == NF4CU_PATH_GEMV) {
+        run_gemv<T>(L, x, y, M, st);
+    } else {
+        size_t need = (size_t)(L.N * L.K) * sizeof(T);
+        if (!ws || ws_bytes < need) {
+            snprintf(msg, len, "workspace of %zu bytes is too small (need %zu)", ws_bytes, need);
+            return QTOOL_ERR_INTERNAL;
+        }
+        T *wd = static_cast<T *>(ws);
+        k_dequant<T><<<grid_for(L.N * L.K / 8 + 1, 256), 256, 0, st>>>(L, wd);
+        int rc = lt_gemm(static_cast<cublasLtHandle_t>(lt), wd, x, y, M, L.N, L.K, dt, lt_ws, lt_ws_bytes, st, msg,
+                         len);
+        if (rc) return rc;
+        if (L.bias) k_add_bias<T><<<grid_for(M * L.N, 256), 256, 0, st>>>(y, L.bias, M, L.N);
+    }
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return cuda_fail(e, "nf4 kernel launch", msg, len);
+    return 0;
+}
+
+} // namespace
+
+extern "C" {
+
+size_t nf4cu_workspace_bytes(const nf4cu_layer *L, int64_t M, int path)
+{
+    (void)M;
+    if (path == NF4CU_PATH_GEMV) return 0;
+    return (size_t)(L->N * L->K) * 2;
+}
+
+size_t nf4cu_lt_workspace_bytes(void) { return kLtWorkspace; }
+
+int nf4cu_set_device(int device, char *msg, size_t msg_len)
+{
+    cudaError_t e = cudaSetDevice(device);
+    if (e != cudaSuccess) return cuda_fail(e, "cudaSetDevice", msg, msg_len);
+    return 0;
+}
+
+int nf4cu_lt_create(void **handle, char *msg, size_t msg_len)
+{
+    cublasLtHandle_t h;
+    cublasStatus_t s = cublasLtCreate(&h);
+    if (s != CUBLAS_STATUS_SUCCESS) return lt_fail(s, "cublasLtCreate", msg, msg_len);
+    *handle = h;
+    return 0;
+}
+
+void nf4cu_lt_destroy(void *handle)
+{
+    if (handle) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle));
+}
+
+int nf4cu_copy(void *dst, const void *src, size_t bytes, int kind, void *stream, char *msg, size_t msg_len)
+{
+    cudaStream_t st = static_cast<cudaStream_t>(stream);
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind == 0 ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost, st);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+    if (e != cudaSuccess) return cuda_fail(e, "cudaMemcpyAsync", msg, msg_len);
+    return 0;
+}
+
+int nf4cu_matmul(const nf4cu_layer *L, const void *x, void *y, int64_t M, int is_bf16, int path, void *ws,
+                 size_t ws_bytes, void *lt_handle, void *lt_ws, size_t lt_ws_bytes, void *stream, char *msg,
+                 size_t msg_len)
+{
+    cudaStream_t st = static_cast<cudaStream_t>(stream);
+    if (path != NF4CU_PATH_GEMV && path != NF4CU_PATH_DEQUANT_GEMM) {
+        snprintf(msg, msg_len, "unknown kernel path %d", path);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    if (is_bf16)
+        return matmul_t<__nv_bfloat16>(*L, static_cast<const __nv_bfloat16 *>(x), static_cast<__nv_bfloat16 *>(y), M,
+                                       path, ws, ws_bytes, lt_handle, lt_ws, lt_ws_bytes, st, CUDA_R_16BF, msg,
+                                       msg_len);
+    return matmul_t<__half>(*L, static_cast<const __half *>(x), static_cast<__half *>(y), M, path, ws, ws_bytes,
+                            lt_handle, lt_ws, lt_ws_bytes, st, CUDA_R_16F, msg, msg_len);
+}
+
+int nf4cu_dequantize(const nf4cu_layer *L, void *out, int is_bf16, void *stream, char *msg, size_t msg_len)
+{
+    cudaStream_t st = static_cast<cudaStream_t>(stream);
+    unsigned g = grid_for(L->N * L->K / 8 + 1, 256);
+    if (is_bf16)
+        k_dequant<__nv_bfloat16><<<g, 256, 0, st>>>(*L, static_cast<__nv_bfloat16 *>(out));
+    else
+        k_dequant<__half><<<g, 256, 0, st>>>(*L, static_cast<__half *>(out));
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return cuda_fail(e, "nf4 dequantize launch", msg, msg_len);
+    return 0;
+}
+
+} // extern "C"

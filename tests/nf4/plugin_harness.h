@@ -1,0 +1,238 @@
+/* Test helpers for plugin tests: loads a plugin .so from QTOOL_PLUGIN_DIR
+ * with dlopen, hands it the runtime's real host services (accounted
+ * allocator, thread pool), parses options, and keeps saved tensors in a
+ * memory store usable as both save sink and load source. Shared by the
+ * nf4 and bnb_int8 tests. */
+#ifndef PLUGIN_HARNESS_H
+#define PLUGIN_HARNESS_H
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <qtool/plugin.h>
+
+#include "alloc.h"
+#include "cuda_rt.h"
+#include "host_services.h"
+
+typedef struct harness {
+    void *dl;
+    const qtool_plugin_desc *desc;
+    qt_services svc;
+} harness;
+
+static inline int harness_open(harness *H, const char *plugin, int cuda_device, void *stream)
+{
+    memset(H, 0, sizeof *H);
+    const char *dir = getenv("QTOOL_PLUGIN_DIR");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/libqtool_%s.so", dir ? dir : ".", plugin);
+    H->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!H->dl) {
+        fprintf(stderr, "cannot load %s: %s\n", path, dlerror());
+        return -1;
+    }
+    qtool_plugin_entry_fn entry = (qtool_plugin_entry_fn)dlsym(H->dl, QTOOL_PLUGIN_ENTRY_SYMBOL);
+    if (!entry) return -1;
+    H->desc = entry();
+    qt_services_init(&H->svc, plugin, cuda_device, stream);
+    char msg[256] = "";
+    if (H->desc->init && H->desc->init(&H->svc.table, msg, sizeof msg) != QTOOL_OK) {
+        fprintf(stderr, "init failed: %s\n", msg);
+        return -1;
+    }
+    return 0;
+}
+
+static inline void harness_close(harness *H)
+{
+    if (H->desc && H->desc->shutdown) H->desc->shutdown();
+    if (H->dl) dlclose(H->dl);
+    memset(H, 0, sizeof *H);
+}
+
+/* Creates an instance from "name=value" overrides on top of the defaults. */
+static inline int harness_create(harness *H, const char *const *kv, int n_kv, qtool_instance **inst, char *msg,
+                          size_t msg_len)
+{
+    const qtool_plugin_desc *d = H->desc;
+    qtool_option_value vals[16];
+    memset(vals, 0, sizeof vals);
+    for (uint32_t i = 0; i < d->n_options && i < 16; i++) {
+        const qtool_option_desc *o = &d->options[i];
+        const char *text = o->default_value;
+        size_t nl = strlen(o->name);
+        for (int j = 0; j < n_kv; j++)
+            if (!strncmp(kv[j], o->name, nl) && kv[j][nl] == '=') text = kv[j] + nl + 1;
+        vals[i].name = o->name;
+        vals[i].type = o->type;
+        vals[i].s = text;
+        switch (o->type) {
+        case QTOOL_OPT_INT: vals[i].i = strtoll(text, NULL, 10); break;
+        case QTOOL_OPT_FLOAT: vals[i].f = strtod(text, NULL); break;
+        case QTOOL_OPT_BOOL:
+            vals[i].i = !strcmp(text, "1") || !strcmp(text, "true") || !strcmp(text, "yes") || !strcmp(text, "on");
+            break;
+        case QTOOL_OPT_ENUM: {
+            int idx = 0, found = -1;
+            const char *c = o->choices;
+            size_t tl = strlen(text);
+            while (c && *c) {
+                const char *bar = strchr(c, '|');
+                size_t l = bar ? (size_t)(bar - c) : strlen(c);
+                if (l == tl && !strncmp(c, text, l)) found = idx;
+                idx++;
+                c = bar ? bar + 1 : NULL;
+            }
+            vals[i].i = found;
+            break;
+        }
+        default: break;
+        }
+    }
+    return d->create(&H->svc.table, vals, d->n_options, inst, msg, msg_len);
+}
+
+/* ------------------------------------------------------------ tensors */
+
+static inline qtool_tensor tview(void *data, int dtype, int device, int ndim, int64_t d0, int64_t d1)
+{
+    qtool_tensor t;
+    memset(&t, 0, sizeof t);
+    t.data = data;
+    t.dtype = dtype;
+    t.device = device;
+    t.ndim = ndim;
+    t.shape[0] = d0;
+    t.shape[1] = d1;
+    return t;
+}
+
+/* ------------------------------------------------------------ store */
+
+#define STORE_MAX 32
+typedef struct stored {
+    char name[128];
+    qtool_tensor t; /* data owned (malloc), on the CPU */
+} stored;
+typedef struct store {
+    stored items[STORE_MAX];
+    int n;
+} store;
+
+static inline int store_put(void *ctx, const char *suffix, const qtool_tensor *t)
+{
+    store *s = ctx;
+    if (s->n >= STORE_MAX) return QTOOL_ERR_OUT_OF_MEMORY;
+    stored *it = &s->items[s->n];
+    snprintf(it->name, sizeof it->name, "%s", suffix);
+    it->t = *t;
+    size_t bytes = (size_t)qtool_tensor_numel(t) * qtool_dtype_size(t->dtype);
+    it->t.data = malloc(bytes ? bytes : 1);
+    if (!it->t.data) return QTOOL_ERR_OUT_OF_MEMORY;
+    if (t->device == QTOOL_DEVICE_CUDA) {
+        if (qt_cuda_memcpy_d2h(it->t.data, t->data, bytes) != 0) return QTOOL_ERR_DEVICE;
+    } else {
+        memcpy(it->t.data, t->data, bytes);
+    }
+    it->t.device = QTOOL_DEVICE_CPU;
+    s->n++;
+    return QTOOL_OK;
+}
+
+static inline stored *store_find(store *s, const char *suffix)
+{
+    for (int i = 0; i < s->n; i++)
+        if (!strcmp(s->items[i].name, suffix)) return &s->items[i];
+    return NULL;
+}
+
+static inline int store_get(void *ctx, const char *suffix, qtool_tensor *out)
+{
+    stored *it = store_find(ctx, suffix);
+    if (!it) return QTOOL_ERR_FORMAT;
+    *out = it->t;
+    return QTOOL_OK;
+}
+
+static inline int store_has(void *ctx, const char *suffix) { return store_find(ctx, suffix) != NULL; }
+
+static inline void store_free(store *s)
+{
+    for (int i = 0; i < s->n; i++) free(s->items[i].t.data);
+    s->n = 0;
+}
+
+static inline void store_remove(store *s, const char *suffix)
+{
+    for (int i = 0; i < s->n; i++)
+        if (!strcmp(s->items[i].name, suffix)) {
+            free(s->items[i].t.data);
+            s->items[i] = s->items[--s->n];
+            return;
+        }
+}
+
+/* ------------------------------------------------------------ random */
+
+static uint64_t rng_state;
+
+static inline uint64_t rng_seed_from_env(const char *test)
+{
+    const char *e = getenv("QTOOL_TEST_SEED");
+    uint64_t s;
+    if (e) {
+        s = strtoull(e, NULL, 0);
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        s = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ ((uint64_t)getpid() << 40);
+    }
+    printf("%s: seed %llu (set QTOOL_TEST_SEED to repeat)\n", test, (unsigned long long)s);
+    fflush(stdout);
+    rng_state = s;
+    return s;
+}
+
+static inline uint64_t rng_next(void)
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static inline double rng_uniform(void) { return (double)(rng_next() >> 11) * (1.0 / 9007199254740992.0); }
+
+static inline float rng_normal(void)
+{
+    double u1 = rng_uniform(), u2 = rng_uniform();
+    if (u1 < 1e-300) u1 = 1e-300;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+static inline void fill_normal(float *v, int64_t n, float scale)
+{
+    for (int64_t i = 0; i < n; i++) v[i] = rng_normal() * scale;
+}
+
+/* Rounds through fp16 so CPU and GPU see identical inputs. */
+static inline void round_to_f16(float *v, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) v[i] = qtool_f16_to_f32(qtool_f32_to_f16(v[i]));
+}
+
+static inline int cuda_available(void)
+{
+    char why[256];
+    return qt_cuda_device_count(why, sizeof why) > 0;
+}
+
+#endif
