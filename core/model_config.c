@@ -445,6 +445,15 @@ static int parse_modernbert(const cfg_ctx *c, qt_model_config *m)
         (rc = get_str(c, c->root, "classifier_pooling", &pool)) || (rc = parse_pad(c, m, 50283, 1)))
         return rc;
     m->attention_out_bias = m->attention_bias;
+    /* Newer transformers exposes the half window as `sliding_window`. */
+    int64_t half;
+    if ((rc = get_int(c, c->root, "sliding_window", -1, -1, INT64_C(1) << 29, &half))) return rc;
+    if (half >= 0) {
+        if (get(c->root, "local_attention") && m->local_attention / 2 != half)
+            return qt_fail(QTOOL_ERR_FORMAT, "%s: sliding_window %" PRId64 " disagrees with local_attention %" PRId64,
+                           c->path, half, m->local_attention);
+        m->local_attention = 2 * half;
+    }
     m->sliding_window = m->local_attention / 2;
     if (!pool || strcmp(pool, "cls") == 0) {
         m->pooling = QT_POOL_FIRST;

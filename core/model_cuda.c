@@ -79,6 +79,10 @@ typedef struct cuda_state {
     int32_t *d_ids, *d_pos, *d_seq, *d_tiles;
     int64_t n_tiles;
     float *d_pooled, *d_h1, *d_logits;
+    /* Pinned staging for the pooled rows: a copy from pageable memory
+     * would wait for the whole pass before the pooling could be queued. */
+    int64_t *h_rows;
+    int64_t h_rows_cap;
 
     /* The deferred residual add: pend_x += pend_y. */
     int pending;
@@ -230,7 +234,7 @@ static void cache_free_all(cuda_state *st);
 static void state_free(cuda_state *st, const qt_model *m)
 {
     if (!st) return;
-    if (st->stream) cudaStreamSynchronize((cudaStream_t)st->stream);
+    /* Every pass ends synchronised and cudaFree waits for the device. */
     qt_free(QTOOL_DEVICE_CUDA, st->tok);
     qt_free(QTOOL_DEVICE_CUDA, st->pos);
     qt_free(QTOOL_DEVICE_CUDA, st->type0);
@@ -254,6 +258,7 @@ static void state_free(cuda_state *st, const qt_model *m)
     cache_free_all(st);
     free(st->cache);
     qt_free(QTOOL_DEVICE_CUDA, st->meta);
+    if (st->h_rows) cudaFreeHost(st->h_rows);
     free(st);
 }
 
@@ -404,8 +409,7 @@ static int cu_begin(qt_backend *be, const qt_model *m, qt_seqs *s)
         st->tok = NULL;
         if ((rc = upload_tokens(st, m->tok_emb, act_dtype_of(m)))) return rc;
     }
-    if (st->stream && st->stream != be->stream) cudaStreamSynchronize((cudaStream_t)st->stream);
-    st->stream = be->stream;
+    st->stream = be->stream; /* the last pass ended synchronised: nothing pending elsewhere */
     st->pending = 0;
     be->state = st;
 
@@ -678,9 +682,19 @@ static int pool_device(cuda_state *st, void *stream, int mode, const qt_seqs *s,
 {
     int rc = flush(st);
     if (rc) return rc;
-    if (mode != QT_POOL_MEAN)
-        CK(cudaMemcpyAsync(st->d_rows, rows, (size_t)s->n * 8, cudaMemcpyHostToDevice, (cudaStream_t)stream),
+    if (mode != QT_POOL_MEAN) {
+        if (s->n > st->h_rows_cap) {
+            if (st->h_rows) cudaFreeHost(st->h_rows);
+            st->h_rows = NULL;
+            st->h_rows_cap = 0;
+            CK(cudaMallocHost((void **)&st->h_rows, (size_t)s->n * 8), "allocating pinned memory");
+            st->h_rows_cap = s->n;
+        }
+        /* The previous pass ended synchronised: the staging buffer is free. */
+        memcpy(st->h_rows, rows, (size_t)s->n * 8);
+        CK(cudaMemcpyAsync(st->d_rows, st->h_rows, (size_t)s->n * 8, cudaMemcpyHostToDevice, (cudaStream_t)stream),
            "copying the pooled rows");
+    }
     CK(qtk_pool(kdt(x->dtype), mode == QT_POOL_MEAN ? 1 : 0, x->data, x->ld, st->d_rows, st->d_offsets, s->n, x->cols,
                 st->d_pooled, stream),
        "pooling kernel");

@@ -464,8 +464,9 @@ static char *strcat3(const char *a, const char *b, const char *c)
 static char *cell_key(const qt_sweep_config *cfg, const cell *c)
 {
     const qt_sweep_model *m = &cfg->models[c->model];
-    json_t *k = json_pack("{s:s, s:s?, s:s, s:s?, s:s, s:s?}", "model_path", m->path, "config", m->config, "plugin",
-                          c->plugin, "options", c->options, "eval", cfg->eval, "calib", cfg->calib);
+    json_t *k = json_pack("{s:s, s:s?, s:s, s:s?, s:s, s:s?, s:s?}", "model_path", m->path, "config", m->config,
+                          "plugin", c->plugin, "options", c->options, "eval", cfg->eval, "calib", cfg->calib, "device",
+                          c->info ? c->info->device : NULL);
     char *s = k ? json_dumps(k, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(k);
     return s;
@@ -522,7 +523,15 @@ static void file_tail(const char *path, char *last, size_t last_len, char *tail,
     copy_trunc(tail, tail_len, buf + t0);
     while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ')) buf[--n] = '\0';
     char *p = strrchr(buf, '\n');
-    copy_trunc(last, last_len, p ? p + 1 : buf);
+    char *line = p ? p + 1 : buf;
+    /* A usage error ends with "Try 'qtool eval --help'."; the line before
+     * it says what was wrong. */
+    if (strncmp(line, "Try '", 5) == 0 && p) {
+        *p = '\0';
+        char *q = strrchr(buf, '\n');
+        line = q ? q + 1 : buf;
+    }
+    copy_trunc(last, last_len, line);
 }
 
 typedef struct child_result {
@@ -638,6 +647,10 @@ static char **cell_argv(const qt_sweep_config *cfg, const cell *c, const qt_swee
     }
     a[n++] = (char *)"--plugin";
     a[n++] = (char *)c->plugin;
+    if (c->info && c->info->device) {
+        a[n++] = (char *)"--device";
+        a[n++] = (char *)c->info->device;
+    }
     if (c->options) {
         char **items = NULL;
         size_t ni = 0;

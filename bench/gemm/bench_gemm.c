@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -200,6 +201,22 @@ static void plugin_run_fn(void *ctx)
     }
 }
 
+/* max |y - ref| / max |ref| over the device output y (fp16). */
+static double rel_err(const void *dy, const float *ref, int64_t n)
+{
+    uint16_t *h = malloc((size_t)n * 2);
+    CK(cudaStreamSynchronize(g_stream));
+    CK(cudaMemcpy(h, dy, (size_t)n * 2, cudaMemcpyDeviceToHost));
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)qtool_f16_to_f32(h[i]) - ref[i]);
+        num = d > num ? d : num;
+        den = fabs(ref[i]) > den ? fabs(ref[i]) : den;
+    }
+    free(h);
+    return den > 0 ? num / den : num;
+}
+
 static uint64_t rng = 0x1234567887654321ULL;
 static float rnd_normal(void)
 {
@@ -248,13 +265,25 @@ int main(int argc, char **argv)
     printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
     printf("timing: CUDA events, 3 warm-up runs, median of %d; TFLOP/s = 2*M*N*K / time\n\n", g_reps);
 
-    plugin i8 = {0}, q4 = {0};
+    plugin i8 = {0}, q4 = {0}, q4dq = {0};
     const char *i8kv[] = {"threshold=6.0"};
-    if (open_plugin(&i8, dir, "bnb_int8", i8kv, 1) || open_plugin(&q4, dir, "nf4", NULL, 0)) return 1;
+    const char *dqkv[] = {"cuda_kernel=dequant_gemm"};
+    if (open_plugin(&i8, dir, "bnb_int8", i8kv, 1) || open_plugin(&q4, dir, "nf4", NULL, 0) ||
+        open_plugin(&q4dq, dir, "nf4", dqkv, 1))
+        return 1;
+    /* Extra int8 instances: the int32 chunk size is the knob for large M. */
+    static const char *chunk_opts[3] = {"chunk_mib=4", "chunk_mib=64", "chunk_mib=1024"};
+    plugin i8c[3];
+    memset(i8c, 0, sizeof i8c);
+    for (int c = 0; c < 3; c++) {
+        const char *kv[] = {"threshold=6.0", chunk_opts[c]};
+        if (open_plugin(&i8c[c], dir, "bnb_int8", kv, 2)) return 1;
+    }
 
     static const int64_t shapes[2][2] = {{896, 4864}, {4864, 896}};
     static const int64_t Ms[3] = {1, 16, 8192};
-    printf("%-6s %-6s %-6s %-26s %10s %10s %9s\n", "M", "K", "N", "method", "ms", "TFLOP/s", "time/fp16");
+    printf("%-6s %-6s %-6s %-26s %10s %10s %9s %9s\n", "M", "K", "N", "method", "ms", "TFLOP/s", "time/fp16",
+           "rel.err");
     for (int s = 0; s < 2; s++) {
         int64_t K = shapes[s][0], N = shapes[s][1];
         /* Weights: normal, a few large ones per row as in trained models. */
@@ -271,11 +300,13 @@ int main(int argc, char **argv)
         pa.struct_size = sizeof pa;
         pa.device = QTOOL_DEVICE_CUDA;
         pa.weight = &wt;
-        qtool_packed *p8 = NULL, *p4 = NULL;
-        if (i8.d->pack(i8.inst, &pa, &p8) || q4.d->pack(q4.inst, &pa, &p4)) {
+        qtool_packed *p8 = NULL, *p4 = NULL, *p4dq = NULL, *p8c[3] = {NULL, NULL, NULL};
+        if (i8.d->pack(i8.inst, &pa, &p8) || q4.d->pack(q4.inst, &pa, &p4) || q4dq.d->pack(q4dq.inst, &pa, &p4dq)) {
             fprintf(stderr, "pack failed\n");
             return 1;
         }
+        for (int c = 0; c < 3; c++)
+            if (i8c[c].d->pack(i8c[c].inst, &pa, &p8c[c])) return 1;
         for (int mi = 0; mi < 3; mi++) {
             int64_t M = Ms[mi];
             uint16_t *xh = malloc((size_t)(M * K) * 2);
@@ -296,20 +327,44 @@ int main(int argc, char **argv)
             fc.y = dy;
             fp16_setup(&fc, M, N, K);
             float t16 = time_ms(fp16_run, &fc, reps);
-            printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f\n", (long long)M, (long long)K, (long long)N,
-                   "cuBLASLt fp16", t16, flop / (t16 * 1e-3) / 1e12, 1.0);
+            float *y16 = malloc((size_t)(M * N) * 4);
+            {
+                uint16_t *h = malloc((size_t)(M * N) * 2);
+                CK(cudaStreamSynchronize(g_stream));
+                CK(cudaMemcpy(h, dy, (size_t)(M * N) * 2, cudaMemcpyDeviceToHost));
+                for (int64_t i = 0; i < M * N; i++) y16[i] = qtool_f16_to_f32(h[i]);
+                free(h);
+            }
+            printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f %9.1e\n", (long long)M, (long long)K, (long long)N,
+                   "cuBLASLt fp16", t16, flop / (t16 * 1e-3) / 1e12, 1.0, 0.0);
 
             plugin_run r8 = {&i8, p8, {dx, QTOOL_DTYPE_F16, QTOOL_DEVICE_CUDA, 2, 0, {M, K, 0, 0}},
                              {dy, QTOOL_DTYPE_F16, QTOOL_DEVICE_CUDA, 2, 0, {M, N, 0, 0}}};
             float t8 = time_ms(plugin_run_fn, &r8, reps);
-            printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f\n", (long long)M, (long long)K, (long long)N,
-                   "bnb_int8 (threshold 6)", t8, flop / (t8 * 1e-3) / 1e12, t8 / t16);
+            printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f %9.1e\n", (long long)M, (long long)K, (long long)N,
+                   "bnb_int8 (threshold 6)", t8, flop / (t8 * 1e-3) / 1e12, t8 / t16, rel_err(dy, y16, M * N));
 
             plugin_run r4 = {&q4, p4, r8.x, r8.y};
             float t4 = time_ms(plugin_run_fn, &r4, reps);
-            printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f\n", (long long)M, (long long)K, (long long)N,
-                   "nf4 (double quant)", t4, flop / (t4 * 1e-3) / 1e12, t4 / t16);
+            printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f %9.1e\n", (long long)M, (long long)K, (long long)N,
+                   "nf4 (double quant, auto)", t4, flop / (t4 * 1e-3) / 1e12, t4 / t16, rel_err(dy, y16, M * N));
+            if (M <= 16) {
+                plugin_run rd = {&q4dq, p4dq, r8.x, r8.y};
+                float td = time_ms(plugin_run_fn, &rd, reps);
+                printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f %9.1e\n", (long long)M, (long long)K, (long long)N,
+                       "nf4 dequant+cuBLASLt", td, flop / (td * 1e-3) / 1e12, td / t16, rel_err(dy, y16, M * N));
+            }
+            if (M >= 4096)
+                for (int c = 0; c < 3; c++) {
+                    plugin_run rc = {&i8c[c], p8c[c], r8.x, r8.y};
+                    float tc = time_ms(plugin_run_fn, &rc, reps);
+                    char label[64];
+                    snprintf(label, sizeof label, "bnb_int8 %s", chunk_opts[c]);
+                    printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f %9.1e\n", (long long)M, (long long)K,
+                           (long long)N, label, tc, flop / (tc * 1e-3) / 1e12, tc / t16, rel_err(dy, y16, M * N));
+                }
             fflush(stdout);
+            free(y16);
             fp16_teardown(&fc);
             CK(cudaFree(fc.ws));
             CK(cudaFree(dx));
@@ -318,12 +373,16 @@ int main(int argc, char **argv)
         }
         i8.d->free_packed(p8);
         q4.d->free_packed(p4);
+        q4dq.d->free_packed(p4dq);
+        for (int c = 0; c < 3; c++) i8c[c].d->free_packed(p8c[c]);
         CK(cudaFree(dw));
         free(w);
         free(wh);
     }
     i8.d->destroy(i8.inst);
     q4.d->destroy(q4.inst);
+    q4dq.d->destroy(q4dq.inst);
+    for (int c = 0; c < 3; c++) i8c[c].d->destroy(i8c[c].inst);
     CK(cudaStreamDestroy(g_stream));
     return 0;
 }

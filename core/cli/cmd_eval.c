@@ -10,6 +10,7 @@
 
 #include "alloc.h"
 #include "cli.h"
+#include "cuda_rt.h"
 #include "data.h"
 #include "device.h"
 #include "error.h"
@@ -33,7 +34,7 @@ static void usage(FILE *out)
             "  --plugin NAME|PATH    quantization plugin (see 'qtool plugins')\n"
             "  --opt KEY=VALUE       plugin option (repeatable)\n"
             "  --data FILE.jsonl     evaluation examples; labels are class ids or label names\n"
-            "  --device cpu|cuda     where to run (default cpu)\n"
+            "  --device cpu|cuda     where to pack and run (default cpu; cuda uses device 0)\n"
             "  --batch N             examples per forward pass (default 32)\n"
             "  --max-length N        keep the first N tokens of longer examples (default: the\n"
             "                        model's max_position_embeddings)\n"
@@ -188,10 +189,23 @@ int cmd_eval(int argc, char **argv)
         free(kv);
         return qt_cli_usage_error(cmd, "--model, --plugin and --data are required");
     }
+    void *stream = NULL;
     if (device == QTOOL_DEVICE_CUDA) {
-        free(kv);
-        qt_fail(QTOOL_ERR_UNSUPPORTED, "CUDA forward not available in this build yet");
-        return qt_cli_runtime_error();
+        char why[256] = "";
+        if (!qt_cuda_built()) {
+            free(kv);
+            qt_fail(QTOOL_ERR_UNSUPPORTED, "CUDA forward not available in this build (built without CUDA)");
+            return qt_cli_runtime_error();
+        }
+        if (qt_cuda_device_count(why, sizeof why) < 1) {
+            free(kv);
+            qt_fail(QTOOL_ERR_UNSUPPORTED, "no CUDA device: %s", why);
+            return qt_cli_runtime_error();
+        }
+        if (qt_cuda_set_device(0) || qt_cuda_stream_create(&stream)) {
+            free(kv);
+            return qt_cli_runtime_error();
+        }
     }
     if (threads > 0) qt_threads_init((int)threads);
     else qt_threads_init(0);
@@ -228,16 +242,21 @@ int cmd_eval(int argc, char **argv)
 
     if ((rc = qt_plugins_discover(&set, qt_cli_plugin_path, 1)) || (rc = qt_plugins_resolve(&set, plugin, &p)))
         goto done;
-    qtool_device_info cpu;
-    qt_device_cpu_info(&cpu);
+    qtool_device_info dev;
+    if (device == QTOOL_DEVICE_CUDA) {
+        if ((rc = qt_cuda_device_info(0, &dev))) goto done;
+    } else {
+        qt_device_cpu_info(&dev);
+    }
     char reason[512];
-    if (!qt_device_plugin_supported(p->desc, &cpu, reason, sizeof reason)) {
-        rc = qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s cannot run on the CPU: %s", p->desc->name, reason);
+    if (!qt_device_plugin_supported(p->desc, &dev, reason, sizeof reason)) {
+        rc = qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s cannot run on %s: %s", p->desc->name,
+                     device == QTOOL_DEVICE_CUDA ? dev.name : "the CPU", reason);
         goto done;
     }
     if ((rc = qt_plugin_parse_options(p, kv, n_kv, &po))) goto done;
     have_opts = 1;
-    if ((rc = qt_plugin_create(p, &po, -1, NULL, &inst))) goto done;
+    if ((rc = qt_plugin_create(p, &po, device == QTOOL_DEVICE_CUDA ? 0 : -1, stream, &inst))) goto done;
     if (p->desc->flags & QTOOL_PLUGIN_NEEDS_CALIBRATION) {
         if (!calib) {
             qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "plugin %s needs calibration data: pass --calib FILE.jsonl",
@@ -253,7 +272,7 @@ int cmd_eval(int argc, char **argv)
         qt_log(QTOOL_LOG_WARN, "plugin %s takes no calibration data; --calib ignored", p->desc->name);
     }
     double t0 = now_s();
-    if ((rc = qt_model_pack(m, p->desc, inst, QTOOL_DEVICE_CPU))) goto done;
+    if ((rc = qt_model_pack(m, p->desc, inst, device))) goto done;
     double pack_s = now_s() - t0;
     uint64_t mem[QTOOL_MEM_COUNT], packed = 0;
     if ((rc = qt_model_packed_memory(m, mem))) goto done;
@@ -261,15 +280,17 @@ int cmd_eval(int argc, char **argv)
 
     qt_eval_options eo = {0};
     eo.device = device;
+    eo.stream = stream;
     eo.batch = batch;
     eo.want_pooled = hidden_out != NULL;
     if ((rc = qt_model_eval(m, &ds, &eo, &res))) goto done;
 
-    if (logits_out &&
-        (rc = write_tensor(logits_out, "logits", res.logits, res.n, res.num_labels, model_path, p->desc->name, "cpu")))
+    const char *devname = device == QTOOL_DEVICE_CUDA ? "cuda" : "cpu";
+    if (logits_out && (rc = write_tensor(logits_out, "logits", res.logits, res.n, res.num_labels, model_path,
+                                         p->desc->name, devname)))
         goto done;
     if (hidden_out &&
-        (rc = write_tensor(hidden_out, "pooled", res.pooled, res.n, res.hidden, model_path, p->desc->name, "cpu")))
+        (rc = write_tensor(hidden_out, "pooled", res.pooled, res.n, res.hidden, model_path, p->desc->name, devname)))
         goto done;
 
     /* Report. */
@@ -281,8 +302,12 @@ int cmd_eval(int argc, char **argv)
     fmt_bytes(b2, sizeof b2, res.peak_bytes);
     printf("model     %s: %s, %" PRId64 " layers, hidden %" PRId64 ", %" PRId64 " labels, weights %s\n", model_path,
            c->architecture, c->n_layers, c->hidden_size, c->num_labels, qt_dtype_name(m->tok_emb->dtype));
-    printf("plugin    %s %s on cpu, %d threads: %zu linears packed in %.1f ms, %s\n", p->desc->name,
-           p->desc->version ? p->desc->version : "", qt_threads_count(), m->n_linears, 1000.0 * pack_s, b1);
+    if (device == QTOOL_DEVICE_CUDA)
+        printf("plugin    %s %s on %s: %zu linears packed in %.1f ms, %s\n", p->desc->name,
+               p->desc->version ? p->desc->version : "", dev.name, m->n_linears, 1000.0 * pack_s, b1);
+    else
+        printf("plugin    %s %s on cpu, %d threads: %zu linears packed in %.1f ms, %s\n", p->desc->name,
+               p->desc->version ? p->desc->version : "", qt_threads_count(), m->n_linears, 1000.0 * pack_s, b1);
     printf("data      %s: %" PRId64 " examples (%" PRId64 " labelled), %" PRId64 "..%" PRId64 " tokens, %" PRId64
            " truncated\n",
            data, ds.n, ds.n_labelled, min_len, ds.max_length, ds.n_truncated);
@@ -290,15 +315,16 @@ int cmd_eval(int argc, char **argv)
         printf("accuracy  %.4f (%" PRId64 "/%" PRId64 ")\n", res.accuracy, res.n_correct, res.n_labelled);
     else
         printf("accuracy  n/a (no labels)\n");
-    printf("latency   %.3f ms/example (%" PRId64 " batches of up to %" PRId64 ", %.1f ms); peak host memory %s\n",
-           res.ms_per_example, res.n_batches, batch, 1000.0 * res.seconds, b2);
+    printf("latency   %.3f ms/example (%" PRId64 " batches of up to %" PRId64 ", %.1f ms); peak %s memory %s\n",
+           res.ms_per_example, res.n_batches, batch, 1000.0 * res.seconds,
+           device == QTOOL_DEVICE_CUDA ? "device" : "host", b2);
     if (logits_out) printf("logits    %s [%" PRId64 ", %" PRId64 "]\n", logits_out, res.n, res.num_labels);
     if (hidden_out) printf("pooled    %s [%" PRId64 ", %" PRId64 "]\n", hidden_out, res.n, res.hidden);
     char acc[32];
     if (res.n_labelled) snprintf(acc, sizeof acc, "%.4f", res.accuracy);
     else snprintf(acc, sizeof acc, "n/a");
-    printf("eval: model=%s plugin=%s device=cpu n=%" PRId64 " accuracy=%s ms_per_example=%.3f batch=%" PRId64 "\n",
-           model_path, p->desc->name, res.n, acc, res.ms_per_example, batch);
+    printf("eval: model=%s plugin=%s device=%s n=%" PRId64 " accuracy=%s ms_per_example=%.3f batch=%" PRId64 "\n",
+           model_path, p->desc->name, devname, res.n, acc, res.ms_per_example, batch);
     exit_code = QT_EXIT_OK;
 done:
     if (rc && exit_code != QT_EXIT_OK) {
@@ -311,6 +337,7 @@ done:
     if (have_opts) qt_plugin_options_free(&po);
     qt_plugins_free(&set);
     qt_dataset_free(&ds);
+    if (stream) qt_cuda_stream_destroy(stream);
     free(kv);
     return exit_code;
 }

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cli.h"
 #include "device.h"
@@ -27,11 +28,14 @@ static void usage(FILE *out)
             "appended) instead of `qtool eval`, and takes [plugins] list= as runnable.\n");
 }
 
-/* Every installed plugin, with whether it can run here and why not:
- * on the first CUDA device when there is one, else (or when the plugin
- * has no CUDA path) on the CPU. */
-static int probe_plugins(qt_sweep_plugin **out, size_t *n_out)
+/* Every installed plugin, with whether it can run here, where, and why
+ * not. The envelope's device says where the model will be deployed, so
+ * cells run there: "cpu" runs everything on the CPU; anything else (or no
+ * device) runs on the first CUDA device when there is one and the plugin
+ * supports it, else on the CPU. */
+static int probe_plugins(const char *env_device, qt_sweep_plugin **out, size_t *n_out)
 {
+    int cpu_only = env_device && strcasecmp(env_device, "cpu") == 0;
     *out = NULL;
     *n_out = 0;
     qt_plugin_set set = {0};
@@ -59,12 +63,20 @@ static int probe_plugins(qt_sweep_plugin **out, size_t *n_out)
         x->baseline = (d->flags & QTOOL_PLUGIN_BASELINE) != 0;
         char cuda_why[512] = "", cpu_why[512] = "", why[1100];
         int ok = 0;
-        if (devs.n_cuda > 0) ok = qt_device_plugin_supported(d, &devs.cuda[0], cuda_why, sizeof cuda_why);
-        if (!ok) ok = qt_device_plugin_supported(d, &devs.cpu, cpu_why, sizeof cpu_why);
+        if (devs.n_cuda > 0 && !cpu_only) {
+            ok = qt_device_plugin_supported(d, &devs.cuda[0], cuda_why, sizeof cuda_why);
+            if (ok) x->device = "cuda";
+        }
+        if (!ok) {
+            ok = qt_device_plugin_supported(d, &devs.cpu, cpu_why, sizeof cpu_why);
+            if (ok) x->device = "cpu";
+        }
         x->allowed = ok;
         if (!ok) {
-            if (devs.n_cuda > 0)
+            if (devs.n_cuda > 0 && !cpu_only)
                 snprintf(why, sizeof why, "cuda:0: %s; cpu: %s", cuda_why, cpu_why);
+            else if (cpu_only)
+                snprintf(why, sizeof why, "%s (the envelope's device is the CPU)", cpu_why);
             else
                 snprintf(why, sizeof why, "%s (no CUDA device: %s)", cpu_why, devs.no_cuda_reason);
             x->reason = strdup(why);
@@ -135,7 +147,7 @@ int cmd_sweep(int argc, char **argv)
     qt_sweep_plugin *plugins = NULL;
     size_t n_plugins = 0;
     int rc = 0;
-    if (!so.cell_cmd) rc = probe_plugins(&plugins, &n_plugins);
+    if (!so.cell_cmd) rc = probe_plugins(cfg.env.device, &plugins, &n_plugins);
     size_t n_failed = 0;
     if (!rc) rc = qt_sweep_run(&cfg, plugins, n_plugins, &so, &n_failed);
     qt_sweep_plugins_free(plugins, n_plugins);

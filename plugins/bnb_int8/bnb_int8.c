@@ -20,6 +20,7 @@ typedef struct i8_instance {
     const qtool_host_services *host;
     float threshold;
     int force_fallback_gemm;
+    size_t chunk_bytes;
     /* CUDA scratch shared by the layers of the instance (they run one after
      * another on the host's stream); memory() reports it with the layer
      * that used it last, so per-layer figures add up to the allocator's. */
@@ -45,6 +46,9 @@ static const qtool_option_desc i8_options[] = {
      "outlier threshold: input columns with any |x| >= threshold bypass int8 (0 disables)", NULL, 0, 1e30},
     {"gemm", QTOOL_OPT_ENUM, "auto", "CUDA int8 GEMM: auto (cuBLASLt) or builtin (dp4a kernel)", "auto|builtin", 0,
      -1},
+    {"chunk_mib", QTOOL_OPT_INT, "16",
+     "CUDA: the int32 product is computed in row chunks of at most this many MiB (L2-sized keeps it on chip)", NULL,
+     1, 4096},
 };
 
 static const qtool_host_services *g_host;
@@ -232,6 +236,7 @@ static int i8_create(const qtool_host_services *host, const qtool_option_value *
     if (!inst) return QTOOL_ERR_OUT_OF_MEMORY;
     inst->host = host;
     inst->threshold = 6.0f;
+    inst->chunk_bytes = (size_t)16 << 20;
     for (uint32_t i = 0; i < n_opts; i++) {
         const char *name = opts[i].name ? opts[i].name : "";
         if (!strcmp(name, "threshold")) {
@@ -243,6 +248,13 @@ static int i8_create(const qtool_host_services *host, const qtool_option_value *
             inst->threshold = (float)opts[i].f;
         } else if (!strcmp(name, "gemm")) {
             inst->force_fallback_gemm = opts[i].i == 1;
+        } else if (!strcmp(name, "chunk_mib")) {
+            if (opts[i].i < 1 || opts[i].i > 4096) {
+                snprintf(msg, msg_len, "bnb_int8: chunk_mib must be 1..4096, got %lld", (long long)opts[i].i);
+                free(inst);
+                return QTOOL_ERR_INVALID_ARGUMENT;
+            }
+            inst->chunk_bytes = (size_t)opts[i].i << 20;
         } else {
             snprintf(msg, msg_len, "bnb_int8: unknown option '%s'", name);
             free(inst);
@@ -581,7 +593,7 @@ static int i8_matmul_cuda(qtool_packed *p, const qtool_matmul_args *a)
     i8_instance *inst = p->inst;
     char msg[256];
     void *stream = a->stream ? a->stream : h->cuda_stream;
-    i8cu_layer L = {p->w, p->scb, p->bias, p->N, p->K, p->Kp};
+    i8cu_layer L = {p->w, p->scb, p->bias, p->N, p->K, p->Kp, inst->chunk_bytes};
     int fresh = 0;
     pthread_mutex_lock(&inst->lock);
     rc = i8cu_set_device(h->cuda_device < 0 ? 0 : h->cuda_device, msg, sizeof msg);

@@ -15,6 +15,7 @@ typedef struct i8cu_layer {
     const float *scb;   /* [N] */
     const float *bias;  /* [N] or NULL */
     int64_t N, K, Kp;
+    size_t chunk_bytes; /* int32 product rows per GEMM call: at most this many bytes */
 } i8cu_layer;
 
 /* Scratch for M input rows: int8 activations, row scales and the int32

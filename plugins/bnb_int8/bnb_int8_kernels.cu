@@ -16,9 +16,9 @@
 namespace {
 
 constexpr size_t kLtWorkspace = 32u << 20;
-// int32 product is produced in row chunks of at most this many bytes, so
-// the scratch stays small and the epilogue reads it back from L2.
-constexpr size_t kAccChunkBytes = 32u << 20;
+// The int32 product is produced in row chunks of at most `chunk_bytes`
+// (option chunk_mib), so the scratch stays small and the epilogue can read
+// it back from L2.
 constexpr float kDequant = 6.200012e-05f; // 1 / (127 * 127), bitsandbytes' constant
 constexpr float kInv127 = 7.874015718698502e-3f;
 
@@ -37,9 +37,9 @@ template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-int64_t chunk_rows(int64_t M, int64_t N)
+int64_t chunk_rows(int64_t M, int64_t N, size_t chunk_bytes)
 {
-    int64_t r = (int64_t)(kAccChunkBytes / ((size_t)N * 4));
+    int64_t r = (int64_t)(chunk_bytes / ((size_t)N * 4));
     if (r < 16) r = 16;
     if (r > (1 << 19)) r = 1 << 19; // keeps the fallback GEMM grid within 65535 rows of blocks
     return r < M ? r : M;
@@ -213,7 +213,31 @@ done:
 constexpr int kEpiThreads = 256;
 constexpr int kColChunk = 256;
 
-template <typename T>
+template <typename T> struct Vec4;
+template <> struct Vec4<__half> {
+    static __device__ __forceinline__ void store(__half *p, const float v[4])
+    {
+        __half2 a = __floats2half2_rn(v[0], v[1]), b = __floats2half2_rn(v[2], v[3]);
+        uint2 u;
+        u.x = *reinterpret_cast<uint32_t *>(&a);
+        u.y = *reinterpret_cast<uint32_t *>(&b);
+        *reinterpret_cast<uint2 *>(p) = u;
+    }
+};
+template <> struct Vec4<__nv_bfloat16> {
+    static __device__ __forceinline__ void store(__nv_bfloat16 *p, const float v[4])
+    {
+        uint32_t h[4];
+        for (int j = 0; j < 4; j++) h[j] = __bfloat16_as_ushort(__float2bfloat16_rn(v[j]));
+        uint2 u;
+        u.x = h[0] | (h[1] << 16);
+        u.y = h[2] | (h[3] << 16);
+        *reinterpret_cast<uint2 *>(p) = u;
+    }
+};
+
+// Each thread writes V consecutive outputs of one row (V = 4 needs N % 4 == 0).
+template <typename T, int V>
 __global__ void __launch_bounds__(kEpiThreads)
     k_epilogue(const int32_t *__restrict__ acc, int64_t m0, int64_t rows, int64_t N, const float *__restrict__ sa,
                const float *__restrict__ scb, const float *__restrict__ bias, const T *__restrict__ x, int64_t K,
@@ -221,11 +245,16 @@ __global__ void __launch_bounds__(kEpiThreads)
                const int *__restrict__ count, T *__restrict__ y)
 {
     __shared__ int sc[kColChunk];
-    const int64_t i = (int64_t)blockIdx.x * kEpiThreads + threadIdx.x;
+    const int64_t i = ((int64_t)blockIdx.x * kEpiThreads + threadIdx.x) * V;
     const bool live = i < rows * N;
-    const int64_t ml = live ? i / N : 0, n = live ? i % N : 0, m = m0 + ml;
-    int corr = 0;
-    float outl = 0.0f;
+    const int64_t ml = live ? i / N : 0, n0 = live ? i % N : 0, m = m0 + ml;
+    int corr[V];
+    float outl[V];
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+        corr[v] = 0;
+        outl[v] = 0.0f;
+    }
     const int cnt = count ? *count : 0;
     for (int j0 = 0; j0 < cnt; j0 += kColChunk) {
         int nj = cnt - j0 < kColChunk ? cnt - j0 : kColChunk;
@@ -234,19 +263,43 @@ __global__ void __launch_bounds__(kEpiThreads)
         __syncthreads();
         if (live) {
             for (int j = 0; j < nj; j++) {
-                int c = sc[j];
-                int wq = w[n * Kp + c];
-                corr += (int)qa[m * Kp + c] * wq;
-                outl = fmaf(to_f<T>(x[m * K + c]), (float)wq, outl);
+                const int c = sc[j];
+                const int a = qa[m * Kp + c];
+                const float xf = to_f<T>(x[m * K + c]);
+#pragma unroll
+                for (int v = 0; v < V; v++) {
+                    const int wq = w[(n0 + v) * Kp + c];
+                    corr[v] += a * wq;
+                    outl[v] = fmaf(xf, (float)wq, outl[v]);
+                }
             }
         }
     }
     if (!live) return;
-    const float sb = scb[n];
-    float v = __fmul_rn(__fmul_rn(__fmul_rn((float)(acc[ml * N + n] - corr), sa[m]), sb), kDequant);
-    v += outl * __fmul_rn(sb, kInv127);
-    if (bias) v += bias[n];
-    y[m * N + n] = from_f<T>(v);
+    int av[V];
+    if (V == 4) {
+        int4 q = *reinterpret_cast<const int4 *>(acc + i);
+        av[0] = q.x;
+        av[1 % V] = q.y;
+        av[2 % V] = q.z;
+        av[3 % V] = q.w;
+    } else {
+        av[0] = acc[i];
+    }
+    const float s = sa[m];
+    float out[V];
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+        const float sb = scb[n0 + v];
+        float r = __fmul_rn(__fmul_rn(__fmul_rn((float)(av[v] - corr[v]), s), sb), kDequant);
+        r += outl[v] * __fmul_rn(sb, kInv127);
+        if (bias) r += bias[n0 + v];
+        out[v] = r;
+    }
+    if (V == 4)
+        Vec4<T>::store(y + m * N + n0, out);
+    else
+        y[m * N + n0] = from_f<T>(out[0]);
 }
 
 unsigned blocks_for(int64_t work, int threads) { return (unsigned)((work + threads - 1) / threads); }
@@ -278,7 +331,7 @@ int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *
         k_collect<<<1, 1024, 0, st>>>(flags, L.K, cols, count);
         dcount = count;
     }
-    const int64_t mc = chunk_rows(M, L.N);
+    const int64_t mc = chunk_rows(M, L.N, L.chunk_bytes);
     bool use_lt = lt && !force_fallback;
     for (int64_t m0 = 0; m0 < M; m0 += mc) {
         int64_t rows = M - m0 < mc ? M - m0 : mc;
@@ -293,8 +346,12 @@ int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *
             dim3 grid(blocks_for(L.N, 16), blocks_for(rows, 16));
             k_gemm_dp4a<<<grid, 256, 0, st>>>(qa + m0 * L.Kp, L.w, acc, rows, L.N, L.Kp);
         }
-        k_epilogue<T><<<blocks_for(rows * L.N, kEpiThreads), kEpiThreads, 0, st>>>(
-            acc, m0, rows, L.N, sa, L.scb, L.bias, x, L.K, qa, L.w, L.Kp, cols, dcount, y);
+        if (L.N % 4 == 0 && ((uintptr_t)y & 7u) == 0)
+            k_epilogue<T, 4><<<blocks_for(rows * L.N / 4, kEpiThreads), kEpiThreads, 0, st>>>(
+                acc, m0, rows, L.N, sa, L.scb, L.bias, x, L.K, qa, L.w, L.Kp, cols, dcount, y);
+        else
+            k_epilogue<T, 1><<<blocks_for(rows * L.N, kEpiThreads), kEpiThreads, 0, st>>>(
+                acc, m0, rows, L.N, sa, L.scb, L.bias, x, L.K, qa, L.w, L.Kp, cols, dcount, y);
     }
     e = cudaGetLastError();
     if (e != cudaSuccess) return cuda_fail(e, "bnb_int8 kernel launch", msg, len);
@@ -307,7 +364,8 @@ extern "C" {
 
 size_t i8cu_workspace_bytes(const i8cu_layer *L, int64_t M)
 {
-    return align256((size_t)(M * L->Kp)) + align256((size_t)M * 4) + (size_t)chunk_rows(M, L->N) * (size_t)L->N * 4;
+    return align256((size_t)(M * L->Kp)) + align256((size_t)M * 4) +
+           (size_t)chunk_rows(M, L->N, L->chunk_bytes) * (size_t)L->N * 4;
 }
 
 size_t i8cu_outlier_bytes(const i8cu_layer *L) { return align256((size_t)L->K) + (size_t)L->K * 4 + 4; }

@@ -30,8 +30,9 @@ static const qtool_option_desc options[] = {
 struct qtool_instance {
     const qtool_host_services *host;
     int choice;
-    gq_tile_fn tile;
-    const char *isa;
+    int isa;       /* GQ_ISA_*: GQ_ISA_AVX512 runs the outer-product kernel */
+    gq_tile_fn tile; /* otherwise */
+    const char *isa_name;
 };
 
 struct qtool_packed {
@@ -71,8 +72,9 @@ static int plugin_create(const qtool_host_services *host, const qtool_option_val
     }
     inst->host = host;
     inst->choice = choice;
-    inst->tile = gq_select_tile(isa == 0 ? GQ_ISA_AVX512 : isa == 1 ? GQ_ISA_AVX2 : GQ_ISA_SCALAR, &inst->isa);
-    LOG(inst, QTOOL_LOG_DEBUG, "type %s, %s kernels", choice_names[choice], inst->isa);
+    inst->isa = gq_select_isa(isa == 0 ? GQ_ISA_AVX512 : isa == 1 ? GQ_ISA_AVX2 : GQ_ISA_SCALAR, &inst->tile,
+                              &inst->isa_name);
+    LOG(inst, QTOOL_LOG_DEBUG, "type %s, %s kernels", choice_names[choice], inst->isa_name);
     *out = inst;
     return QTOOL_OK;
 }
@@ -251,9 +253,9 @@ static int plugin_pack(qtool_instance *inst, const qtool_pack_args *args, qtool_
 
 /* ---------------------------------------------------------------- matmul */
 
-/* Weight rows unpacked together; their unpacked form stays in L1/L2 while
- * every activation row passes by. */
-#define UNIT_ROWS 8
+/* Weight rows unpacked together (the AVX-512 kernel's interleave width);
+ * their unpacked form stays in L1/L2 while every activation row passes by. */
+#define UNIT_ROWS 16
 
 typedef struct mm_job {
     const qtool_packed *p;
@@ -276,9 +278,15 @@ static void matmul_units(void *arg, int64_t begin, int64_t end)
     const qtool_packed *p = job->p;
     const qtool_host_services *host = p->inst->host;
     const int64_t k = p->k, n = p->n;
-    /* per row: k codes + k/4 lane scales + k/32 sum coefficients */
-    const size_t row_scratch = (size_t)k + (size_t)k + (size_t)k / 8;
-    uint8_t *scratch = host->alloc(host->ctx, QTOOL_DEVICE_CPU, row_scratch * UNIT_ROWS, QTOOL_MEM_WORKSPACE);
+    const int flags = gq_tile_flags(p->type);
+    const int op = p->inst->isa == GQ_ISA_AVX512;
+    /* per row, each part rounded up to 64 bytes: k/4 lane scales (k bytes),
+     * k/32 sum coefficients, k codes; then the interleaved unit */
+#define UP64(v) (((size_t)(v) + 63) & ~(size_t)63)
+    const size_t row_scratch = UP64(k) + UP64(k / 8) + UP64(k);
+    const size_t unit_bytes = op ? UP64(gq_unit_bytes(k)) : 0;
+    uint8_t *scratch =
+        host->alloc(host->ctx, QTOOL_DEVICE_CPU, row_scratch * UNIT_ROWS + unit_bytes, QTOOL_MEM_WORKSPACE);
     if (!scratch) {
         atomic_store(&job->oom, 1);
         return;
@@ -286,18 +294,26 @@ static void matmul_units(void *arg, int64_t begin, int64_t end)
     gq_wrow rows[UNIT_ROWS];
     for (int r = 0; r < UNIT_ROWS; r++) {
         uint8_t *base = scratch + row_scratch * r;
-        rows[r].sv = (float *)base;                      /* k bytes, 64-byte aligned when k % 64 == 0 */
-        rows[r].mn = (float *)(base + k);                /* k / 8 bytes */
-        rows[r].q = (int8_t *)(base + k + (size_t)k / 8); /* k bytes */
+        rows[r].sv = (float *)base;
+        rows[r].mn = (float *)(base + UP64(k));
+        rows[r].q = (int8_t *)(base + UP64(k) + UP64(k / 8));
     }
-    const int flags = gq_tile_flags(p->type);
+    void *unit_mem = scratch + row_scratch * UNIT_ROWS;
+#undef UP64
     for (int64_t u = begin; u < end; u++) {
         const int64_t n0 = u * UNIT_ROWS;
         const int nw = (int)(n - n0 < UNIT_ROWS ? n - n0 : UNIT_ROWS);
         for (int r = 0; r < nw; r++) gq_unpack_row(p->type, p->data + (size_t)(n0 + r) * p->row_bytes, k, &rows[r]);
-        for (int64_t i = 0; i < job->m; i += 4) {
-            const int na = (int)(job->m - i < 4 ? job->m - i : 4);
-            p->inst->tile(k, flags, rows, nw, job->act + i, na, job->y + i * n + n0, n);
+        if (op) {
+            gq_unit unit;
+            gq_op_repack(p->type, k, rows, nw, unit_mem, &unit);
+            gq_op_matmul_avx512(k, &unit, job->act, (int)job->m, job->y + n0, n);
+        } else {
+            /* 12 activation rows a call: whole tiles for the 4-row kernels */
+            for (int64_t i = 0; i < job->m; i += 12) {
+                const int na = (int)(job->m - i < 12 ? job->m - i : 12);
+                p->inst->tile(k, flags, rows, nw, job->act + i, na, job->y + i * n + n0, n);
+            }
         }
         if (p->bias)
             for (int64_t i = 0; i < job->m; i++)
@@ -325,7 +341,9 @@ static int plugin_matmul_cpu(qtool_packed *p, const qtool_matmul_args *args)
     }
     if (m == 0) return QTOOL_OK;
     const int64_t k = p->k, ng = k / GQ_QK;
-    const size_t act_bytes = (size_t)m * ((size_t)k + 2 * (size_t)ng * 4) + (size_t)m * sizeof(gq_act);
+    const int64_t n16 = gq_type_traits(p->type)->act_type == GQ_Q8_K ? k / 16 : 0; /* Q8_K: 16-code sums */
+    const int64_t nf = 2 * ng + n16; /* floats per row */
+    const size_t act_bytes = (size_t)m * ((size_t)k + (size_t)nf * 4) + (size_t)m * sizeof(gq_act);
     uint8_t *buf = host->alloc(host->ctx, QTOOL_DEVICE_CPU, act_bytes, QTOOL_MEM_WORKSPACE);
     if (!buf) {
         LOG(p->inst, QTOOL_LOG_ERROR, "matmul: out of memory for %lld activation rows", (long long)m);
@@ -333,10 +351,11 @@ static int plugin_matmul_cpu(qtool_packed *p, const qtool_matmul_args *args)
     }
     gq_act *act = (gq_act *)buf;
     float *ds = (float *)(buf + (size_t)m * sizeof(gq_act));
-    int8_t *qs = (int8_t *)(ds + 2 * (size_t)m * (size_t)ng);
+    int8_t *qs = (int8_t *)(ds + (size_t)m * (size_t)nf);
     for (int64_t i = 0; i < m; i++) {
-        act[i].d = ds + 2 * (size_t)i * (size_t)ng;
+        act[i].d = ds + (size_t)i * (size_t)nf;
         act[i].s = act[i].d + ng;
+        act[i].s16 = n16 ? act[i].s + ng : NULL;
         act[i].q = qs + (size_t)i * (size_t)k;
     }
     mm_job job = {.p = p, .x = x->data, .y = y->data, .m = m, .act = act};

@@ -724,6 +724,8 @@ void gq_act_quantize(int wtype, const float *x, int64_t k, gq_act *a)
                 a->d[b * 8 + g] = blk.d;
                 a->s[b * 8 + g] = blk.d * (float)(blk.bsums[2 * g] + blk.bsums[2 * g + 1]);
             }
+            if (a->s16)
+                for (int j = 0; j < 16; j++) a->s16[b * 16 + j] = blk.d * (float)blk.bsums[j];
         }
         return;
     }
@@ -848,6 +850,7 @@ void gq_unpack_row(int wtype, const void *w, int64_t k, gq_wrow *r)
                 }
                 mn[b * 8 + j] = 0;
             }
+
         }
         break;
     }
@@ -878,34 +881,69 @@ void gq_tile_scalar(int64_t k, int flags, const gq_wrow *w, int nw, const gq_act
     }
 }
 
+size_t gq_unit_bytes(int64_t k)
+{
+    /* codes + (scales + coefficients) at the finest sub-group (16) */
+    return (size_t)k * 16 + 2 * (size_t)(k / 16) * 16 * sizeof(float) + 64;
+}
+
+void gq_op_repack(int wtype, int64_t k, const gq_wrow *rows, int nrows, void *mem, gq_unit *u)
+{
+    const int sg = wtype == GQ_Q6_K ? 16 : 32;
+    const int off = wtype == GQ_Q8_0 ? 128 : wtype == GQ_Q6_K ? 32 : 0;
+    const int64_t nsub = k / sg;
+    u->q = mem;
+    u->sc = (float *)((uint8_t *)mem + (size_t)k * 16);
+    u->mn = u->sc + nsub * 16;
+    u->sg = sg;
+    u->rows = nrows;
+    for (int r = 0; r < 16; r++) {
+        if (r >= nrows) {
+            for (int64_t t = 0; t < k / 4; t++) memset(u->q + (t * 16 + r) * 4, 0, 4);
+            for (int64_t sb = 0; sb < nsub; sb++) u->sc[sb * 16 + r] = u->mn[sb * 16 + r] = 0;
+            continue;
+        }
+        const gq_wrow *w = &rows[r];
+        for (int64_t t = 0; t < k / 4; t++)
+            for (int b = 0; b < 4; b++) u->q[(t * 16 + r) * 4 + b] = (uint8_t)(w->q[4 * t + b] + off);
+        for (int64_t sb = 0; sb < nsub; sb++) {
+            /* lane scales: group g = sb (sg 32) or sb / 2, half sb % 2 (sg 16) */
+            const float scale = sg == 32 ? w->sv[8 * sb] : w->sv[8 * (sb / 2) + 4 * (sb % 2)];
+            u->sc[sb * 16 + r] = scale;
+            u->mn[sb * 16 + r] = (float)-off * scale + (sg == 32 ? w->mn[sb] : 0.0f);
+        }
+    }
+}
+
 #if !(defined(__x86_64__) || defined(__i386__))
 void gq_tile_avx2(int64_t k, int flags, const gq_wrow *w, int nw, const gq_act *a, int na, float *y, int64_t ldy)
 {
     gq_tile_scalar(k, flags, w, nw, a, na, y, ldy);
 }
-void gq_tile_avx512(int64_t k, int flags, const gq_wrow *w, int nw, const gq_act *a, int na, float *y,
-                    int64_t ldy)
+void gq_op_matmul_avx512(int64_t k, const gq_unit *u, const gq_act *a, int na, float *y, int64_t ldy)
 {
-    gq_tile_scalar(k, flags, w, nw, a, na, y, ldy);
+    (void)k; (void)u; (void)a; (void)na; (void)y; (void)ldy;
 }
 #endif
 
-gq_tile_fn gq_select_tile(int max_isa, const char **name)
+int gq_select_isa(int max_isa, gq_tile_fn *tile, const char **name)
 {
+    *tile = gq_tile_scalar;
+    if (name) *name = "scalar";
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    if (max_isa >= GQ_ISA_AVX512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) {
-        if (name) *name = "avx512vnni";
-        return gq_tile_avx512;
-    }
     if (max_isa >= GQ_ISA_AVX2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        *tile = gq_tile_avx2;
         if (name) *name = "avx2";
-        return gq_tile_avx2;
+        if (max_isa >= GQ_ISA_AVX512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) {
+            if (name) *name = "avx512vnni";
+            return GQ_ISA_AVX512;
+        }
+        return GQ_ISA_AVX2;
     }
 #else
     (void)max_isa;
 #endif
-    if (name) *name = "scalar";
-    return gq_tile_scalar;
+    return GQ_ISA_SCALAR;
 }

@@ -107,6 +107,7 @@ typedef struct gq_act {
     int8_t *q;  /* k */
     float *d;   /* k / 32 */
     float *s;   /* k / 32 */
+    float *s16; /* k / 16, Q8_K only: d * each 16-code sum (Q6_K's zero point) */
 } gq_act;
 
 /* Weight row unpacked for the kernels: codes (signed for Q8_0 and Q6_K,
@@ -139,11 +140,33 @@ void gq_tile_scalar(int64_t k, int flags, const gq_wrow *w, int nw, const gq_act
                     int64_t ldy);
 void gq_tile_avx2(int64_t k, int flags, const gq_wrow *w, int nw, const gq_act *a, int na, float *y,
                   int64_t ldy);
-void gq_tile_avx512(int64_t k, int flags, const gq_wrow *w, int nw, const gq_act *a, int na, float *y,
-                    int64_t ldy);
+
+/* Up to 16 weight rows interleaved for the AVX-512 VNNI outer-product
+ * kernel: q holds, per 4 codes, 4 bytes of each of the 16 rows (unsigned:
+ * Q8_0 codes + 128, Q6_K codes + 32), sc and mn per scale sub-group (sg =
+ * 32 codes, 16 for Q6_K) 16 floats: the row's scale and its sum-term
+ * coefficient (minima, and the zero points -128 d / -32 d / -8 d / -16 d).
+ * Rows past `rows` are zero. */
+typedef struct gq_unit {
+    uint8_t *q;  /* 16 k */
+    float *sc;   /* 16 k / sg */
+    float *mn;   /* 16 k / sg */
+    int sg;
+    int rows;
+} gq_unit;
+
+/* Bytes gq_op_repack needs for the q, sc and mn arrays of a unit. */
+size_t gq_unit_bytes(int64_t k);
+/* Fills u (its q, sc, mn point into `mem`, gq_unit_bytes(k) bytes) from
+ * nrows <= 16 unpacked rows. */
+void gq_op_repack(int wtype, int64_t k, const gq_wrow *rows, int nrows, void *mem, gq_unit *u);
+/* y[i * ldy + r] = dot(row r, a[i]) for the unit's rows and na activation rows. */
+void gq_op_matmul_avx512(int64_t k, const gq_unit *u, const gq_act *a, int na, float *y, int64_t ldy);
 
 enum { GQ_ISA_SCALAR = 0, GQ_ISA_AVX2 = 1, GQ_ISA_AVX512 = 2 };
-/* The best kernel this CPU runs (at most `max_isa`), and its name. */
-gq_tile_fn gq_select_tile(int max_isa, const char **name);
+/* The best kernel this CPU runs (at most `max_isa`), and its name:
+ * GQ_ISA_AVX512 means the outer-product kernel (gq_op_matmul_avx512); the
+ * tile function is then AVX2's, for anything else. */
+int gq_select_isa(int max_isa, gq_tile_fn *tile, const char **name);
 
 #endif

@@ -11,6 +11,8 @@
  * 16-bit saturation). */
 #include "gguf_quants.h"
 
+#include <string.h>
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
@@ -100,81 +102,60 @@ AVX2 void gq_tile_avx2(int64_t k, int flags, const gq_wrow *w, int nw, const gq_
     }
 }
 
-/* AVX-512: two groups of 32 per 512-bit register; VNNI's vpdpbusd does the
- * unsigned x signed products and their 4-way sums in one instruction. */
-AVX512 static inline __attribute__((always_inline)) void tile_avx512_nm(int64_t k, int flags, const gq_wrow *w,
-                                                                       const gq_act *a, float *y, int64_t ldy,
-                                                                       const int NW, const int NA, const int SIGNED)
+/* AVX-512 VNNI, outer-product form: 16 weight rows are interleaved so one
+ * 64-byte vector holds 4 consecutive codes of each of the 16 rows; vpdpbusd
+ * with 4 activation bytes broadcast adds 64 products into 16 output lanes,
+ * no horizontal sums. Per scale sub-group (32 codes, 16 for Q6_K) the int32
+ * sums of up to 8 activation rows are converted and scaled once. */
+AVX512 static inline __attribute__((always_inline)) void op_tile(int64_t k, const int SG, const uint8_t *wq,
+                                                                const float *wsc, const float *wmn,
+                                                                const gq_act *a, float *y, int64_t ldy,
+                                                                __mmask16 valid, const int MT)
 {
-    __m512 acc[4][4];
-    for (int j = 0; j < NW; j++)
-        for (int i = 0; i < NA; i++) acc[j][i] = _mm512_setzero_ps();
-    const int64_t ng = k / GQ_QK;
-    int64_t g = 0;
-    for (; g + 2 <= ng; g += 2) {
-        __m512i wa[4];
-        __mmask64 neg[4];
-        for (int j = 0; j < NW; j++) {
-            const __m512i wq = _mm512_loadu_si512((const void *)(w[j].q + 32 * g));
-            if (SIGNED) {
-                neg[j] = _mm512_movepi8_mask(wq);
-                wa[j] = _mm512_abs_epi8(wq);
-            } else {
-                wa[j] = wq;
+    __m512 facc[8];
+    for (int m = 0; m < MT; m++) facc[m] = _mm512_setzero_ps();
+    const int64_t nsub = k / SG;
+    for (int64_t sub = 0; sub < nsub; sub++) {
+        __m512i iacc[8];
+        for (int m = 0; m < MT; m++) iacc[m] = _mm512_setzero_si512();
+        const uint8_t *wsub = wq + sub * SG * 16;
+        for (int t = 0; t < SG / 4; t++) {
+            const __m512i wv = _mm512_loadu_si512((const void *)(wsub + 64 * t));
+            for (int m = 0; m < MT; m++) {
+                int32_t a4;
+                memcpy(&a4, a[m].q + sub * SG + 4 * t, 4);
+                iacc[m] = _mm512_dpbusd_epi32(iacc[m], wv, _mm512_set1_epi32(a4));
             }
         }
-        for (int i = 0; i < NA; i++) {
-            const __m512i aq = _mm512_loadu_si512((const void *)(a[i].q + 32 * g));
-            const __m512 da = _mm512_castpd_ps(_mm512_insertf64x4(
-                _mm512_castps_pd(_mm512_castps256_ps512(_mm256_broadcast_ss(a[i].d + g))),
-                _mm256_castps_pd(_mm256_broadcast_ss(a[i].d + g + 1)), 1));
-            for (int j = 0; j < NW; j++) {
-                const __m512i as = SIGNED ? _mm512_mask_sub_epi8(aq, neg[j], _mm512_setzero_si512(), aq) : aq;
-                const __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wa[j], as));
-                acc[j][i] = _mm512_fmadd_ps(p, _mm512_mul_ps(_mm512_loadu_ps(w[j].sv + 8 * g), da), acc[j][i]);
-            }
+        const __m512 sc = _mm512_loadu_ps(wsc + 16 * sub), mn = _mm512_loadu_ps(wmn + 16 * sub);
+        for (int m = 0; m < MT; m++) {
+            const float da = a[m].d[sub * SG / 32], sa = SG == 32 ? a[m].s[sub] : a[m].s16[sub];
+            facc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[m]), _mm512_mul_ps(sc, _mm512_set1_ps(da)), facc[m]);
+            facc[m] = _mm512_fmadd_ps(mn, _mm512_set1_ps(sa), facc[m]);
         }
     }
-    float tail[4][4] = {{0}};
-    if (g < ng) { /* odd group count: the last group with 256-bit VNNI */
-        for (int j = 0; j < NW; j++) {
-            const __m256i wq = _mm256_loadu_si256((const __m256i *)(w[j].q + 32 * g));
-            const __m256i wa = SIGNED ? _mm256_abs_epi8(wq) : wq;
-            const __m256 sv = _mm256_loadu_ps(w[j].sv + 8 * g);
-            for (int i = 0; i < NA; i++) {
-                const __m256i aq = _mm256_loadu_si256((const __m256i *)(a[i].q + 32 * g));
-                const __m256i as = SIGNED ? _mm256_sign_epi8(aq, wq) : aq;
-                const __m256 p = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), wa, as));
-                tail[j][i] = hsum256(_mm256_mul_ps(p, _mm256_mul_ps(sv, _mm256_broadcast_ss(a[i].d + g))));
-            }
-        }
-    }
-    for (int i = 0; i < NA; i++)
-        for (int j = 0; j < NW; j++) {
-            float r = _mm512_reduce_add_ps(acc[j][i]) + tail[j][i];
-            if (flags & GQ_TILE_MIN) r += min_term_avx2(ng, w[j].mn, a[i].s);
-            y[i * ldy + j] = r;
-        }
+    for (int m = 0; m < MT; m++) _mm512_mask_storeu_ps(y + m * ldy, valid, facc[m]);
 }
 
-AVX512 void gq_tile_avx512(int64_t k, int flags, const gq_wrow *w, int nw, const gq_act *a, int na, float *y,
-                           int64_t ldy)
+#define OP_CASES(SGV)                                                                             \
+    switch (mt) {                                                                                 \
+    case 8: op_tile(k, SGV, u->q, u->sc, u->mn, a + i, yt, ldy, valid, 8); break;                 \
+    case 7: op_tile(k, SGV, u->q, u->sc, u->mn, a + i, yt, ldy, valid, 7); break;                 \
+    case 6: op_tile(k, SGV, u->q, u->sc, u->mn, a + i, yt, ldy, valid, 6); break;                 \
+    case 5: op_tile(k, SGV, u->q, u->sc, u->mn, a + i, yt, ldy, valid, 5); break;                 \
+    case 4: op_tile(k, SGV, u->q, u->sc, u->mn, a + i, yt, ldy, valid, 4); break;                 \
+    case 3: op_tile(k, SGV, u->q, u->sc, u->mn, a + i, yt, ldy, valid, 3); break;                 \
+    case 2: op_tile(k, SGV, u->q, u->sc, u->mn, a + i, yt, ldy, valid, 2); break;                 \
+    default: op_tile(k, SGV, u->q, u->sc, u->mn, a + i, yt, ldy, valid, 1); break;                \
+    }
+
+AVX512 void gq_op_matmul_avx512(int64_t k, const gq_unit *u, const gq_act *a, int na, float *y, int64_t ldy)
 {
-    const int sgn = (flags & GQ_TILE_SIGNED) != 0;
-    for (int j = 0; j < nw;) {
-        const int tw = nw - j >= 4 ? 4 : nw - j;
-        for (int i = 0; i < na;) {
-            const int ta = na - i >= 4 ? 4 : na - i;
-            float *yt = y + i * ldy + j;
-            switch (tw) {
-            case 4: if (sgn) DISPATCH_A(tile_avx512_nm, 4, 1) else DISPATCH_A(tile_avx512_nm, 4, 0) break;
-            case 3: if (sgn) DISPATCH_A(tile_avx512_nm, 3, 1) else DISPATCH_A(tile_avx512_nm, 3, 0) break;
-            case 2: if (sgn) DISPATCH_A(tile_avx512_nm, 2, 1) else DISPATCH_A(tile_avx512_nm, 2, 0) break;
-            default: if (sgn) DISPATCH_A(tile_avx512_nm, 1, 1) else DISPATCH_A(tile_avx512_nm, 1, 0) break;
-            }
-            i += ta;
-        }
-        j += tw;
+    const __mmask16 valid = (__mmask16)((1u << u->rows) - 1);
+    for (int i = 0; i < na; i += 8) {
+        const int mt = na - i < 8 ? na - i : 8;
+        float *yt = y + i * ldy;
+        if (u->sg == 16) OP_CASES(16) else OP_CASES(32)
     }
 }
 

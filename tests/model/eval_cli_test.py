@@ -85,8 +85,17 @@ def main():
             os.path.join(DATA, "qwen2", "data.jsonl")]
     out = os.path.join(tmp, "none.safetensors")
     r = qtool("eval", *base, "--device", "cuda", "--logits-out", out)
-    check(r.returncode == 1 and "CUDA forward not available in this build yet" in r.stderr
-          and not os.path.exists(out), "--device cuda: clear error, exit 1, no file")
+    if r.returncode == 0:
+        # A CUDA machine: half-precision activations, so a looser bound.
+        got = load_file(out)["logits"]
+        ref = load_file(os.path.join(DATA, "qwen2", "reference.safetensors"))["logits"]
+        err = (np.abs(got - ref).max(1) / np.abs(ref).max(1)).max()
+        check(err <= 2e-2, f"--device cuda: logits within 2e-2 of transformers (worst {err:.2e})")
+    else:
+        check(r.returncode == 1 and "CUDA" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+              and not os.path.exists(out), "--device cuda without a device: one-line error, exit 1, no file")
+        if os.path.exists(out):
+            os.remove(out)
     r = qtool("eval", "--model", os.path.join(DATA, "qwen2", "model"), "--plugin", "fp16")
     check(r.returncode == 2 and "--data" in r.stderr, "missing --data: usage error, exit 2")
     r = qtool("eval", *base, "--batch", "0")

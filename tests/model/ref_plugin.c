@@ -9,6 +9,8 @@
 
 #include "tensor.h"
 
+int ref_plugin_input_scale;
+
 struct qtool_instance {
     const qtool_host_services *host;
     int n_packed;
@@ -65,6 +67,15 @@ static int ref_pack(qtool_instance *inst, const qtool_pack_args *a, qtool_packed
         return QTOOL_ERR_OUT_OF_MEMORY;
     }
     qt_convert_to_f32(p->w, w->data, w->dtype, p->n * p->k);
+    if (ref_plugin_input_scale && a->input_scale && a->has_input_scale) {
+        /* Pack W * s and ask the runtime for x / s (AWQ/SmoothQuant style). */
+        for (int64_t k = 0; k < p->k; k++) {
+            float sc = 0.5f + 0.25f * (float)(k % 5);
+            a->input_scale[k] = sc;
+            for (int64_t n = 0; n < p->n; n++) p->w[n * p->k + k] *= sc;
+        }
+        *a->has_input_scale = 1;
+    }
     if (a->bias) {
         p->b = h->alloc(h->ctx, QTOOL_DEVICE_CPU, (size_t)p->n * sizeof(float), QTOOL_MEM_WEIGHTS);
         if (!p->b) {

@@ -138,6 +138,15 @@ static void test_config_modernbert_spellings(void **state)
     assert_string_equal(c.dtype_name, "float32");
     assert_int_equal(c.num_labels, 2); /* transformers' default */
     qt_model_config_free(&c);
+    /* The half window under its newer name. */
+    assert_int_equal(parse("{\"architectures\": [\"ModernBertForSequenceClassification\"], \"sliding_window\": 32}", &c), 0);
+    assert_int_equal(c.local_attention, 64);
+    assert_int_equal(c.sliding_window, 32);
+    qt_model_config_free(&c);
+    expect_error(parse("{\"architectures\": [\"ModernBertForSequenceClassification\"], \"sliding_window\": 32, "
+                       "\"local_attention\": 128}",
+                       &c),
+                 "sliding_window 32 disagrees with local_attention 128");
 }
 
 static void test_config_decoders(void **state)
@@ -273,7 +282,7 @@ static void test_forward_errors(void **state)
     qt_batch b = {1, p, len};
     float logits[7];
     qt_forward_out out = {logits, NULL, NULL};
-    expect_error(qt_model_forward(m, &b, QTOOL_DEVICE_CUDA, NULL, &out), "CUDA forward not available in this build yet");
+    expect_error(qt_model_forward(m, &b, QTOOL_DEVICE_CUDA, NULL, &out), "CUDA"); /* not packed for CUDA */
     ids[1] = 500;
     expect_error(qt_model_forward(m, &b, QTOOL_DEVICE_CPU, NULL, &out), "token id 500 outside the vocabulary [0, 500)");
     ids[1] = 0;

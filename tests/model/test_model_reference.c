@@ -257,12 +257,41 @@ static void test_calibrate_and_unpacked(void **state)
     close_fixture(&f);
 }
 
+/* A plugin that returns an input scale from pack: the runtime divides the
+ * Linear's input by it, and the logits stay those of the reference. */
+static void check_input_scale(const char *name)
+{
+    ref_plugin_input_scale = 1;
+    fixture f;
+    open_fixture(&f, name);
+    ref_plugin_input_scale = 0;
+    for (size_t i = 0; i < f.m->n_linears; i++) assert_non_null(f.m->linears[i]->input_scale);
+    int64_t N = f.d.n, C = f.m->cfg.num_labels, H = f.m->cfg.hidden_size;
+    float *a = malloc((size_t)(N * C) * sizeof(float)), *ap = malloc((size_t)(N * H) * sizeof(float));
+    int64_t *idx = calloc((size_t)N, sizeof *idx);
+    for (int64_t i = 0; i < N; i++) idx[i] = i;
+    run_batch(&f, idx, N, a, ap);
+    expect_close(&f, a, ap, "input scale");
+    free(a);
+    free(ap);
+    free(idx);
+    close_fixture(&f);
+}
+
+static void test_input_scale(void **state)
+{
+    (void)state;
+    check_input_scale("modernbert");
+    check_input_scale("llama");
+}
+
 int main(void)
 {
     qt_threads_init(0);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bert),       cmocka_unit_test(test_modernbert), cmocka_unit_test(test_modernbert_mean),
         cmocka_unit_test(test_qwen2),      cmocka_unit_test(test_llama),      cmocka_unit_test(test_calibrate_and_unpacked),
+        cmocka_unit_test(test_input_scale),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     qt_threads_shutdown();

@@ -41,6 +41,7 @@ FP4_THR = np.concatenate([-FP4_THR[::-1], FP4_THR])
 
 failures = []
 DEV = None
+STRICT = True  # False when bitsandbytes runs on the CPU: only the plumbing is checked then
 
 
 def check(cond, what):
@@ -52,7 +53,10 @@ def check(cond, what):
 def near(values, thresholds, ulps=4):
     v = values.astype(np.float64)[:, None]
     t = thresholds.astype(np.float64)[None, :]
-    return (np.abs(v - t) <= ulps * np.spacing(np.abs(thresholds)).astype(np.float64)[None, :]).any(axis=1)
+    tol = ulps * np.spacing(np.abs(thresholds)).astype(np.float64)[None, :]
+    if not STRICT:
+        tol = tol + 5e-3  # CPU fallback: 4-decimal code tables, 16-bit scaling of a partial block
+    return (np.abs(v - t) <= tol).any(axis=1)
 
 
 def run_dump(tool, args, workdir):
@@ -91,14 +95,14 @@ def unpack_codes(packed, n):
     return codes[:n]
 
 
-def compare_codes(ours, theirs, scaled, thresholds, what, n):
+def compare_codes(ours, theirs, scaled, thresholds, lut, what, n):
     co, ct = unpack_codes(ours, n), unpack_codes(theirs, n)
-    diff = np.nonzero(co != ct)[0]
+    diff = np.nonzero(co != ct)[0] if STRICT else np.nonzero(lut[co] != lut[ct])[0]
     if diff.size:
         ok = near(scaled[diff], thresholds)
         check(ok.all(), f"{what}: {int((~ok).sum())} codes differ away from any decision threshold "
               f"(first at {int(diff[~ok][0]) if (~ok).any() else -1})")
-        check(diff.size <= max(2, n // 1000), f"{what}: {diff.size} near-threshold differences of {n}")
+        check(not STRICT or diff.size <= max(2, n // 1000), f"{what}: {diff.size} near-threshold differences of {n}")
         print(f"  {what}: {diff.size} of {n} codes differ, all within 4 ulps of a threshold")
     # Padding nibble of an odd tail must match too.
     check(ours.size == theirs.size, f"{what}: packed size {ours.size} vs {theirs.size}")
@@ -129,7 +133,7 @@ def nf4_case(tool, workdir, rng, qt, cs, bs, dtype, N, K, special):
         inv = (np.float32(1.0) / amax).astype(np.float32)
         scaled = (wf * np.repeat(inv, bs)[:n]).astype(np.float32)
     what = f"quantize_4bit {qt} cs={cs} bs={bs} {dtype} [{N},{K}]"
-    compare_codes(ours["weight"], theirs, scaled, NF4_THR if qt == "nf4" else FP4_THR, what, n)
+    compare_codes(ours["weight"], theirs, scaled, NF4_THR if qt == "nf4" else FP4_THR, ours["weight.quant_map"], what, n)
     check(np.array_equal(ours["weight.quant_map"], st.code.cpu().numpy()), f"{what}: quant_map")
     qs_name = f"weight.quant_state.bitsandbytes__{qt}"
     qs = json.loads(bytes(ours[qs_name]).decode())
@@ -143,7 +147,8 @@ def nf4_case(tool, workdir, rng, qt, cs, bs, dtype, N, K, special):
               f"{what}: nested_offset {off} vs {st.offset.item()}")
         bmap = st.state2.code.cpu().numpy()
         omap = ours["weight.nested_quant_map"]
-        check(np.array_equal(omap, bmap),
+        # (bitsandbytes' CPU kernel overwrites code[0] with -1, so only the GPU run is compared.)
+        check(not STRICT or np.array_equal(omap, bmap),
               f"{what}: dynamic map differs from create_dynamic_map() at {np.nonzero(omap != bmap)[0].tolist()}")
         # Nested codes, with the plugin's offset so only the kernel is compared.
         centred = (amax - np.float32(off)).astype(np.float32)
@@ -156,7 +161,7 @@ def nf4_case(tool, workdir, rng, qt, cs, bs, dtype, N, K, special):
             sc = (centred * (np.float32(1) / nab)).astype(np.float32)
             mids = ((bmap[:-1] + bmap[1:]) * np.float32(0.5)).astype(np.float32)
             ok = near(sc[d], mids) & (np.abs(oq[d].astype(int) - tq[d].astype(int)) == 1)
-            check(ok.all(), f"{what}: nested codes differ away from midpoints at {d[~ok][:5].tolist()}")
+            check(ok.all() or not STRICT, f"{what}: nested codes differ away from midpoints at {d[~ok][:5].tolist()}")
     # bitsandbytes reads the plugin's saved tensors and dequantizes them.
     dev = DEV
     qd = {"absmax": torch.from_numpy(ours["weight.absmax"]), "quant_map": torch.from_numpy(ours["weight.quant_map"]),
@@ -175,7 +180,7 @@ def nf4_case(tool, workdir, rng, qt, cs, bs, dtype, N, K, special):
     else:
         ab = ours["weight.absmax"]
     mine = (lut[codes] * np.repeat(ab, bs)[:n]).astype(np.float32)
-    tol = {"f32": 1e-6, "f16": 1e-3, "bf16": 8e-3}[dtype]
+    tol = {"f32": 1e-6, "f16": 1e-3, "bf16": 8e-3}[dtype] if STRICT else 1e-2
     err = np.abs(deq.ravel() - mine).max()
     check(err <= tol * max(1e-30, np.abs(mine).max()), f"{what}: bitsandbytes dequantizes the save differently ({err})")
 
@@ -196,7 +201,8 @@ def int8_case(tool, workdir, rng, M, N, K):
     x = np.clip(rng.standard_normal(M * K), -5, 5).astype(np.float32)
     for c in range(0, K, 9):
         x[rng.integers(0, M) * K + c] = np.float32(rng.choice([-1, 1]) * (6 + 20 * rng.random()))
-    x[K + 3] = 6.0  # exactly on the threshold: an outlier (>=)
+    if M > 1:
+        x[K + 3] = 6.0  # exactly on the threshold: an outlier (>=)
     t = to_file(x, "f16", path)
     ours = run_dump(tool, ["int8a", path, "f16", M, K, 6.0], workdir)
     q, stats, cols = F.int8_vectorwise_quant(t.reshape(M, K).to(DEV), threshold=6.0)
@@ -229,8 +235,9 @@ def main():
                     help="where bitsandbytes runs; 'cpu' only exercises this script (its CPU path breaks ties "
                          "differently and is not the reference)")
     args = ap.parse_args()
-    global DEV
+    global DEV, STRICT
     DEV = torch.device(args.device)
+    STRICT = DEV.type == "cuda"
     if DEV.type == "cuda" and not torch.cuda.is_available():
         print("skipped: no CUDA device for bitsandbytes' kernels")
         return 77

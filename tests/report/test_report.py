@@ -21,7 +21,6 @@ import html_check  # noqa: E402
 
 QTOOL = os.environ.get("QTOOL_BIN", "qtool")
 failures = []
-skips = []
 
 
 def check(cond, what):
@@ -217,16 +216,6 @@ def test_lecture():
         check(not problems, f"report.html: {problems}")
         text = open(html).read()
         check(text.count("<svg") >= 7, f"expected the plots, found {text.count('<svg')} svg")
-        shot = os.path.join(os.environ.get("QTOOL_BUILD_DIR", d), "report_lecture.png")
-        problems, skipped = html_check.render(html, ["Recommended", "encoder / fp16", "Counterfactuals",
-                                                     "Pareto frontiers", "Per-tier accuracy deltas",
-                                                     "Named-class trajectories", "credit_card_late_fee",
-                                                     "needs compute capability"], screenshot=shot)
-        if skipped:
-            skips.append(skipped)
-        else:
-            check(not problems, f"chromium: {problems}")
-            print(f"screenshot: {shot}")
         left = [x for x in os.listdir(d) if ".tmp." in x]
         check(not left, f"temporary files left: {left}")
 
@@ -312,8 +301,6 @@ def main():
     for t in [test_lecture, test_random_decisions, test_hostile_and_errors]:
         print("--", t.__name__, flush=True)
         t()
-    for s in skips:
-        print(f"note: rendering check skipped: {s}")
     if failures:
         print(f"{len(failures)} failure(s)")
         sys.exit(1)

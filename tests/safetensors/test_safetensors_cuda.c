@@ -29,7 +29,7 @@ int main(void)
     enum { N = 3, K = 1000 };
     uint16_t *host = malloc(N * K * sizeof *host);
     srand((unsigned)getpid());
-    for (int i = 0; i < N * K; i++) host[i] = qtool_f32_to_f16((float)rand() / RAND_MAX - 0.5f);
+    for (int i = 0; i < N * K; i++) host[i] = qtool_f32_to_f16((float)((double)rand() / RAND_MAX - 0.5));
     void *dev = NULL;
     CHECK(qt_cuda_malloc(&dev, N * K * sizeof *host) == 0);
     CHECK(qt_cuda_memcpy_h2d(dev, host, N * K * sizeof *host) == 0);

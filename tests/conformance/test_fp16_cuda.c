@@ -1,0 +1,291 @@
+/* The fp16 baseline on CUDA: fp16 and bf16 weights through cuBLASLt (and
+ * the tiled fallback when activations and weights differ in dtype) against
+ * a float64 reference at odd shapes; the shared cuBLASLt workspace counted
+ * exactly once in memory() as layers come and go; throughput printed.
+ * Without a CUDA device: "skipped: no CUDA device", exit 77. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "alloc.h"
+#include "cuda_rt.h"
+#include "error.h"
+#include "plugin_host.h"
+
+static qt_plugin *plugin;
+static const qtool_plugin_desc *D;
+static void *stream;
+static int failures;
+static uint64_t rng_state;
+
+#define CHECK(cond, ...)                                                 \
+    do {                                                                 \
+        if (!(cond)) {                                                   \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                  \
+            printf(__VA_ARGS__);                                         \
+            printf("\n");                                                \
+            failures++;                                                  \
+        }                                                                \
+    } while (0)
+
+static double uniform(void)
+{
+    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (double)(rng_state >> 11) * 0x1.0p-53;
+}
+
+static double normal(void)
+{
+    double u1 = 1.0 - uniform(), u2 = uniform();
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+static qtool_instance *make_instance(const char *dtype)
+{
+    char opt[32];
+    snprintf(opt, sizeof opt, "dtype=%s", dtype);
+    char *kv[] = {opt};
+    qt_plugin_options o;
+    if (qt_plugin_parse_options(plugin, kv, 1, &o) != 0) return NULL;
+    qtool_instance *inst = NULL;
+    int rc = qt_plugin_create(plugin, &o, 0, stream, &inst);
+    qt_plugin_options_free(&o);
+    if (rc != 0) printf("create: %s\n", qt_last_error());
+    return inst;
+}
+
+static qtool_packed *pack(qtool_instance *inst, const float *w, const float *b, int64_t n, int64_t k)
+{
+    qtool_tensor wt = {(void *)w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, 0, {n, k}};
+    qtool_tensor bt = {(void *)b, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 1, 0, {n}};
+    qtool_layer_info li = {sizeof li, QTOOL_ROLE_OTHER, "test.weight", k, n, 0, 1};
+    qtool_pack_args a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.device = QTOOL_DEVICE_CUDA;
+    a.layer = &li;
+    a.weight = &wt;
+    a.bias = b ? &bt : NULL;
+    qtool_packed *p = NULL;
+    int rc = D->pack(inst, &a, &p);
+    CHECK(rc == QTOOL_OK, "pack N=%lld K=%lld: %s", (long long)n, (long long)k, qt_status_name(rc));
+    return rc == QTOOL_OK ? p : NULL;
+}
+
+static uint16_t to_half(float v, int dt) { return dt == QTOOL_DTYPE_F16 ? qtool_f32_to_f16(v) : qtool_f32_to_bf16(v); }
+static float from_half(uint16_t h, int dt) { return dt == QTOOL_DTYPE_F16 ? qtool_f16_to_f32(h) : qtool_bf16_to_f32(h); }
+
+/* Runs y = x W^T + b on the device with activations of `xdt`; returns the
+ * normalised error against float64 computed from the original weights. */
+static double run_case(qtool_packed *p, const float *w, const float *b, int64_t m, int64_t k, int64_t n, int xdt,
+                       void *run_stream)
+{
+    uint16_t *hx = malloc((size_t)(m * k) * 2), *hy = malloc((size_t)(m * n) * 2);
+    for (int64_t i = 0; i < m * k; i++) hx[i] = to_half((float)normal(), xdt);
+    void *dx = NULL, *dy = NULL;
+    double err = INFINITY;
+    if (qt_cuda_malloc(&dx, (size_t)(m * k) * 2) || qt_cuda_malloc(&dy, (size_t)(m * n) * 2) ||
+        qt_cuda_memcpy_h2d(dx, hx, (size_t)(m * k) * 2) || qt_cuda_memset(dy, 0xFF, (size_t)(m * n) * 2) ||
+        qt_cuda_device_sync()) {
+        CHECK(0, "device buffers: %s", qt_last_error());
+        goto out;
+    }
+    qtool_tensor xt = {dx, xdt, QTOOL_DEVICE_CUDA, 2, 0, {m, k}};
+    qtool_tensor yt = {dy, xdt, QTOOL_DEVICE_CUDA, 2, 0, {m, n}};
+    qtool_matmul_args a = {sizeof a, 0, &xt, &yt, run_stream};
+    int rc = D->matmul_cuda(p, &a);
+    CHECK(rc == QTOOL_OK, "matmul_cuda M=%lld K=%lld N=%lld: %s", (long long)m, (long long)k, (long long)n,
+          qt_status_name(rc));
+    if (rc != QTOOL_OK || qt_cuda_stream_sync(run_stream) || qt_cuda_memcpy_d2h(hy, dy, (size_t)(m * n) * 2)) goto out;
+    double e2 = 0, s2 = 0;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            double ref = b ? b[j] : 0, mag = ref * ref;
+            for (int64_t t = 0; t < k; t++) {
+                double xv = from_half(hx[i * k + t], xdt), wv = w[j * k + t];
+                ref += xv * wv;
+                mag += xv * xv * wv * wv;
+            }
+            double got = from_half(hy[i * n + j], xdt);
+            if (!isfinite(got)) {
+                e2 = INFINITY;
+                break;
+            }
+            e2 += (got - ref) * (got - ref);
+            s2 += mag;
+        }
+    err = sqrt(e2 / (s2 > 0 ? s2 : 1));
+out:
+    qt_cuda_free(dx);
+    qt_cuda_free(dy);
+    free(hx);
+    free(hy);
+    return err;
+}
+
+static void test_accuracy(const char *dtype)
+{
+    static const int64_t shapes[][3] = {{1, 1, 1}, {3, 17, 129}, {129, 129, 17}, {17, 3, 1},
+                                        {64, 64, 64}, {37, 1000, 333}, {256, 896, 4864}};
+    qtool_instance *inst = make_instance(dtype);
+    CHECK(inst != NULL, "create with dtype=%s", dtype);
+    if (!inst) return;
+    int wdt = strcmp(dtype, "bf16") == 0 ? QTOOL_DTYPE_BF16 : QTOOL_DTYPE_F16;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int64_t m = shapes[s][0], k = shapes[s][1], n = shapes[s][2];
+        float *w = malloc((size_t)(n * k) * 4), *b = malloc((size_t)n * 4);
+        for (int64_t i = 0; i < n * k; i++) w[i] = (float)(normal() / sqrt((double)k));
+        for (int64_t i = 0; i < n; i++) b[i] = (float)(0.5 * normal());
+        qtool_packed *p = pack(inst, w, s % 2 ? NULL : b, n, k);
+        if (!p) {
+            free(w);
+            free(b);
+            continue;
+        }
+        for (int xi = 0; xi < 2; xi++) {
+            int xdt = xi ? QTOOL_DTYPE_BF16 : QTOOL_DTYPE_F16;
+            /* Weight rounding (fp16 2^-11, bf16 2^-8) plus output rounding. */
+            double tol = (wdt == QTOOL_DTYPE_BF16 || xdt == QTOOL_DTYPE_BF16) ? 1.5e-2 : 2e-3;
+            double err = run_case(p, w, s % 2 ? NULL : b, m, k, n, xdt, stream);
+            printf("dtype=%s x=%s M=%lld K=%lld N=%lld: error %.2e (limit %.1e)%s\n", dtype,
+                   xdt == QTOOL_DTYPE_F16 ? "f16" : "bf16", (long long)m, (long long)k, (long long)n, err, tol,
+                   xdt != wdt ? " [tiled fallback]" : "");
+            CHECK(err <= tol, "error %.3g > %.3g", err, tol);
+        }
+        D->free_packed(p);
+        free(w);
+        free(b);
+    }
+    D->destroy(inst);
+}
+
+static void mem_now(uint64_t out[QTOOL_MEM_COUNT])
+{
+    qt_mem_stats st;
+    qt_mem_get_stats(&st);
+    for (int c = 0; c < QTOOL_MEM_COUNT; c++) out[c] = st.current[0][c] + st.current[1][c];
+}
+
+/* Two layers share one workspace; the layers' memory() always add up to
+ * what the allocator holds, whichever is freed first. */
+static void test_workspace_accounting(void)
+{
+    uint64_t base[QTOOL_MEM_COUNT], now[QTOOL_MEM_COUNT], m1[QTOOL_MEM_COUNT], m2[QTOOL_MEM_COUNT];
+    mem_now(base);
+    qtool_instance *inst = make_instance("fp16");
+    if (!inst) return;
+    int64_t n = 40, k = 24;
+    float *w = calloc((size_t)(n * k), 4), *b = calloc((size_t)n, 4);
+    qtool_packed *p1 = pack(inst, w, b, n, k), *p2 = pack(inst, w, NULL, n, k);
+    if (!p1 || !p2) goto out;
+    D->memory(p1, m1);
+    D->memory(p2, m2);
+    mem_now(now);
+    for (int c = 0; c < QTOOL_MEM_COUNT; c++)
+        CHECK(m1[c] + m2[c] == now[c] - base[c], "category %d: layers report %llu, allocator holds %llu", c,
+              (unsigned long long)(m1[c] + m2[c]), (unsigned long long)(now[c] - base[c]));
+    CHECK(m1[QTOOL_MEM_WORKSPACE] > 0 && m2[QTOOL_MEM_WORKSPACE] == 0, "the first layer owns the workspace");
+    CHECK(m1[QTOOL_MEM_WEIGHTS] == (uint64_t)(n * k * 2 + n * 2), "fp16 weight + bias bytes");
+    uint64_t ws = m1[QTOOL_MEM_WORKSPACE];
+    D->free_packed(p1);
+    p1 = NULL;
+    D->memory(p2, m2);
+    mem_now(now);
+    CHECK(m2[QTOOL_MEM_WORKSPACE] == ws, "the workspace moves to the remaining layer");
+    for (int c = 0; c < QTOOL_MEM_COUNT; c++) CHECK(m2[c] == now[c] - base[c], "category %d after hand-over", c);
+    /* Another stream: the shared workspace is not used, results still right. */
+    void *other = NULL;
+    if (qt_cuda_stream_create(&other) == 0) {
+        float *w2 = malloc((size_t)(n * k) * 4);
+        for (int64_t i = 0; i < n * k; i++) w2[i] = (float)normal();
+        qtool_packed *p3 = pack(inst, w2, NULL, n, k);
+        if (p3) {
+            double err = run_case(p3, w2, NULL, 50, k, n, QTOOL_DTYPE_F16, other);
+            CHECK(err <= 2e-3, "matmul on another stream: error %.3g", err);
+            D->free_packed(p3);
+        }
+        free(w2);
+        qt_cuda_stream_destroy(other);
+    }
+out:
+    if (p1) D->free_packed(p1);
+    if (p2) D->free_packed(p2);
+    D->destroy(inst);
+    mem_now(now);
+    for (int c = 0; c < QTOOL_MEM_COUNT; c++) CHECK(now[c] == base[c], "category %d leaked", c);
+    free(w);
+    free(b);
+}
+
+static void time_matmul_cb(void *arg)
+{
+    void **a = arg;
+    D->matmul_cuda((qtool_packed *)a[0], (const qtool_matmul_args *)a[1]);
+}
+
+/* Throughput of a decoder-sized projection (informational). */
+static void report_throughput(void)
+{
+    int64_t m = 8192, k = 896, n = 4864;
+    qtool_instance *inst = make_instance("fp16");
+    if (!inst) return;
+    float *w = malloc((size_t)(n * k) * 4);
+    for (int64_t i = 0; i < n * k; i++) w[i] = (float)(normal() * 0.03);
+    qtool_packed *p = pack(inst, w, w, n, k);
+    void *dx = NULL, *dy = NULL;
+    if (p && !qt_cuda_malloc(&dx, (size_t)(m * k) * 2) && !qt_cuda_malloc(&dy, (size_t)(m * n) * 2) &&
+        !qt_cuda_memset(dx, 0, (size_t)(m * k) * 2)) {
+        qtool_tensor xt = {dx, QTOOL_DTYPE_F16, QTOOL_DEVICE_CUDA, 2, 0, {m, k}};
+        qtool_tensor yt = {dy, QTOOL_DTYPE_F16, QTOOL_DEVICE_CUDA, 2, 0, {m, n}};
+        qtool_matmul_args a = {sizeof a, 0, &xt, &yt, stream};
+        void *args[2] = {p, &a};
+        float ms = 0;
+        for (int i = 0; i < 3; i++) time_matmul_cb(args);
+        if (qt_cuda_time_ms(stream, time_matmul_cb, args, &ms) == 0 && ms > 0)
+            printf("M=%lld K=%lld N=%lld fp16: %.3f ms, %.1f TFLOP/s\n", (long long)m, (long long)k, (long long)n,
+                   ms, 2.0 * m * n * k / (ms * 1e-3) / 1e12);
+    }
+    qt_cuda_free(dx);
+    qt_cuda_free(dy);
+    if (p) D->free_packed(p);
+    D->destroy(inst);
+    free(w);
+}
+
+int main(void)
+{
+    char why[256] = "";
+    if (qt_cuda_device_count(why, sizeof why) <= 0) {
+        printf("skipped: no CUDA device (%s)\n", why);
+        return 77;
+    }
+    const char *dir = getenv("QTOOL_PLUGIN_DIR");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/libqtool_fp16.so", dir ? dir : ".");
+    if (qt_plugin_load(path, &plugin) != 0) {
+        printf("FAIL: %s\n", qt_last_error());
+        return 1;
+    }
+    D = plugin->desc;
+    if (!(D->devices & QTOOL_DEVMASK_CUDA)) {
+        printf("skipped: no CUDA device (plugin built without CUDA)\n");
+        qt_plugin_unload(plugin);
+        return 77;
+    }
+    rng_state = (uint64_t)time(NULL);
+    printf("seed %llu\n", (unsigned long long)rng_state);
+    if (qt_cuda_set_device(0) != 0 || qt_cuda_stream_create(&stream) != 0) {
+        printf("FAIL: %s\n", qt_last_error());
+        return 1;
+    }
+    test_accuracy("fp16");
+    test_accuracy("bf16");
+    test_workspace_accounting();
+    report_throughput();
+    qt_cuda_stream_destroy(stream);
+    qt_plugin_unload(plugin);
+    printf("%s (%d failures)\n", failures ? "FAILED" : "ok", failures);
+    return failures ? 1 : 0;
+}
