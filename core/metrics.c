@@ -270,7 +270,9 @@ double qt_metrics_fit_temperature(const qt_logits *m, const int64_t *rows, int64
     double fc = qt_metrics_nll(m, rows, n_rows, exp(c));
     double fd = qt_metrics_nll(m, rows, n_rows, exp(d));
     while (b - a > 1e-10) {
-        if (fc < fd) {
+        /* Ties go left: where NLL is flat to rounding (confident rows
+         * saturate as T -> 0) the smallest such T is reported. */
+        if (fc <= fd) {
             b = d;
             d = c;
             fd = fc;

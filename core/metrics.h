@@ -84,7 +84,8 @@ double qt_metrics_ece(const qt_logits *m, const int64_t *rows, int64_t n_rows, d
                       int n_bins);
 /* The T in [QT_METRICS_T_MIN, QT_METRICS_T_MAX] minimising qt_metrics_nll:
  * golden-section search on log T (NLL is convex in 1/T, hence unimodal in
- * log T) to an interval of 1e-10. `*at_bound` (may be NULL) is set when the
+ * log T) to an interval of 1e-10; where NLL is flat to rounding the search
+ * moves toward smaller T. `*at_bound` (may be NULL) is set when the
  * minimum lies on the edge of the bracket. */
 double qt_metrics_fit_temperature(const qt_logits *m, const int64_t *rows, int64_t n_rows,
                                   int *at_bound);

@@ -303,4 +303,20 @@ typedef struct qt_eval_result {
 int qt_model_eval(qt_model *m, const qt_dataset *d, const qt_eval_options *o, qt_eval_result *out);
 void qt_eval_result_free(qt_eval_result *r);
 
+/* The latency protocol: `warmup` untimed batches, then `timed` batches of
+ * `batch` examples each (taken from the dataset in order, wrapping round),
+ * each timed alone (CUDA events on the GPU, the monotonic clock on the CPU);
+ * the figure is the median batch time over the batch size. */
+#define QT_LATENCY_MAX_TIMED 64
+typedef struct qt_latency {
+    int warmup, timed;
+    int64_t batch;
+    double batch_ms[QT_LATENCY_MAX_TIMED];
+    double median_batch_ms, ms_per_example, examples_per_s;
+    uint64_t device_used_peak; /* max of total - free seen by cudaMemGetInfo (CUDA only) */
+} qt_latency;
+
+int qt_model_latency(qt_model *m, const qt_dataset *d, int device, void *stream, int64_t batch, int warmup,
+                     int timed, qt_latency *out);
+
 #endif

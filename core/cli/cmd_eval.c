@@ -14,6 +14,8 @@
 #include "data.h"
 #include "device.h"
 #include "error.h"
+#include "fsutil.h"
+#include "metrics.h"
 #include "model.h"
 #include "plugin_host.h"
 #include "safetensors.h"
@@ -44,6 +46,14 @@ static void usage(FILE *out)
             "  --logits-out FILE     write tensor 'logits' F32 [N, num_labels] (input order)\n"
             "  --hidden-out FILE     write tensor 'pooled' F32 [N, hidden]: the pooled final hidden\n"
             "                        state entering the classification head\n"
+            "  --json                print the measurements as JSON instead of text\n"
+            "  --json-out FILE       also write them as JSON to FILE (atomically)\n"
+            "  --reference FILE      logits of the reference run (e.g. fp16) on the same data, for the\n"
+            "                        per-tier accuracy deltas with bootstrap CIs\n"
+            "  --train FILE.jsonl    training labels: their frequencies rank the classes into tiers\n"
+            "  --label-counts FILE   the same as a JSON object {label: count}\n"
+            "  --head N, --mid N     tier sizes in classes (default 20 and 40; the rest is the tail)\n"
+            "  --warmup N, --timed N latency protocol: N warm-up and N timed batches (default 3 and 5)\n"
             "  -h, --help            this text\n");
 }
 
@@ -126,6 +136,172 @@ static int calibrate(qt_model *m, const qt_plugin *p, qtool_instance *inst, cons
     return rc;
 }
 
+/* Macro-F1, calibration and (with a reference and training labels) the
+ * per-tier deltas, from the logits of this run. */
+static int measure(const qt_model *m, const qt_eval_result *res, const char *reference, const char *train,
+                   const char *label_counts, int64_t head, int64_t mid, qt_metrics_report *mr, int *have,
+                   char *note, size_t note_len)
+{
+    const qt_model_config *c = &m->cfg;
+    if (res->n == 0 || res->n_labelled != res->n) {
+        snprintf(note, note_len, "metrics need a label on every example (%" PRId64 " of %" PRId64 " labelled)",
+                 res->n_labelled, res->n);
+        return 0;
+    }
+    qt_logits lg = {res->logits, res->n, res->num_labels, res->labels};
+    qt_logits rl = lg;
+    qt_st_file *rf = NULL;
+    int64_t *counts = NULL;
+    int rc = 0;
+    if (reference) {
+        if ((rc = qt_st_open(reference, &rf))) return rc;
+        const qt_st_tensor *t = qt_st_find(rf, "logits");
+        if (!t || t->view.dtype != QTOOL_DTYPE_F32 || t->view.ndim != 2 || t->view.shape[0] != res->n ||
+            t->view.shape[1] != res->num_labels) {
+            rc = qt_fail(QTOOL_ERR_FORMAT, "%s: needs tensor 'logits' F32 [%" PRId64 ", %" PRId64 "] (the same data)",
+                         reference, res->n, res->num_labels);
+            goto done;
+        }
+        rl.data = t->view.data;
+    }
+    if (train || label_counts) {
+        counts = calloc((size_t)c->num_labels, sizeof *counts);
+        qt_label_names ln = {c->id2label, c->num_labels};
+        if (!counts) rc = qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
+        else if (train) rc = qt_label_counts_from_jsonl(train, &ln, c->num_labels, counts);
+        else rc = qt_label_counts_from_json(label_counts, &ln, c->num_labels, counts);
+        if (rc) goto done;
+    }
+    if (reference && !counts)
+        snprintf(note, note_len, "tiers need --train or --label-counts besides --reference");
+    else if (counts && !reference)
+        snprintf(note, note_len, "tiers need --reference besides the training labels");
+    qt_tier_options to;
+    qt_tier_options_default(&to);
+    rc = qt_metrics_compute(&lg, reference ? &rl : NULL, reference ? counts : NULL, head, mid, &to, mr);
+    *have = rc == 0;
+done:
+    free(counts);
+    qt_st_close(rf);
+    return rc;
+}
+
+static json_t *cell_json(const qt_model *m, const qt_plugin *p, const qtool_device_info *dev, int device,
+                         const qt_eval_result *res, const qt_latency *lat, const qt_metrics_report *mr,
+                         const char *note, double load_s, double quantize_s, const uint64_t *mem, uint64_t packed)
+{
+    json_t *o = mr ? qt_metrics_report_json(mr, m->cfg.id2label) : json_object();
+    if (!o) return NULL;
+    int di = device == QTOOL_DEVICE_CUDA;
+    qt_mem_stats st;
+    qt_mem_get_stats(&st);
+    json_object_set_new(o, "status", json_string("ok"));
+    json_object_set_new(o, "model", json_string(m->model_path ? m->model_path : ""));
+    json_object_set_new(o, "architecture", json_string(m->cfg.architecture));
+    json_object_set_new(o, "plugin", json_string(p->desc->name));
+    json_object_set_new(o, "plugin_version", json_string(p->desc->version ? p->desc->version : ""));
+    json_object_set_new(o, "weight_bits", json_integer(p->desc->weight_bits));
+    json_object_set_new(o, "activation_bits", json_integer(p->desc->activation_bits));
+    json_object_set_new(o, "device", json_string(di ? "cuda:0" : "cpu"));
+    json_object_set_new(o, "card", json_string(dev->name));
+    json_object_set_new(o, "n", json_integer(res->n));
+    if (!mr) json_object_set_new(o, "accuracy", isnan(res->accuracy) ? json_null() : json_real(res->accuracy));
+    if (note && note[0]) json_object_set_new(o, "metrics_note", json_string(note));
+    json_object_set_new(o, "batch_size", json_integer(lat->batch));
+    json_object_set_new(o, "ms_per_example", json_real(lat->ms_per_example));
+    json_object_set_new(o, "examples_per_s", json_real(lat->examples_per_s));
+    json_t *bm = json_array();
+    for (int i = 0; i < lat->timed; i++) json_array_append_new(bm, json_real(lat->batch_ms[i]));
+    json_object_set_new(o, "latency", json_pack("{s:i,s:i,s:o,s:s}", "warmup", lat->warmup, "timed", lat->timed,
+                                                "batch_ms", bm, "clock", di ? "cuda events" : "monotonic"));
+    json_t *cat = json_object(), *wcat = json_object();
+    for (int k = 0; k < QTOOL_MEM_COUNT; k++) {
+        json_object_set_new(cat, qt_mem_category_name(k), json_integer((json_int_t)st.at_peak[di][k]));
+        json_object_set_new(wcat, qt_mem_category_name(k), json_integer((json_int_t)mem[k]));
+    }
+    /* On the CPU the "VRAM" figures are the host memory the allocator
+     * handed out: the memory the model needs where it runs. */
+    json_object_set_new(o, "peak_vram_bytes", json_integer((json_int_t)st.peak_total[di]));
+    json_t *pv = json_pack("{s:I,s:o,s:s}", "allocator_bytes", (json_int_t)st.peak_total[di], "by_category", cat,
+                           "memory", di ? "device" : "host");
+    json_object_set_new(pv, "device_bytes", di ? json_integer((json_int_t)lat->device_used_peak) : json_null());
+    json_object_set_new(o, "peak_vram", pv);
+    json_object_set_new(o, "load_s", json_real(load_s));
+    json_object_set_new(o, "quantize_s", json_real(quantize_s));
+    json_object_set_new(o, "eval_s", json_real(res->seconds));
+    json_object_set_new(o, "weight_bytes", json_integer((json_int_t)packed));
+    json_object_set_new(o, "weight_bytes_by_category", wcat);
+    json_t *ver = json_object();
+    json_object_set_new(ver, "qtool", json_string(QTOOL_VERSION));
+    json_object_set_new(ver, "plugin", json_string(p->desc->version ? p->desc->version : ""));
+    if (di) {
+        json_object_set_new(ver, "cuda_runtime", json_integer(dev->runtime_version));
+        json_object_set_new(ver, "driver", json_integer(dev->driver_version));
+    }
+    json_object_set_new(o, "versions", ver);
+    return o;
+}
+
+static void print_summary(const qt_model *m, const qt_plugin *p, const qtool_device_info *dev, int device,
+                          const char *model_path, const char *data, const qt_dataset *ds, const qt_eval_result *res,
+                          const qt_latency *lat, const qt_metrics_report *mr, const char *note, double pack_s,
+                          uint64_t packed, int64_t batch)
+{
+    const qt_model_config *c = &m->cfg;
+    int di = device == QTOOL_DEVICE_CUDA;
+    qt_mem_stats st;
+    qt_mem_get_stats(&st);
+    int64_t min_len = INT64_MAX;
+    for (int64_t i = 0; i < ds->n; i++)
+        if (ds->examples[i].length < min_len) min_len = ds->examples[i].length;
+    char b1[32], b2[32], b3[32];
+    fmt_bytes(b1, sizeof b1, packed);
+    fmt_bytes(b2, sizeof b2, st.peak_total[di]);
+    printf("model     %s: %s, %" PRId64 " layers, hidden %" PRId64 ", %" PRId64 " labels, weights %s\n", model_path,
+           c->architecture, c->n_layers, c->hidden_size, c->num_labels, qt_dtype_name(m->tok_emb->dtype));
+    if (di)
+        printf("plugin    %s %s on %s: %zu linears packed in %.1f ms, %s\n", p->desc->name,
+               p->desc->version ? p->desc->version : "", dev->name, m->n_linears, 1000.0 * pack_s, b1);
+    else
+        printf("plugin    %s %s on cpu, %d threads: %zu linears packed in %.1f ms, %s\n", p->desc->name,
+               p->desc->version ? p->desc->version : "", qt_threads_count(), m->n_linears, 1000.0 * pack_s, b1);
+    printf("data      %s: %" PRId64 " examples (%" PRId64 " labelled), %" PRId64 "..%" PRId64 " tokens, %" PRId64
+           " truncated\n",
+           data, ds->n, ds->n_labelled, min_len, ds->max_length, ds->n_truncated);
+    if (mr) {
+        printf("accuracy  %.4f (%" PRId64 "/%" PRId64 ")\n", mr->accuracy, res->n_correct, res->n_labelled);
+        printf("macro-F1  %.4f over %zu classes present in labels or predictions\n", mr->macro_f1, mr->n_per_class);
+        printf("calib.    ECE %.4f -> %.4f after temperature %.3f (NLL %.4f -> %.4f); split-val: T %.3f on half A,"
+               " ECE on half B %.4f -> %.4f\n",
+               mr->ece, mr->ece_post, mr->temperature, mr->nll, mr->nll_post, mr->split_val.temperature,
+               mr->split_val.ece_before, mr->split_val.ece_after);
+        if (mr->has_tiers)
+            for (int t = 0; t < QT_TIER_COUNT; t++) {
+                const qt_tier_result *r = &mr->tiers[t];
+                printf("tier      %-4s %5" PRId64 " examples: accuracy %.4f vs %.4f, delta %+.4f [%+.4f, %+.4f], %" PRId64
+                       " flips%s\n",
+                       qt_tier_name(t), r->n, r->accuracy, r->reference_accuracy, r->delta, r->ci_low, r->ci_high,
+                       r->flips, r->directional ? " (directional: fewer than 20 flips)" : "");
+            }
+    } else if (res->n_labelled) {
+        printf("accuracy  %.4f (%" PRId64 "/%" PRId64 ")\n", res->accuracy, res->n_correct, res->n_labelled);
+    }
+    if (note && note[0]) printf("note      %s\n", note);
+    printf("latency   %.3f ms/example, %.1f examples/s (batch %" PRId64 ", median of %d timed after %d warm-up, %s)\n",
+           lat->ms_per_example, lat->examples_per_s, batch, lat->timed, lat->warmup, di ? "CUDA events" : "monotonic clock");
+    if (di) {
+        fmt_bytes(b3, sizeof b3, lat->device_used_peak);
+        printf("memory    peak %s by the allocator (weights %s), %s at device level\n", b2, b1, b3);
+    } else {
+        printf("memory    peak %s of host memory by the allocator (weights %s)\n", b2, b1);
+    }
+    char acc[32];
+    if (res->n_labelled) snprintf(acc, sizeof acc, "%.4f", res->accuracy);
+    else snprintf(acc, sizeof acc, "n/a");
+    printf("eval: model=%s plugin=%s device=%s n=%" PRId64 " accuracy=%s ms_per_example=%.3f batch=%" PRId64 "\n",
+           model_path, p->desc->name, di ? "cuda" : "cpu", res->n, acc, lat->ms_per_example, batch);
+}
+
 int cmd_eval(int argc, char **argv)
 {
     const char *cmd = "eval";
@@ -137,11 +313,18 @@ int cmd_eval(int argc, char **argv)
         {"calib", required_argument, NULL, 'C'},      {"calib-n", required_argument, NULL, 'N'},
         {"threads", required_argument, NULL, 't'},    {"logits-out", required_argument, NULL, 'l'},
         {"hidden-out", required_argument, NULL, 'H'}, {"help", no_argument, NULL, 'h'},
+        {"json", no_argument, NULL, 'J'},             {"json-out", required_argument, NULL, 'O'},
+        {"reference", required_argument, NULL, 'R'},  {"train", required_argument, NULL, 'T'},
+        {"label-counts", required_argument, NULL, 'K'}, {"head", required_argument, NULL, 'E'},
+        {"mid", required_argument, NULL, 'I'},        {"warmup", required_argument, NULL, 'W'},
+        {"timed", required_argument, NULL, 'S'},
         {NULL, 0, NULL, 0}};
     const char *model_path = NULL, *config = NULL, *plugin = NULL, *data = NULL, *calib = NULL;
-    const char *logits_out = NULL, *hidden_out = NULL;
-    int device = QTOOL_DEVICE_CPU, ch;
-    int64_t batch = 32, max_length = 0, calib_n = 128, threads = 0;
+    const char *logits_out = NULL, *hidden_out = NULL, *json_out = NULL, *reference = NULL, *train = NULL;
+    const char *label_counts = NULL;
+    int device = QTOOL_DEVICE_CPU, ch, json = 0;
+    int64_t batch = 32, max_length = 0, calib_n = 128, threads = 0, head = QT_METRICS_HEAD, mid = QT_METRICS_MID;
+    int64_t warmup = 3, timed = 5;
     char **kv = calloc((size_t)argc + 1, sizeof *kv);
     size_t n_kv = 0;
     if (!kv) return qt_cli_runtime_error();
@@ -170,6 +353,15 @@ int cmd_eval(int argc, char **argv)
         case 't': rc = parse_pos(cmd, "--threads", optarg, 1, 256, &threads); break;
         case 'l': logits_out = optarg; break;
         case 'H': hidden_out = optarg; break;
+        case 'J': json = 1; break;
+        case 'O': json_out = optarg; break;
+        case 'R': reference = optarg; break;
+        case 'T': train = optarg; break;
+        case 'K': label_counts = optarg; break;
+        case 'E': rc = parse_pos(cmd, "--head", optarg, 0, INT64_C(1) << 24, &head); break;
+        case 'I': rc = parse_pos(cmd, "--mid", optarg, 0, INT64_C(1) << 24, &mid); break;
+        case 'W': rc = parse_pos(cmd, "--warmup", optarg, 0, 1000, &warmup); break;
+        case 'S': rc = parse_pos(cmd, "--timed", optarg, 1, QT_LATENCY_MAX_TIMED, &timed); break;
         case 'h':
             free(kv);
             usage(stdout);
@@ -188,6 +380,10 @@ int cmd_eval(int argc, char **argv)
     if (!model_path || !plugin || !data) {
         free(kv);
         return qt_cli_usage_error(cmd, "--model, --plugin and --data are required");
+    }
+    if (train && label_counts) {
+        free(kv);
+        return qt_cli_usage_error(cmd, "--train and --label-counts are alternatives: give one");
     }
     void *stream = NULL;
     if (device == QTOOL_DEVICE_CUDA) {
@@ -217,9 +413,14 @@ int cmd_eval(int argc, char **argv)
     qt_plugin_options po = {0};
     qtool_instance *inst = NULL;
     qt_eval_result res = {0};
+    qt_metrics_report mr = {0};
+    int have_metrics = 0;
+    char note[256] = "";
     int have_opts = 0, exit_code = QT_EXIT_RUNTIME;
 
+    double t_load = now_s();
     if ((rc = qt_model_open(model_path, config, &m))) goto done;
+    double load_s = now_s() - t_load;
     const qt_model_config *c = &m->cfg;
     if (!c->has_head) {
         rc = qt_fail(QTOOL_ERR_UNSUPPORTED, "%s: %s has no classification head to evaluate", model_path,
@@ -266,6 +467,7 @@ int cmd_eval(int argc, char **argv)
             goto done;
         }
     }
+    double t_quant = now_s();
     if (calib && p->desc->calibrate) {
         if ((rc = calibrate(m, p, inst, calib, calib_n, batch, &dopt))) goto done;
     } else if (calib) {
@@ -273,7 +475,7 @@ int cmd_eval(int argc, char **argv)
     }
     double t0 = now_s();
     if ((rc = qt_model_pack(m, p->desc, inst, device))) goto done;
-    double pack_s = now_s() - t0;
+    double pack_s = now_s() - t0, quantize_s = now_s() - t_quant;
     uint64_t mem[QTOOL_MEM_COUNT], packed = 0;
     if ((rc = qt_model_packed_memory(m, mem))) goto done;
     for (int k = 0; k < QTOOL_MEM_COUNT; k++) packed += mem[k];
@@ -293,38 +495,35 @@ int cmd_eval(int argc, char **argv)
         (rc = write_tensor(hidden_out, "pooled", res.pooled, res.n, res.hidden, model_path, p->desc->name, devname)))
         goto done;
 
-    /* Report. */
-    int64_t min_len = INT64_MAX;
-    for (int64_t i = 0; i < ds.n; i++)
-        if (ds.examples[i].length < min_len) min_len = ds.examples[i].length;
-    char b1[32], b2[32];
-    fmt_bytes(b1, sizeof b1, packed);
-    fmt_bytes(b2, sizeof b2, res.peak_bytes);
-    printf("model     %s: %s, %" PRId64 " layers, hidden %" PRId64 ", %" PRId64 " labels, weights %s\n", model_path,
-           c->architecture, c->n_layers, c->hidden_size, c->num_labels, qt_dtype_name(m->tok_emb->dtype));
-    if (device == QTOOL_DEVICE_CUDA)
-        printf("plugin    %s %s on %s: %zu linears packed in %.1f ms, %s\n", p->desc->name,
-               p->desc->version ? p->desc->version : "", dev.name, m->n_linears, 1000.0 * pack_s, b1);
-    else
-        printf("plugin    %s %s on cpu, %d threads: %zu linears packed in %.1f ms, %s\n", p->desc->name,
-               p->desc->version ? p->desc->version : "", qt_threads_count(), m->n_linears, 1000.0 * pack_s, b1);
-    printf("data      %s: %" PRId64 " examples (%" PRId64 " labelled), %" PRId64 "..%" PRId64 " tokens, %" PRId64
-           " truncated\n",
-           data, ds.n, ds.n_labelled, min_len, ds.max_length, ds.n_truncated);
-    if (res.n_labelled)
-        printf("accuracy  %.4f (%" PRId64 "/%" PRId64 ")\n", res.accuracy, res.n_correct, res.n_labelled);
-    else
-        printf("accuracy  n/a (no labels)\n");
-    printf("latency   %.3f ms/example (%" PRId64 " batches of up to %" PRId64 ", %.1f ms); peak %s memory %s\n",
-           res.ms_per_example, res.n_batches, batch, 1000.0 * res.seconds,
-           device == QTOOL_DEVICE_CUDA ? "device" : "host", b2);
-    if (logits_out) printf("logits    %s [%" PRId64 ", %" PRId64 "]\n", logits_out, res.n, res.num_labels);
-    if (hidden_out) printf("pooled    %s [%" PRId64 ", %" PRId64 "]\n", hidden_out, res.n, res.hidden);
-    char acc[32];
-    if (res.n_labelled) snprintf(acc, sizeof acc, "%.4f", res.accuracy);
-    else snprintf(acc, sizeof acc, "n/a");
-    printf("eval: model=%s plugin=%s device=%s n=%" PRId64 " accuracy=%s ms_per_example=%.3f batch=%" PRId64 "\n",
-           model_path, p->desc->name, devname, res.n, acc, res.ms_per_example, batch);
+    qt_latency lat;
+    if ((rc = qt_model_latency(m, &ds, device, stream, batch, (int)warmup, (int)timed, &lat))) goto done;
+    if ((rc = measure(m, &res, reference, train, label_counts, head, mid, &mr, &have_metrics, note, sizeof note)))
+        goto done;
+
+    json_t *cell = cell_json(m, p, &dev, device, &res, &lat, have_metrics ? &mr : NULL, note, load_s, quantize_s,
+                             mem, packed);
+    if (!cell) {
+        rc = qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
+        goto done;
+    }
+    if (json_out) {
+        char *text = json_dumps(cell, JSON_INDENT(2));
+        rc = text ? qt_write_file_atomic(json_out, text, strlen(text)) : QTOOL_ERR_OUT_OF_MEMORY;
+        free(text);
+    }
+    if (!rc && json) {
+        char *text = json_dumps(cell, JSON_INDENT(2));
+        if (text) puts(text);
+        free(text);
+    }
+    json_decref(cell);
+    if (rc) goto done;
+    if (!json) {
+        print_summary(m, p, &dev, device, model_path, data, &ds, &res, &lat, have_metrics ? &mr : NULL, note,
+                      pack_s, packed, batch);
+        if (logits_out) printf("logits    %s [%" PRId64 ", %" PRId64 "]\n", logits_out, res.n, res.num_labels);
+        if (hidden_out) printf("pooled    %s [%" PRId64 ", %" PRId64 "]\n", hidden_out, res.n, res.hidden);
+    }
     exit_code = QT_EXIT_OK;
 done:
     if (rc && exit_code != QT_EXIT_OK) {
@@ -332,6 +531,7 @@ done:
         else qt_cli_runtime_error();
     }
     qt_eval_result_free(&res);
+    if (have_metrics) qt_metrics_report_free(&mr);
     if (m) qt_model_close(m); /* packed layers go before their instance */
     if (inst) p->desc->destroy(inst);
     if (have_opts) qt_plugin_options_free(&po);

@@ -155,6 +155,14 @@ int lt_fail(cublasStatus_t s, const char *what, char *msg, size_t len)
     return QTOOL_ERR_DEVICE;
 }
 
+uint32_t ptr_align(const void *p)
+{
+    uint32_t a = 256;
+    while (a > 1 && ((uintptr_t)p % a) != 0) a >>= 1;
+    return a;
+}
+
+
 // acc[M, N] (row-major int32) = qa[M, Kp] @ w[N, Kp]^T. Returns
 // QTOOL_ERR_UNSUPPORTED when cuBLASLt has no algorithm for the shape.
 int lt_igemm(cublasLtHandle_t h, const int8_t *w, const int8_t *qa, int32_t *acc, int64_t M, int64_t N, int64_t Kp,
@@ -187,14 +195,34 @@ int lt_igemm(cublasLtHandle_t h, const int8_t *w, const int8_t *qa, int32_t *acc
     LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
                                             sizeof ws_bytes),
        "preference workspace");
+    {
+        // Let the heuristic see the real pointer alignments (row chunks move B).
+        uint32_t al_a = ptr_align(w), al_b = ptr_align(qa), al_d = ptr_align(acc);
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a),
+           "preference alignment A");
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b),
+           "preference alignment B");
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d),
+           "preference alignment C");
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d),
+           "preference alignment D");
+    }
     s = cublasLtMatmulAlgoGetHeuristic(h, op, a, b, d, d, pref, 1, &heur, &found);
     if (s != CUBLAS_STATUS_SUCCESS || found < 1) {
         snprintf(msg, len, "cuBLASLt has no int8 GEMM for %lldx%lldx%lld", (long long)M, (long long)N, (long long)Kp);
         rc = QTOOL_ERR_UNSUPPORTED;
         goto done;
     }
-    LT(cublasLtMatmul(h, op, &alpha, w, a, qa, b, &beta, acc, d, acc, d, &heur.algo, ws, ws_bytes, st),
-       "cublasLtMatmul (int8)");
+    s = cublasLtMatmul(h, op, &alpha, w, a, qa, b, &beta, acc, d, acc, d, &heur.algo, ws, ws_bytes, st);
+    if (s == CUBLAS_STATUS_NOT_SUPPORTED) {
+        snprintf(msg, len, "cuBLASLt refused the int8 GEMM %lldx%lldx%lld", (long long)M, (long long)N, (long long)Kp);
+        rc = QTOOL_ERR_UNSUPPORTED;
+        goto done;
+    }
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        rc = lt_fail(s, "cublasLtMatmul (int8)", msg, len);
+        goto done;
+    }
 #undef LT
 done:
     if (pref) cublasLtMatmulPreferenceDestroy(pref);

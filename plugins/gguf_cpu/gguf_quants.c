@@ -715,6 +715,23 @@ int gq_tile_flags(int wtype)
 void gq_act_quantize(int wtype, const float *x, int64_t k, gq_act *a)
 {
     const gq_type *t = gq_type_traits(wtype);
+#if defined(__x86_64__) || defined(__i386__)
+    static int avx512 = -1; /* benign race: every thread computes the same value */
+    if (avx512 < 0) {
+        __builtin_cpu_init();
+        avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    }
+    if (avx512) {
+        gq_act_quantize_avx512(t->act_type, x, k, a);
+        return;
+    }
+#endif
+    gq_act_quantize_ref(t->act_type, x, k, a);
+}
+
+void gq_act_quantize_ref(int act_type, const float *x, int64_t k, gq_act *a)
+{
+    const gq_type *t = gq_type_traits(act_type == GQ_Q8_K ? GQ_Q4_K : act_type == GQ_Q8_1 ? GQ_Q4_1 : GQ_Q8_0);
     if (t->act_type == GQ_Q8_K) {
         gq_block_q8_K blk;
         for (int64_t b = 0; b < k / GQ_QK_K; b++) {
@@ -897,15 +914,24 @@ void gq_op_repack(int wtype, int64_t k, const gq_wrow *rows, int nrows, void *me
     u->mn = u->sc + nsub * 16;
     u->sg = sg;
     u->rows = nrows;
+    /* bytewise q + off without carries between the bytes of a word */
+    const uint32_t offw = (uint32_t)off * 0x01010101u;
+    for (int64_t t = 0; t < k / 4; t++) {
+        uint32_t *dst = (uint32_t *)(void *)(u->q + t * 64);
+        int r = 0;
+        for (; r < nrows; r++) {
+            uint32_t x;
+            memcpy(&x, rows[r].q + 4 * t, 4);
+            dst[r] = ((x & 0x7F7F7F7Fu) + (offw & 0x7F7F7F7Fu)) ^ ((x ^ offw) & 0x80808080u);
+        }
+        for (; r < 16; r++) dst[r] = 0;
+    }
     for (int r = 0; r < 16; r++) {
         if (r >= nrows) {
-            for (int64_t t = 0; t < k / 4; t++) memset(u->q + (t * 16 + r) * 4, 0, 4);
             for (int64_t sb = 0; sb < nsub; sb++) u->sc[sb * 16 + r] = u->mn[sb * 16 + r] = 0;
             continue;
         }
         const gq_wrow *w = &rows[r];
-        for (int64_t t = 0; t < k / 4; t++)
-            for (int b = 0; b < 4; b++) u->q[(t * 16 + r) * 4 + b] = (uint8_t)(w->q[4 * t + b] + off);
         for (int64_t sb = 0; sb < nsub; sb++) {
             /* lane scales: group g = sb (sg 32) or sb / 2, half sb % 2 (sg 16) */
             const float scale = sg == 32 ? w->sv[8 * sb] : w->sv[8 * (sb / 2) + 4 * (sb % 2)];

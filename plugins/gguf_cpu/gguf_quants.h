@@ -122,8 +122,13 @@ typedef struct gq_wrow {
     float *mn;  /* k / 32 */
 } gq_wrow;
 
-/* Quantizes activation row x (k elements) for weight type `wtype` into a. */
+/* Quantizes activation row x (k elements) for weight type `wtype` into a
+ * (AVX-512 when the CPU has it; the codes are the same). */
 void gq_act_quantize(int wtype, const float *x, int64_t k, gq_act *a);
+/* The same for activation type GQ_Q8_0 / GQ_Q8_1 / GQ_Q8_K: scalar and
+ * AVX-512 (F, BW) versions. */
+void gq_act_quantize_ref(int act_type, const float *x, int64_t k, gq_act *a);
+void gq_act_quantize_avx512(int act_type, const float *x, int64_t k, gq_act *a);
 /* Unpacks one packed weight row. */
 void gq_unpack_row(int wtype, const void *w, int64_t k, gq_wrow *r);
 /* Kernel flags of a weight type: GQ_TILE_MIN (add the sum term) or

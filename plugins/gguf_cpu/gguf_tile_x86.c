@@ -102,6 +102,93 @@ AVX2 void gq_tile_avx2(int64_t k, int flags, const gq_wrow *w, int nw, const gq_
     }
 }
 
+/* Activation quantization with the reference quantizers' exact float
+ * operations, 16 lanes at a time. */
+#define AVX512Q __attribute__((target("avx2,fma,avx512f,avx512bw")))
+
+/* ggml's nearest_int on 16 floats: add 1.5 * 2^23, take the mantissa. */
+AVX512Q static inline __m512i nearest_int16(__m512 v)
+{
+    const __m512i bits = _mm512_castps_si512(_mm512_add_ps(v, _mm512_set1_ps(12582912.f)));
+    return _mm512_sub_epi32(_mm512_and_si512(bits, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x00400000));
+}
+
+/* roundf (ties away from zero) of 16 floats, exact: v - trunc(v) is exact. */
+AVX512Q static inline __m512i round_away16(__m512 v)
+{
+    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 frac = _mm512_sub_ps(v, t);
+    __m512i i = _mm512_cvttps_epi32(t);
+    i = _mm512_mask_add_epi32(i, _mm512_cmp_ps_mask(frac, _mm512_set1_ps(0.5f), _CMP_GE_OQ), i, _mm512_set1_epi32(1));
+    i = _mm512_mask_sub_epi32(i, _mm512_cmp_ps_mask(frac, _mm512_set1_ps(-0.5f), _CMP_LE_OQ), i, _mm512_set1_epi32(1));
+    return i;
+}
+
+AVX512Q static inline int hsum_epi32_16(__m512i v) { return _mm512_reduce_add_epi32(v); }
+
+AVX512Q void gq_act_quantize_avx512(int act_type, const float *x, int64_t k, gq_act *a)
+{
+    if (act_type == GQ_Q8_K) {
+        for (int64_t b = 0; b < k / GQ_QK_K; b++) {
+            const float *xb = x + b * GQ_QK_K;
+            __m512 vmax = _mm512_setzero_ps();
+            for (int j = 0; j < GQ_QK_K; j += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(xb + j)));
+            const float amax = _mm512_reduce_max_ps(vmax);
+            int8_t *q = a->q + b * GQ_QK_K;
+            if (amax == 0.0f) {
+                memset(q, 0, GQ_QK_K);
+                for (int g = 0; g < 8; g++) a->d[b * 8 + g] = a->s[b * 8 + g] = 0;
+                if (a->s16)
+                    for (int j = 0; j < 16; j++) a->s16[b * 16 + j] = 0;
+                continue;
+            }
+            /* the first element with the largest magnitude gives the sign */
+            float max = 0;
+            for (int j = 0; j < GQ_QK_K; j += 16) {
+                const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(xb + j)),
+                                                         _mm512_set1_ps(amax), _CMP_EQ_OQ);
+                if (hit) {
+                    max = xb[j + __builtin_ctz(hit)];
+                    break;
+                }
+            }
+            const float iscale = -127.f / max;
+            const __m512 vs = _mm512_set1_ps(iscale);
+            int bsum[16];
+            for (int j = 0; j < 16; j++) {
+                __m512i v = nearest_int16(_mm512_mul_ps(vs, _mm512_loadu_ps(xb + 16 * j)));
+                v = _mm512_min_epi32(v, _mm512_set1_epi32(127));
+                _mm_storeu_si128((__m128i *)(void *)(q + 16 * j), _mm512_cvtepi32_epi8(v));
+                bsum[j] = hsum_epi32_16(v);
+            }
+            const float d = 1 / iscale;
+            for (int g = 0; g < 8; g++) {
+                a->d[b * 8 + g] = d;
+                a->s[b * 8 + g] = d * (float)(bsum[2 * g] + bsum[2 * g + 1]);
+            }
+            if (a->s16)
+                for (int j = 0; j < 16; j++) a->s16[b * 16 + j] = d * (float)bsum[j];
+        }
+        return;
+    }
+    const int q81 = act_type == GQ_Q8_1;
+    for (int64_t g = 0; g < k / GQ_QK; g++) {
+        const float *xg = x + g * GQ_QK;
+        const __m512 x0 = _mm512_loadu_ps(xg), x1 = _mm512_loadu_ps(xg + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        const float d = amax / 127;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const __m512 vid = _mm512_set1_ps(id);
+        const __m512i q0 = round_away16(_mm512_mul_ps(x0, vid)), q1 = round_away16(_mm512_mul_ps(x1, vid));
+        _mm_storeu_si128((__m128i *)(void *)(a->q + g * GQ_QK), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(void *)(a->q + g * GQ_QK + 16), _mm512_cvtepi32_epi8(q1));
+        const int sum = hsum_epi32_16(_mm512_add_epi32(q0, q1));
+        const float dh = qtool_f16_to_f32(qtool_f32_to_f16(d));
+        a->d[g] = dh;
+        a->s[g] = q81 ? qtool_f16_to_f32(qtool_f32_to_f16((float)sum * d)) : dh * (float)sum;
+    }
+}
+
 /* AVX-512 VNNI, outer-product form: 16 weight rows are interleaved so one
  * 64-byte vector holds 4 consecutive codes of each of the 16 rows; vpdpbusd
  * with 4 activation bytes broadcast adds 64 products into 16 output lanes,

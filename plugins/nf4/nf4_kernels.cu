@@ -30,6 +30,14 @@ int lt_fail(cublasStatus_t s, const char *what, char *msg, size_t len)
     return QTOOL_ERR_DEVICE;
 }
 
+uint32_t ptr_align(const void *p)
+{
+    uint32_t a = 256;
+    while (a > 1 && ((uintptr_t)p % a) != 0) a >>= 1;
+    return a;
+}
+
+
 template <typename T> __device__ __forceinline__ float to_f(T v);
 template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
 template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -296,14 +304,29 @@ int lt_gemm(cublasLtHandle_t h, const void *w, const void *x, void *y, int64_t M
     LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
                                             sizeof ws_bytes),
        "preference workspace");
-    LT(cublasLtMatmulAlgoGetHeuristic(h, op, a, b, d, d, pref, 1, &heur, &found), "cublasLtMatmulAlgoGetHeuristic");
-    if (found < 1) {
+    {
+        uint32_t al_a = ptr_align(w), al_b = ptr_align(x), al_d = ptr_align(y);
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a),
+           "preference alignment A");
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b),
+           "preference alignment B");
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d),
+           "preference alignment C");
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d),
+           "preference alignment D");
+    }
+    s = cublasLtMatmulAlgoGetHeuristic(h, op, a, b, d, d, pref, 1, &heur, &found);
+    if (s != CUBLAS_STATUS_SUCCESS || found < 1) {
         snprintf(msg, len, "cuBLASLt has no fp16 GEMM for %lldx%lldx%lld", (long long)M, (long long)N,
                  (long long)K);
         rc = QTOOL_ERR_UNSUPPORTED;
         goto done;
     }
-    LT(cublasLtMatmul(h, op, &alpha, w, a, x, b, &beta, y, d, y, d, &heur.algo, ws, ws_bytes, st), "cublasLtMatmul");
+    s = cublasLtMatmul(h, op, &alpha, w, a, x, b, &beta, y, d, y, d, &heur.algo, ws, ws_bytes, st);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        rc = s == CUBLAS_STATUS_NOT_SUPPORTED ? QTOOL_ERR_UNSUPPORTED : lt_fail(s, "cublasLtMatmul", msg, len);
+        goto done;
+    }
 #undef LT
 done:
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
@@ -337,8 +360,12 @@ int matmul_t(const nf4cu_layer &L, const T *x, T *y, int64_t M, int path, void *
         k_dequant<T><<<grid_for(L.N * L.K / 8 + 1, 256), 256, 0, st>>>(L, wd);
         int rc = lt_gemm(static_cast<cublasLtHandle_t>(lt), wd, x, y, M, L.N, L.K, dt, lt_ws, lt_ws_bytes, st, msg,
                          len);
-        if (rc) return rc;
-        if (L.bias) k_add_bias<T><<<grid_for(M * L.N, 256), 256, 0, st>>>(y, L.bias, M, L.N);
+        if (rc == QTOOL_ERR_UNSUPPORTED)
+            run_gemv<T>(L, x, y, M, st); // no cuBLASLt algorithm for this shape: the fused kernel handles any
+        else if (rc)
+            return rc;
+        else if (L.bias)
+            k_add_bias<T><<<grid_for(M * L.N, 256), 256, 0, st>>>(y, L.bias, M, L.N);
     }
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return cuda_fail(e, "nf4 kernel launch", msg, len);

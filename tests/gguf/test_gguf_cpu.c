@@ -313,6 +313,46 @@ static void test_kernels_agree(void **state)
     }
 }
 
+/* The AVX-512 activation quantizer gives the reference quantizers' codes,
+ * scales and sums exactly. */
+static void test_act_quantize_simd(void **state)
+{
+    (void)state;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw")) {
+        print_message("no AVX-512 here: nothing to compare\n");
+        return;
+    }
+    const int64_t k = 1024;
+    static const int acts[3] = {GQ_Q8_0, GQ_Q8_1, GQ_Q8_K};
+    float *x = malloc((size_t)k * 4);
+    int8_t q[2][1024];
+    float d[2][32], s[2][32], s16[2][64];
+    for (int trial = 0; trial < 200; trial++) {
+        const double scale = trial % 3 == 0 ? 1e-3 : trial % 3 == 1 ? 1 : 300;
+        for (int64_t i = 0; i < k; i++) x[i] = (float)(grand() * scale);
+        if (trial % 5 == 1)
+            for (int64_t i = 0; i < 300; i++) x[i] = 0; /* zero blocks */
+        if (trial % 5 == 2)
+            for (int64_t i = 0; i < k; i += 7) x[i] = (float)((i & 8 ? 1 : -1) * 2.5 * scale); /* ties of |max| */
+        if (trial % 5 == 3)
+            for (int64_t i = 0; i < k; i++) x[i] = (float)((int)(x[i] * 2) * 0.5); /* exact halves */
+        for (int t = 0; t < 3; t++) {
+            gq_act v[2];
+            for (int r = 0; r < 2; r++) v[r] = (gq_act){q[r], d[r], s[r], acts[t] == GQ_Q8_K ? s16[r] : NULL};
+            gq_act_quantize_ref(acts[t], x, k, &v[0]);
+            gq_act_quantize_avx512(acts[t], x, k, &v[1]);
+            assert_memory_equal(q[0], q[1], (size_t)k);
+            assert_memory_equal(d[0], d[1], sizeof d[0]);
+            assert_memory_equal(s[0], s[1], sizeof s[0]);
+            if (acts[t] == GQ_Q8_K) assert_memory_equal(s16[0], s16[1], sizeof s16[0]);
+        }
+    }
+    free(x);
+#endif
+}
+
 static int chosen_type(const char *mix, int role, int block, int n_blocks, int64_t k)
 {
     qtool_instance *inst = make(mix, "auto");
@@ -434,6 +474,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_reference), cmocka_unit_test(test_kernels_agree),
+        cmocka_unit_test(test_act_quantize_simd),
         cmocka_unit_test(test_mix_rules),        cmocka_unit_test(test_memory_save_load),
         cmocka_unit_test(test_bad_input),
     };

@@ -82,6 +82,14 @@ def write_inputs(d, z, y, names, ref_z, train_labels, name_every=3):
                    "label2id": {v: k for k, v in enumerate(names)}}, f)
 
 
+def well_conditioned(z, y, T):
+    """T is a sharp interior minimum: NLL rises measurably 5% either side.
+    Where NLL is flat to rounding (confident rows saturating as T -> 0),
+    any T in the flat stretch is a minimiser and only optimality is checked."""
+    f = ref.nll(z, y, T)
+    return ref.nll(z, y, T * 1.05) - f > 1e-7 and ref.nll(z, y, T / 1.05) - f > 1e-7
+
+
 def compare(d, z, y, ref_z, train_labels, head, mid):
     c = z.shape[1]
     args = ["--logits", f"{d}/logits.safetensors", "--data", f"{d}/data.jsonl",
@@ -112,7 +120,8 @@ def compare(d, z, y, ref_z, train_labels, head, mid):
     close(got["ece"], ref.ece(z, y), 1e-9, "ece")
     T_ref = ref.fit_temperature(z, y)
     T = got["temperature"]
-    close(T / T_ref, 1.0, 1e-4, "temperature (ratio to grid-search reference)")
+    if well_conditioned(z, y, T_ref):
+        close(T / T_ref, 1.0, 1e-4, "temperature (ratio to grid-search reference)")
     check(got["nll_post"] <= ref.nll(z, y, T_ref) + 1e-9, "nll_post is at least as low as the reference's")
     close(got["nll_post"], ref.nll(z, y, T), 1e-9, "nll_post at qtool's T")
     close(got["ece_post"], ref.ece(z, y, T), 1e-9, "ece_post at qtool's T")
@@ -122,7 +131,10 @@ def compare(d, z, y, ref_z, train_labels, head, mid):
     sv = got["split_val"]
     check(sv["n_a"] == len(a) and sv["n_b"] == len(b), "split_val sizes")
     Ta = ref.fit_temperature(z[a], y[a])
-    close(sv["temperature"] / Ta, 1.0, 1e-4, "split_val temperature")
+    if well_conditioned(z[a], y[a], Ta):
+        close(sv["temperature"] / Ta, 1.0, 1e-4, "split_val temperature")
+    check(ref.nll(z[a], y[a], sv["temperature"]) <= ref.nll(z[a], y[a], Ta) + 1e-9,
+          "split_val temperature minimises half A's NLL")
     close(sv["ece_before"], ref.ece(z[b], y[b]), 1e-9, "split_val ece_before")
     close(sv["ece_after"], ref.ece(z[b], y[b], sv["temperature"]), 1e-9, "split_val ece_after")
 
@@ -196,7 +208,7 @@ def error_cases(d, z, y, names):
 
 
 def main():
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = int(os.environ.get("QTOOL_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
     print(f"random seed {seed}")
     rng = np.random.default_rng(seed)
     cases = [
