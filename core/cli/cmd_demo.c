@@ -62,6 +62,7 @@ int cmd_demo(int argc, char **argv)
     if (qt_mkdirs(out) || qt_demo_generate(&spec, out)) return qt_cli_runtime_error();
     char *ini = qt_path_join(out, "sweep.ini");
     if (!ini) return qt_cli_runtime_error();
+    fflush(stdout);
     char *sweep_argv[] = {(char *)"sweep", (char *)"--config", ini, NULL};
     int rc = cmd_sweep(3, sweep_argv);
     if (rc == QT_EXIT_OK)

@@ -12,6 +12,19 @@
 
 #include "fp16_internal.h"
 
+#ifdef QTOOL_HAVE_CUDA
+#include <cuda_runtime_api.h>
+/* fp16 tensor cores and cuBLASLt's fp16/bf16 GEMMs need Volta (7.0) or
+ * later; CUDA 13 dropped Volta from its toolkit and libraries. */
+#if CUDART_VERSION >= 13000
+#define FP16_MIN_CC_MAJOR 7
+#define FP16_MIN_CC_MINOR 5
+#else
+#define FP16_MIN_CC_MAJOR 7
+#define FP16_MIN_CC_MINOR 0
+#endif
+#endif
+
 static const qtool_option_desc fp16_options[] = {
     {"dtype", QTOOL_OPT_ENUM, "fp16", "storage type of the weights on CUDA", "fp16|bf16", 0, -1},
     {"workspace_mib", QTOOL_OPT_INT, "-1",
@@ -74,11 +87,10 @@ static int fp16_probe(const qtool_device_info *dev, char *reason, size_t reason_
     say(reason, reason_len, "%s", "plugin built without CUDA support");
     return QTOOL_ERR_UNSUPPORTED;
 #else
-    /* fp16 tensor cores and cuBLASLt's fp16/bf16 GEMMs need Volta or later. */
-    if (dev->cc_major < 7) {
+    if (dev->cc_major * 10 + dev->cc_minor < FP16_MIN_CC_MAJOR * 10 + FP16_MIN_CC_MINOR) {
         if (reason && reason_len)
-            snprintf(reason, reason_len, "needs compute capability >= 7.0; found %d.%d (%s)",
-                     dev->cc_major, dev->cc_minor, dev->name);
+            snprintf(reason, reason_len, "needs compute capability >= %d.%d; found %d.%d (%s)", FP16_MIN_CC_MAJOR,
+                     FP16_MIN_CC_MINOR, dev->cc_major, dev->cc_minor, dev->name);
         return QTOOL_ERR_UNSUPPORTED;
     }
     return QTOOL_OK;

@@ -201,14 +201,15 @@ static int plugin_pack(qtool_instance *inst, const qtool_pack_args *args, qtool_
         LOG(inst, QTOOL_LOG_ERROR, "%s: pack needs a weight, layer info and the CPU device", name);
         return QTOOL_ERR_INVALID_ARGUMENT;
     }
-    if (w->ndim != 2 || w->device != QTOOL_DEVICE_CPU ||
+    if (!w->data || w->ndim != 2 || w->device != QTOOL_DEVICE_CPU ||
         (w->dtype != QTOOL_DTYPE_F32 && w->dtype != QTOOL_DTYPE_F16 && w->dtype != QTOOL_DTYPE_BF16) ||
         w->shape[0] < 1 || w->shape[1] < 1 || w->shape[0] != L->out_features || w->shape[1] != L->in_features) {
         LOG(inst, QTOOL_LOG_ERROR, "%s: weight must be [N, K] F32/F16/BF16 on the CPU matching the layer", name);
         return QTOOL_ERR_INVALID_ARGUMENT;
     }
-    if (b && (b->ndim != 1 || b->dtype != QTOOL_DTYPE_F32 || b->shape[0] != w->shape[0])) {
-        LOG(inst, QTOOL_LOG_ERROR, "%s: bias must be [N] F32", name);
+    if (b && (!b->data || b->ndim != 1 || b->device != QTOOL_DEVICE_CPU || b->shape[0] != w->shape[0] ||
+              (b->dtype != QTOOL_DTYPE_F32 && b->dtype != QTOOL_DTYPE_F16 && b->dtype != QTOOL_DTYPE_BF16))) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: bias must be [N] F32/F16/BF16 on the CPU", name);
         return QTOOL_ERR_INVALID_ARGUMENT;
     }
     if (w->shape[0] > INT32_MAX) {
@@ -245,7 +246,7 @@ static int plugin_pack(qtool_instance *inst, const qtool_pack_args *args, qtool_
         free_packed(p);
         return QTOOL_ERR_INVALID_ARGUMENT;
     }
-    if (b) memcpy(p->bias, b->data, (size_t)p->n * 4);
+    if (b) to_f32(p->bias, b->data, b->dtype, p->n);
     LOG(inst, QTOOL_LOG_DEBUG, "%s: %s", name, gq_type_traits(type)->name);
     *out = p;
     return QTOOL_OK;
@@ -340,6 +341,10 @@ static int plugin_matmul_cpu(qtool_packed *p, const qtool_matmul_args *args)
         return QTOOL_ERR_INVALID_ARGUMENT;
     }
     if (m == 0) return QTOOL_OK;
+    if (!x->data || !y->data) {
+        LOG(p->inst, QTOOL_LOG_ERROR, "matmul: x or y has no data");
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
     const int64_t k = p->k, ng = k / GQ_QK;
     const int64_t n16 = gq_type_traits(p->type)->act_type == GQ_Q8_K ? k / 16 : 0; /* Q8_K: 16-code sums */
     const int64_t nf = 2 * ng + n16; /* floats per row */
@@ -377,6 +382,15 @@ static int plugin_memory(const qtool_packed *p, uint64_t bytes[QTOOL_MEM_COUNT])
      * weights (docs/gguf.md gives the scale share per type). */
     bytes[QTOOL_MEM_WEIGHTS] = (uint64_t)p->row_bytes * (uint64_t)p->n;
     if (p->bias) bytes[QTOOL_MEM_OTHER] = (uint64_t)p->n * 4;
+    return QTOOL_OK;
+}
+
+/* W_hat as matmul sees it: ggml's dequantization of the blocks. */
+static int plugin_dequantize(const qtool_packed *p, float *out)
+{
+    if (!out) return QTOOL_ERR_INVALID_ARGUMENT;
+    const gq_type *t = gq_type_traits(p->type);
+    for (int64_t r = 0; r < p->n; r++) t->dequantize(p->data + (size_t)r * p->row_bytes, out + r * p->k, p->k);
     return QTOOL_OK;
 }
 
@@ -484,6 +498,7 @@ static const qtool_plugin_desc desc = {
     .load = plugin_load,
     .quant_config_json = plugin_quant_config_json,
     .accepts_config = plugin_accepts_config,
+    .dequantize = plugin_dequantize,
 };
 
 QTOOL_PLUGIN_ENTRY { return &desc; }

@@ -1,14 +1,13 @@
-/* x86 tile kernels: AVX2+FMA and AVX-512 (BW, VL, VNNI), compiled with
- * target attributes and chosen at run time (gq_select_tile), so one build
- * runs on any x86-64 CPU.
- *
- * Both compute, for a tile of weight rows x activation rows, per group of
- * 32 codes and per 4-code lane: the int8 dot product, scaled by the
- * weight's lane scale times the activation's group scale, accumulated in
- * float; the sum term (zero points, minima) is added at the end. Signed x
- * signed int8 products use the sign trick: |w| * (a with w's sign), so
- * the unsigned x signed instructions apply (|w| <= 127, |a| <= 127: no
- * 16-bit saturation). */
+/* x86 kernels, compiled with target attributes and chosen at run time
+ * (gq_select_isa), so one build runs on any x86-64 CPU:
+ *   - AVX2+FMA tiles (gq_tile_avx2): per group of 32 codes and per 4-code
+ *     lane, the int8 dot product scaled by the weight's lane scale times the
+ *     activation's group scale, accumulated in float; the sum term (zero
+ *     points, minima) is added at the end. Signed codes use the sign trick,
+ *     |w| * (a with w's sign), so the unsigned x signed instruction applies
+ *     (|w| <= 127, |a| <= 127: no 16-bit saturation).
+ *   - AVX-512 VNNI outer-product kernel (gq_op_matmul_avx512) and the
+ *     AVX-512 activation quantizer. */
 #include "gguf_quants.h"
 
 #include <string.h>

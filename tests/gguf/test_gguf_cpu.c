@@ -225,6 +225,10 @@ static void check_against_reference(const char *type, int64_t n, int64_t k, int6
     assert_string_equal(t->name, type);
     float *wd = malloc((size_t)(n * k) * 4);
     for (int64_t r = 0; r < n; r++) t->dequantize(s.weight + r * s.row_bytes, wd + r * k, k);
+    float *wp = malloc((size_t)(n * k) * 4); /* the dequantize slot gives the same W_hat */
+    assert_int_equal(plugin->desc->dequantize(p, wp), 0);
+    assert_memory_equal(wp, wd, (size_t)(n * k) * 4);
+    free(wp);
     float *x = random_x(m, k), *y = malloc((size_t)(m * n) * 4);
     double *e = malloc((size_t)k * 8);
     matmul(p, x, m, k, y, n);
