@@ -99,8 +99,6 @@ size_t tk_utf8_last_len(const char *s, size_t n);
 
 /* Rust's char::is_whitespace (the White_Space property). */
 int tk_is_white_space(int32_t cp);
-/* The `\w` of the regex the library uses for single_word added tokens. */
-int tk_is_word_char(int32_t cp);
 /* ASCII punctuation or a Unicode P* category (BERT's punctuation). */
 int tk_is_bert_punct(int32_t cp);
 

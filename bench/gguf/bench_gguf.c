@@ -1,6 +1,7 @@
 /* Matmul throughput of the gguf_cpu plugin per GGUF type against a float32
- * GEMM done the same way (tiles of dot products, threads over output
- * rows), in the same run.
+ * GEMM done the same way (AVX-512: 16 interleaved weight rows x 8
+ * activation rows, outer-product form; AVX2: 2 x 4 dot-product tiles;
+ * threads over output rows), in the same run.
  *
  *   bench_gguf [PLUGIN.so] [--reps N] [--threads "1 2"]
  *
@@ -9,7 +10,8 @@
  * k-quants run natively: 896 is not a multiple of 256, so on the first
  * shape Q4_K, Q5_K, Q6_K fall back to Q5_0, Q5_1, Q8_0 as llama.cpp does).
  * Prints the median of N timed runs after one warm-up, GFLOP/s
- * (2 M N K / time) and the ratio to F32. */
+ * (2 M N K / time), the speed-up over F32 and the relative RMS difference
+ * of the output from the F32 result (weight + activation quantization). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,9 +101,67 @@ static void f32_rows(void *arg, int64_t begin, int64_t end)
 }
 #endif
 
+#if defined(__x86_64__)
+/* AVX-512: the same outer-product form as the quantized kernel. 16 weight
+ * rows are interleaved per call ([K][16] floats), then each k adds one
+ * weight vector times a broadcast activation into 16 outputs of up to 8
+ * activation rows. */
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
+f32_op_tile(const float *wr, const float *x, int64_t k, float *y, int64_t ldy, __mmask16 valid, const int MT)
+{
+    __m512 acc[8];
+    for (int m = 0; m < MT; m++) acc[m] = _mm512_setzero_ps();
+    for (int64_t e = 0; e < k; e++) {
+        const __m512 wv = _mm512_loadu_ps(wr + 16 * e);
+        for (int m = 0; m < MT; m++) acc[m] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[m * k + e]), acc[m]);
+    }
+    for (int m = 0; m < MT; m++) _mm512_mask_storeu_ps(y + m * ldy, valid, acc[m]);
+}
+
+__attribute__((target("avx512f"))) static void f32_units_avx512(void *arg, int64_t begin, int64_t end)
+{
+    const f32_job *j = arg;
+    const int64_t k = j->k;
+    float *wr = malloc((size_t)k * 16 * sizeof(float));
+    if (!wr) return;
+    for (int64_t u = begin; u < end; u++) {
+        const int64_t n0 = u * 16;
+        const int rows = (int)(j->n - n0 < 16 ? j->n - n0 : 16);
+        for (int64_t e = 0; e < k; e++)
+            for (int r = 0; r < 16; r++) wr[16 * e + r] = r < rows ? j->w[(n0 + r) * k + e] : 0.0f;
+        const __mmask16 valid = (__mmask16)((1u << rows) - 1);
+        for (int64_t i = 0; i < j->m; i += 8) {
+            const int mt = (int)(j->m - i < 8 ? j->m - i : 8);
+            const float *xt = j->x + i * k;
+            float *yt = j->y + i * j->n + n0;
+            switch (mt) {
+            case 8: f32_op_tile(wr, xt, k, yt, j->n, valid, 8); break;
+            case 7: f32_op_tile(wr, xt, k, yt, j->n, valid, 7); break;
+            case 6: f32_op_tile(wr, xt, k, yt, j->n, valid, 6); break;
+            case 5: f32_op_tile(wr, xt, k, yt, j->n, valid, 5); break;
+            case 4: f32_op_tile(wr, xt, k, yt, j->n, valid, 4); break;
+            case 3: f32_op_tile(wr, xt, k, yt, j->n, valid, 3); break;
+            case 2: f32_op_tile(wr, xt, k, yt, j->n, valid, 2); break;
+            default: f32_op_tile(wr, xt, k, yt, j->n, valid, 1); break;
+            }
+        }
+    }
+    free(wr);
+}
+#endif
+
+static const char *f32_kernel = "avx2";
+
 static void f32_gemm(const float *x, const float *w, float *y, int64_t m, int64_t k, int64_t n)
 {
     f32_job j = {x, w, y, m, k, n};
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512f")) {
+        f32_kernel = "avx512";
+        qt_parallel_for((n + 15) / 16, 1, f32_units_avx512, &j);
+        return;
+    }
+#endif
     qt_parallel_for((n + 7) / 8, 1, f32_rows, &j);
 }
 
@@ -190,8 +250,13 @@ int main(int argc, char **argv)
     const int64_t M = 256;
     char cpu[256];
     cpu_name(cpu, sizeof cpu);
-    printf("CPU: %s\nM = %lld, median of %d runs\n", cpu, (long long)M, reps);
-    printf("%-6s %-11s %-3s %-7s %9s %9s %8s\n", "type", "K x N", "thr", "stored", "ms", "GFLOP/s", "vs F32");
+    {
+        float t0[16] = {0}, t1[16] = {0}, t2[1];
+        f32_gemm(t0, t1, t2, 1, 16, 1); /* picks the F32 kernel */
+    }
+    printf("CPU: %s\nM = %lld, median of %d runs, F32 kernel %s\n", cpu, (long long)M, reps, f32_kernel);
+    printf("%-6s %-11s %-3s %-7s %9s %9s %8s %9s\n", "type", "K x N", "thr", "stored", "ms", "GFLOP/s", "vs F32",
+           "rel.err");
 
     int nthreads[8], nt = 0;
     for (const char *s = threads_arg; *s && nt < 8;) {
@@ -205,6 +270,7 @@ int main(int argc, char **argv)
     for (int si = 0; si < 2; si++) {
         const int64_t K = shapes[si][0], N = shapes[si][1];
         float *x = malloc((size_t)(M * K) * 4), *w = malloc((size_t)(N * K) * 4), *y = malloc((size_t)(M * N) * 4);
+        float *yref = malloc((size_t)(M * N) * 4);
         srand(1);
         for (int64_t i = 0; i < M * K; i++) x[i] = (float)rand() / RAND_MAX - 0.5f;
         for (int64_t i = 0; i < N * K; i++) w[i] = ((float)rand() / RAND_MAX - 0.5f) * 0.1f;
@@ -220,6 +286,17 @@ int main(int argc, char **argv)
             }
             qsort(times, (size_t)reps, sizeof *times, cmp_double);
             const double f32_t = times[reps / 2];
+            /* spot check of the F32 path against a float64 dot product */
+            for (int64_t c = 0; c < 5; c++) {
+                const int64_t i = (c * 97) % M, o = (c * 1031) % N;
+                double ref = 0;
+                for (int64_t e = 0; e < K; e++) ref += (double)x[i * K + e] * w[o * K + e];
+                if (fabs(ref - y[i * N + o]) > 1e-4 * (1 + fabs(ref))) {
+                    fprintf(stderr, "bench_gguf: F32 GEMM is wrong at [%lld, %lld]\n", (long long)i, (long long)o);
+                    return 1;
+                }
+            }
+            memcpy(yref, y, (size_t)(M * N) * 4);
             printf("%-6s %4lldx%-6lld %-3d %-7s %9.2f %9.1f %8.2f\n", "F32", (long long)K, (long long)N,
                    qt_threads_count(), "F32", f32_t * 1e3, flop / f32_t * 1e-9, 1.0);
             for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
@@ -250,8 +327,13 @@ int main(int argc, char **argv)
                 }
                 qsort(times, (size_t)reps, sizeof *times, cmp_double);
                 const double tq = times[reps / 2];
-                printf("%-6s %4lldx%-6lld %-3d %-7s %9.2f %9.1f %8.2f\n", types[t], (long long)K, (long long)N,
-                       qt_threads_count(), stored, tq * 1e3, flop / tq * 1e-9, f32_t / tq);
+                double num = 0, den = 0;
+                for (int64_t i = 0; i < M * N; i++) {
+                    num += ((double)y[i] - yref[i]) * ((double)y[i] - yref[i]);
+                    den += (double)yref[i] * yref[i];
+                }
+                printf("%-6s %4lldx%-6lld %-3d %-7s %9.2f %9.1f %8.2f %9.4f\n", types[t], (long long)K, (long long)N,
+                       qt_threads_count(), stored, tq * 1e3, flop / tq * 1e-9, f32_t / tq, sqrt(num / den));
                 plugin->desc->free_packed(p);
                 plugin->desc->destroy(inst);
             }
@@ -259,6 +341,7 @@ int main(int argc, char **argv)
         free(x);
         free(w);
         free(y);
+        free(yref);
     }
     free(times);
     qt_plugin_unload(plugin);

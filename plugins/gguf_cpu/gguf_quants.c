@@ -716,12 +716,14 @@ void gq_act_quantize(int wtype, const float *x, int64_t k, gq_act *a)
 {
     const gq_type *t = gq_type_traits(wtype);
 #if defined(__x86_64__) || defined(__i386__)
-    static int avx512 = -1; /* benign race: every thread computes the same value */
-    if (avx512 < 0) {
+    static int avx512 = -1; /* every thread computes the same value; relaxed atomics */
+    int have = __atomic_load_n(&avx512, __ATOMIC_RELAXED);
+    if (have < 0) {
         __builtin_cpu_init();
-        avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+        have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+        __atomic_store_n(&avx512, have, __ATOMIC_RELAXED);
     }
-    if (avx512) {
+    if (have) {
         gq_act_quantize_avx512(t->act_type, x, k, a);
         return;
     }

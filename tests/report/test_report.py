@@ -3,8 +3,8 @@ configurations (plus a failed and a refused one, and random extra rows):
 the envelope check, Pareto frontiers, recommendation and counterfactuals
 against an independent Python implementation of the documented rule (the
 counterfactuals by brute force over a dense threshold grid); the CSV and
-Markdown contents; report.html well-formed, self-contained, escaped, and
-rendered by headless Chromium (skipped with a reason when not installed)."""
+Markdown contents; report.html well-formed, self-contained and escaped.
+Rendering in headless Chromium: test_report_chromium.py."""
 import csv
 import glob
 import json
