@@ -14,7 +14,7 @@
 #include "fsutil.h"
 #include "tokenizer_internal.h"
 
-/* ---- loading helpers ---------------------------------------------------------- */
+/* ---- reading the file ---------------------------------------------------------- */
 
 typedef struct loader {
     const char *name;

@@ -1,4 +1,4 @@
-/* Tokenizer text helpers: buffers, UTF-8, Unicode properties (through
+/* Tokenizer text utilities: buffers, UTF-8, Unicode properties (through
  * utf8proc and PCRE2, no tables of our own) and the normalizers. */
 #include <pthread.h>
 #include <stdlib.h>

@@ -125,6 +125,86 @@ __global__ void norm_kernel(int kind, T *x, int64_t ldx, const T *res, int64_t l
     }
 }
 
+// The same for rows of at most 256 * NCH columns (16-byte layout), held in
+// registers: x (and the residual) read once, x and the output written once.
+// Same arithmetic, in the same order, as norm_kernel.
+template <typename T, int NCH>
+__global__ void norm_reg_kernel(int kind, T *x, int64_t ldx, const T *res, int64_t ldr, T *out, int64_t ldo,
+                                int64_t rows, int cols, const float *w, const float *b, float eps)
+{
+    int lane = threadIdx.x & 31;
+    int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    T *xr = x + row * ldx;
+    T *yr = out + row * ldo;
+    const T *rr = res ? res + row * ldr : nullptr;
+    float v[NCH][8];
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < NCH; k++) {
+        int c = (lane + 32 * k) * 8;
+        if (c < cols) {
+            ld8(xr + c, v[k]);
+            if (rr) {
+                float r[8];
+                ld8(rr + c, r);
+#pragma unroll
+                for (int e = 0; e < 8; e++) v[k][e] = Cvt<T>::f(Cvt<T>::h(v[k][e] + r[e]));
+                st8(xr + c, v[k]);
+            }
+#pragma unroll
+            for (int e = 0; e < 8; e++) sum += kind == 2 ? v[k][e] * v[k][e] : v[k][e];
+        }
+    }
+    if (kind == 0) {
+        if (yr != xr) {
+#pragma unroll
+            for (int k = 0; k < NCH; k++) {
+                int c = (lane + 32 * k) * 8;
+                if (c < cols) st8(yr + c, v[k]);
+            }
+        }
+        return;
+    }
+    sum = warp_sum(sum);
+    float mean = 0.0f, rstd;
+    if (kind == 1) {
+        mean = sum / (float)cols;
+        float var = 0.0f;
+#pragma unroll
+        for (int k = 0; k < NCH; k++) {
+            int c = (lane + 32 * k) * 8;
+            if (c < cols) {
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    float d = v[k][e] - mean;
+                    var += d * d;
+                }
+            }
+        }
+        var = warp_sum(var) / (float)cols;
+        rstd = 1.0f / sqrtf(var + eps);
+    } else {
+        rstd = 1.0f / sqrtf(sum / (float)cols + eps);
+    }
+#pragma unroll
+    for (int k = 0; k < NCH; k++) {
+        int c = (lane + 32 * k) * 8;
+        if (c < cols) {
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                if (kind == 1) {
+                    float y = (v[k][e] - mean) * rstd * w[c + e];
+                    v[k][e] = b ? y + b[c + e] : y;
+                } else {
+                    v[k][e] = w[c + e] * (v[k][e] * rstd);
+                }
+            }
+            st8(yr + c, v[k]);
+        }
+    }
+}
+
 // ---------------------------------------------------------- elementwise
 
 enum { EW_ADD = 0, EW_ACT = 1, EW_GLU = 2, EW_SCALE = 3 };
@@ -305,6 +385,18 @@ int norm_launch(int kind, void *x, int64_t ldx, const void *res, int64_t ldr, vo
                (!res || (ldr % 8 == 0 && aligned16(res)));
     const int warps = 8;
     unsigned grid = (unsigned)((rows + warps - 1) / warps);
+    int64_t nch = (cols + 255) / 256;
+#define NORM_REG(N)                                                                                                  \
+    norm_reg_kernel<T, N><<<grid, warps * 32, 0, st>>>(kind, (T *)x, ldx, (const T *)res, ldr, (T *)out, ldo, rows, \
+                                                       (int)cols, w, b, eps)
+    if (vec && nch <= 8) {
+        if (nch <= 1) NORM_REG(1);
+        else if (nch <= 2) NORM_REG(2);
+        else if (nch <= 4) NORM_REG(4);
+        else NORM_REG(8);
+#undef NORM_REG
+        return (int)cudaGetLastError();
+    }
     if (vec)
         norm_kernel<T, true><<<grid, warps * 32, 0, st>>>(kind, (T *)x, ldx, (const T *)res, ldr, (T *)out, ldo, rows,
                                                           (int)cols, w, b, eps);

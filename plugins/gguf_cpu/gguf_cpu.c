@@ -273,6 +273,12 @@ static void quantize_acts(void *arg, int64_t begin, int64_t end)
     for (int64_t i = begin; i < end; i++) gq_act_quantize(job->p->type, job->x + i * job->p->k, job->p->k, &job->act[i]);
 }
 
+/* AVX-512 path: up to OP_UNITS units are interleaved at once, then blocks
+ * of OP_MBLOCK activation rows (which stay in L2) pass over all of them, so
+ * a large M does not stream every activation row from memory once per unit. */
+#define OP_UNITS 32
+#define OP_MBLOCK 64
+
 static void matmul_units(void *arg, int64_t begin, int64_t end)
 {
     mm_job *job = arg;
@@ -282,12 +288,13 @@ static void matmul_units(void *arg, int64_t begin, int64_t end)
     const int flags = gq_tile_flags(p->type);
     const int op = p->inst->isa == GQ_ISA_AVX512;
     /* per row, each part rounded up to 64 bytes: k/4 lane scales (k bytes),
-     * k/32 sum coefficients, k codes; then the interleaved unit */
+     * k/32 sum coefficients, k codes; then the interleaved units */
 #define UP64(v) (((size_t)(v) + 63) & ~(size_t)63)
     const size_t row_scratch = UP64(k) + UP64(k / 8) + UP64(k);
-    const size_t unit_bytes = op ? UP64(gq_unit_bytes(k)) : 0;
-    uint8_t *scratch =
-        host->alloc(host->ctx, QTOOL_DEVICE_CPU, row_scratch * UNIT_ROWS + unit_bytes, QTOOL_MEM_WORKSPACE);
+    const size_t unit_bytes = UP64(gq_unit_bytes(k));
+    const size_t n_units = op ? (size_t)(end - begin < OP_UNITS ? end - begin : OP_UNITS) : 0;
+    uint8_t *scratch = host->alloc(host->ctx, QTOOL_DEVICE_CPU, row_scratch * UNIT_ROWS + unit_bytes * n_units,
+                                   QTOOL_MEM_WORKSPACE);
     if (!scratch) {
         atomic_store(&job->oom, 1);
         return;
@@ -299,26 +306,42 @@ static void matmul_units(void *arg, int64_t begin, int64_t end)
         rows[r].mn = (float *)(base + UP64(k));
         rows[r].q = (int8_t *)(base + UP64(k) + UP64(k / 8));
     }
-    void *unit_mem = scratch + row_scratch * UNIT_ROWS;
+    uint8_t *unit_mem = scratch + row_scratch * UNIT_ROWS;
 #undef UP64
-    for (int64_t u = begin; u < end; u++) {
-        const int64_t n0 = u * UNIT_ROWS;
-        const int nw = (int)(n - n0 < UNIT_ROWS ? n - n0 : UNIT_ROWS);
-        for (int r = 0; r < nw; r++) gq_unpack_row(p->type, p->data + (size_t)(n0 + r) * p->row_bytes, k, &rows[r]);
-        if (op) {
-            gq_unit unit;
-            gq_op_repack(p->type, k, rows, nw, unit_mem, &unit);
-            gq_op_matmul_avx512(k, &unit, job->act, (int)job->m, job->y + n0, n);
-        } else {
+    if (op) {
+        gq_unit units[OP_UNITS];
+        for (int64_t u0 = begin; u0 < end; u0 += OP_UNITS) {
+            const int64_t u1 = end - u0 < OP_UNITS ? end : u0 + OP_UNITS;
+            for (int64_t u = u0; u < u1; u++) {
+                const int64_t n0 = u * UNIT_ROWS;
+                const int nw = (int)(n - n0 < UNIT_ROWS ? n - n0 : UNIT_ROWS);
+                for (int r = 0; r < nw; r++)
+                    gq_unpack_row(p->type, p->data + (size_t)(n0 + r) * p->row_bytes, k, &rows[r]);
+                gq_op_repack(p->type, k, rows, nw, unit_mem + (size_t)(u - u0) * unit_bytes, &units[u - u0]);
+            }
+            for (int64_t i0 = 0; i0 < job->m; i0 += OP_MBLOCK) {
+                const int mb = (int)(job->m - i0 < OP_MBLOCK ? job->m - i0 : OP_MBLOCK);
+                for (int64_t u = u0; u < u1; u++)
+                    gq_op_matmul_avx512(k, &units[u - u0], job->act + i0, mb, job->y + i0 * n + u * UNIT_ROWS, n);
+            }
+        }
+    } else {
+        for (int64_t u = begin; u < end; u++) {
+            const int64_t n0 = u * UNIT_ROWS;
+            const int nw = (int)(n - n0 < UNIT_ROWS ? n - n0 : UNIT_ROWS);
+            for (int r = 0; r < nw; r++)
+                gq_unpack_row(p->type, p->data + (size_t)(n0 + r) * p->row_bytes, k, &rows[r]);
             /* 12 activation rows a call: whole tiles for the 4-row kernels */
             for (int64_t i = 0; i < job->m; i += 12) {
                 const int na = (int)(job->m - i < 12 ? job->m - i : 12);
                 p->inst->tile(k, flags, rows, nw, job->act + i, na, job->y + i * n + n0, n);
             }
         }
-        if (p->bias)
-            for (int64_t i = 0; i < job->m; i++)
-                for (int r = 0; r < nw; r++) job->y[i * n + n0 + r] += p->bias[n0 + r];
+    }
+    if (p->bias) {
+        const int64_t c0 = begin * UNIT_ROWS, c1 = end * UNIT_ROWS < n ? end * UNIT_ROWS : n;
+        for (int64_t i = 0; i < job->m; i++)
+            for (int64_t c = c0; c < c1; c++) job->y[i * n + c] += p->bias[c];
     }
     host->free(host->ctx, QTOOL_DEVICE_CPU, scratch);
 }
@@ -336,6 +359,10 @@ static int plugin_matmul_cpu(qtool_packed *p, const qtool_matmul_args *args)
         return QTOOL_ERR_INVALID_ARGUMENT;
     }
     const int64_t m = qtool_tensor_numel(x) / p->k;
+    if (m > INT32_MAX) {
+        LOG(p->inst, QTOOL_LOG_ERROR, "matmul: %lld rows is too many", (long long)m);
+        return QTOOL_ERR_UNSUPPORTED;
+    }
     if (qtool_tensor_numel(y) / p->n != m) {
         LOG(p->inst, QTOOL_LOG_ERROR, "matmul: x and y have different row counts");
         return QTOOL_ERR_INVALID_ARGUMENT;

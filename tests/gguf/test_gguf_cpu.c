@@ -269,6 +269,10 @@ static void test_matmul_reference(void **state)
             check_against_reference(TYPES[t], shapes[s][0], shapes[s][1], shapes[s][2]);
     /* K a multiple of 32 but not 64: odd group counts in the kernels. */
     for (int t = 0; t < 5; t++) check_against_reference(TYPES[t], 5, 96, 7);
+    /* Many output rows (more than 32 units of 16 per worker chunk) and more
+     * than one 64-row activation block. */
+    check_against_reference("Q4_K", 4100, 256, 70);
+    check_against_reference("Q8_0", 4100, 64, 70);
 }
 
 /* Scalar, AVX2 and AVX-512 tiles agree, and match ggml-style vec_dot on

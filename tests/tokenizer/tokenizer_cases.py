@@ -48,7 +48,7 @@ FRAGMENTS = [
     "def f(x):\n    return x**2  # comment\n",
     "snake_case_name CamelCaseName ALLCAPS mixedCASE123abc",
     "don't won't can't shouldn't y'all o'clock rock'n'roll",
-    "'s 't 're 've 'm 'll 'd 'S 'T 'RE 'VE 'M 'LL 'D",
+    "'s 't 're 've 'm 'll 'd 'S 'T 'RE 'VE 'M 'LL 'D 'Ll 'rE it'\u017f (long s folds to s)",
     "x" * 40 + " " + "ab" * 60,
 ]
 
