@@ -239,7 +239,7 @@ static int parse_rope_dict(const cfg_ctx *c, const json_t *d, double theta, int6
     if (rc) return rc;
     rc = get_real(c, d, "rope_theta", theta, &r->theta);
     if (rc) return rc;
-    double prf;
+    double prf = 1.0;
     rc = get_real(c, d, "partial_rotary_factor", 1.0, &prf);
     if (rc) return rc;
     if (prf != 1.0)
@@ -285,7 +285,7 @@ static int parse_rope_dict(const cfg_ctx *c, const json_t *d, double theta, int6
  * transformers, an old rope_scaling dict replaces rope_parameters. */
 static int parse_decoder_rope(const cfg_ctx *c, qt_model_config *m)
 {
-    double theta;
+    double theta = 0;
     int rc = get_real(c, c->root, "rope_theta", 10000.0, &theta);
     if (rc) return rc;
     json_t *scaling = get(c->root, "rope_scaling");
@@ -305,7 +305,7 @@ static int parse_decoder_rope(const cfg_ctx *c, qt_model_config *m)
  * both) (old). A null local_rope_theta means the global one. */
 static int parse_modernbert_rope(const cfg_ctx *c, qt_model_config *m)
 {
-    double gtheta, ltheta;
+    double gtheta = 0, ltheta = 0;
     int rc = get_real(c, c->root, "global_rope_theta", 160000.0, &gtheta);
     if (rc) return rc;
     json_t *lt = json_object_get(c->root, "local_rope_theta");

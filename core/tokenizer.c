@@ -375,7 +375,7 @@ static int parse_vocab(const loader *L, json_t *vocab, tk_model *m, const char *
     json_t *v;
     json_object_keylen_foreach(vocab, key, klen, v)
     {
-        int64_t id;
+        int64_t id = 0;
         char w[96];
         snprintf(w, sizeof w, "%s: vocab id of '%.40s'", what, key);
         if (get_int(L, v, 0, INT32_MAX - 1, &id, w)) {
@@ -555,7 +555,7 @@ static int parse_wordpiece(const loader *L, json_t *j, tk_model *m)
     m->max_input_chars_per_word = 100;
     json_t *mx = json_object_get(j, "max_input_chars_per_word");
     if (mx) {
-        int64_t v;
+        int64_t v = 0;
         if (get_int(L, mx, 0, INT64_MAX, &v, "model WordPiece: max_input_chars_per_word")) return -1;
         m->max_input_chars_per_word = (size_t)v;
     }
@@ -678,7 +678,7 @@ static int parse_added_tokens(const loader *L, json_t *arr)
             goto done;
         }
         tk_added tk = {0};
-        int64_t file_id;
+        int64_t file_id = 0;
         json_t *jid = json_object_get(e, "id");
         if ((rc = check_keys(L, e, w, keys)) || (rc = get_int(L, jid, 0, INT32_MAX - 1, &file_id, w)) ||
             (rc = get_bool(L, e, "single_word", 0, &tk.single_word, w)) ||
@@ -825,7 +825,7 @@ static int add_post(const loader *L, tk_post_piece *pieces, size_t n)
 static int token_pair(const loader *L, json_t *j, const char *key, int32_t *id, const char *what)
 {
     json_t *v = json_object_get(j, key);
-    int64_t x;
+    int64_t x = 0;
     if (!json_is_array(v) || json_array_size(v) != 2 || !json_is_string(json_array_get(v, 0)))
         return BAD("%s: '%s' must be [token, id]", what, key);
     if (get_int(L, json_array_get(v, 1), 0, INT32_MAX - 1, &x, what)) return -1;
@@ -897,7 +897,7 @@ static int template_piece(const loader *L, json_t *piece, json_t *specials, tk_p
     out->ids = malloc((out->n ? out->n : 1) * sizeof *out->ids);
     if (!out->ids) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "%s: out of memory", L->name);
     for (size_t i = 0; i < out->n; i++) {
-        int64_t x;
+        int64_t x = 0;
         if (get_int(L, json_array_get(ids, i), 0, INT32_MAX - 1, &x, "TemplateProcessing: a special token id")) {
             free(out->ids);
             out->ids = NULL;
@@ -1136,7 +1136,7 @@ static int parse_root(const loader *L, json_t *root)
                            json_is_string(ver) ? json_string_value(ver) : "(not a string)");
     json_t *trunc = json_object_get(root, "truncation");
     if (json_is_object(trunc)) {
-        int64_t ml;
+        int64_t ml = 0;
         if ((rc = get_int(L, json_object_get(trunc, "max_length"), 0, INT64_MAX, &ml, "truncation.max_length")))
             return rc;
         t->max_length = (size_t)ml;
@@ -1146,7 +1146,7 @@ static int parse_root(const loader *L, json_t *root)
     t->pad_id = -1;
     json_t *pad = json_object_get(root, "padding");
     if (json_is_object(pad)) {
-        int64_t pid;
+        int64_t pid = 0;
         if ((rc = get_int(L, json_object_get(pad, "pad_id"), 0, INT32_MAX - 1, &pid, "padding.pad_id")))
             return rc;
         t->pad_id = (int32_t)pid;

@@ -22,7 +22,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 
 step() { echo "== $*"; }
 step configure
-cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DQTOOL_PYTHON="$py" >"$OUT/configure.log" 2>&1 || { tail -40 "$OUT/configure.log"; exit 1; }
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQTOOL_PYTHON="$py" >"$OUT/configure.log" 2>&1 || { tail -40 "$OUT/configure.log"; exit 1; }
 step build
 cmake --build build-gpu -j"$jobs" >"$OUT/build.log" 2>&1 || { grep -E "error|Error" "$OUT/build.log" | head -40; exit 1; }
 step tests
@@ -36,7 +36,7 @@ done
 build-gpu/bin/qtool probe >"$OUT/probe.log" 2>&1; cat "$OUT/probe.log"
 [ "${1:-}" = quick ] && exit 0
 step compute_75 PTX only: the Turing code paths, compiled by the driver
-cmake -S . -B build-sm75 -DCMAKE_BUILD_TYPE=Release -DQTOOL_CUDA_ARCHITECTURES=75-virtual -DQTOOL_PYTHON="$py" >"$OUT/configure-sm75.log" 2>&1 &&
+cmake -S . -B build-sm75 -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQTOOL_CUDA_ARCHITECTURES=75-virtual -DQTOOL_PYTHON="$py" >"$OUT/configure-sm75.log" 2>&1 &&
 cmake --build build-sm75 -j"$jobs" >"$OUT/build-sm75.log" 2>&1 &&
 ctest --test-dir build-sm75 --output-on-failure -L gpu --timeout 300 >"$OUT/ctest-sm75.log" 2>&1
 grep -E "tests passed|Failed|\*\*\*" "$OUT/ctest-sm75.log" | tail -20
