@@ -142,6 +142,7 @@ typedef struct qt_linear {
     const qtool_tensor *bias;   /* [N] or NULL */
     qtool_packed *packed;       /* from the plugin, for `packed_device` */
     float *input_scale;         /* K floats when the plugin asked for x / s, else NULL */
+    int input_scale_folded;     /* the plugin's s went into the preceding norm or Linear */
 } qt_linear;
 
 typedef enum qt_norm_kind { QT_NORM_NONE = 0, QT_NORM_LAYER = 1, QT_NORM_RMS = 2 } qt_norm_kind;
@@ -152,6 +153,9 @@ typedef struct qt_norm {
     float eps;
     float *weight;  /* float32 copies, QTOOL_MEM_WEIGHTS */
     float *bias;    /* NULL without bias */
+    /* The checkpoint's values while input scales are folded into weight and
+     * bias (model_calib.c); qt_model_unpack puts them back. NULL otherwise. */
+    float *orig_weight, *orig_bias;
 } qt_norm;
 
 /* A dense float32 layer of the head (not a plugin matmul). */
@@ -219,6 +223,12 @@ typedef struct qt_model {
      * freed by qt_model_unpack. */
     int cuda_act_dtype;
     void *cuda;
+
+    /* A saved quantized checkpoint: its config's "quantization_config" as
+     * JSON text (NULL for a float checkpoint). Its block Linears have no
+     * float weight; qt_model_load_packed (quantize.h) reads them through the
+     * plugin that accepts this config. */
+    char *quant_config;
 } qt_model;
 
 /* Frees the model's CUDA state (qt_model_unpack calls it). */
@@ -257,18 +267,48 @@ typedef struct qt_forward_out {
     float *hidden; /* [sum of lengths, hidden]: final hidden state of every token */
 } qt_forward_out;
 
-/* Runs the batch on `device` (QTOOL_DEVICE_CPU; CUDA once a CUDA backend
- * exists). Linears must be packed for that device, except that an unpacked
- * model on the CPU multiplies by the checkpoint's float32 weights (used for
- * calibration). Token ids must be in [0, vocab_size) and lengths within
+/* Runs the batch on `device` (QTOOL_DEVICE_CPU or QTOOL_DEVICE_CUDA, with
+ * `stream` the CUDA stream the plugin instance was created with). Linears
+ * must be packed for that device, except that an unpacked model on the CPU
+ * multiplies by the checkpoint's float32 weights (used for calibration).
+ * Token ids must be in [0, vocab_size) and lengths within
  * max_position_embeddings for BERT. Activations come from the accounted
- * allocator as QTOOL_MEM_ACTIVATIONS and are freed before returning. */
+ * allocator as QTOOL_MEM_ACTIVATIONS; the CPU frees them before returning,
+ * CUDA keeps them cached for the next pass until qt_model_unpack/close. */
 int qt_model_forward(qt_model *m, const qt_batch *b, int device, void *stream, qt_forward_out *out);
 
 /* Calls desc->calibrate for every Linear with its inputs over the batch,
- * running the model unpacked (float32 checkpoint weights) on the CPU. */
+ * running the model unpacked (float32 checkpoint weights) on the CPU: the
+ * float model's activations, every block at once. */
 int qt_model_calibrate(qt_model *m, const qtool_plugin_desc *desc, qtool_instance *inst,
                        const qt_batch *b);
+
+/* Layer-sequential calibration and packing (model_calib.c). The batches run
+ * through the embeddings once; then, block by block: the block's Linears see
+ * their inputs (float32, CPU) in desc->calibrate, the block is packed (input
+ * scales folded where the graph allows), and the batches go on through the
+ * packed block, so block l calibrates on the outputs of the already
+ * quantized blocks before it. Only the hidden states of the batches and one
+ * block's scratch are held at a time. The forward passes run on the CPU;
+ * for `device` CUDA the layers are packed on the CPU and then moved through
+ * the plugin's save/load, or, for a plugin without a CPU matmul, packed for
+ * CUDA directly while the batches go on through the float block. A plugin
+ * without a calibrate slot is simply packed (qt_model_pack). */
+typedef struct qt_calib_options {
+    /* Called after each block; optional. */
+    void (*progress)(void *ctx, int64_t block, int64_t n_blocks, int64_t tokens, double seconds);
+    void *progress_ctx;
+} qt_calib_options;
+
+int qt_model_calibrate_pack(qt_model *m, const qtool_plugin_desc *desc, qtool_instance *inst, int device,
+                            const qt_batch *batches, size_t n_batches, const qt_calib_options *o);
+
+/* Packs the Linears of one block, consumers before the Linears that feed
+ * them, folding the plugin's input scales (qt_model_pack does every block).
+ * The model's desc/inst/packed_device must be set. */
+int qt_model_pack_block(qt_model *m, int64_t block, int device);
+/* Restores the norms changed by folding (qt_model_unpack calls it). */
+void qt_model_unfold(qt_model *m);
 
 /* ------------------------------------------------------------ evaluate */
 

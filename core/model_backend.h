@@ -107,6 +107,17 @@ extern const qt_backend_ops qt_cpu_backend_ops;
 /* The CUDA backend (model_cuda.c); built without CUDA, its begin fails. */
 extern const qt_backend_ops qt_cuda_backend_ops;
 
+/* One batch through the model a block at a time, on the CPU (calibration):
+ * begin runs the embeddings; each block call runs one block on the batch's
+ * hidden state, in place when `advance`, else on a copy (the state stays the
+ * block's input; the Linears' inputs still reach the model's linear_hook).
+ * An unpacked Linear multiplies by the checkpoint's float32 weights. */
+typedef struct qt_model_steps qt_model_steps;
+int qt_model_steps_begin(qt_model *m, const qt_batch *b, qt_model_steps **out);
+int qt_model_steps_block(qt_model_steps *st, int64_t block, int advance);
+int64_t qt_model_steps_tokens(const qt_model_steps *st);
+void qt_model_steps_end(qt_model_steps *st);
+
 /* Float32 math the graph and the CPU backend share (exact where
  * transformers is exact). */
 float qt_act_apply(int act, float x);

@@ -6,10 +6,10 @@
  *
  * State kept per model across forward passes (qt_model.cuda), freed by
  * qt_model_unpack / qt_model_close:
- *   - the token embedding table in the activation type, BERT's position
+ *   - the token embedding table in the activation type; BERT's position
  *     table and token-type row, every norm's weight and bias, the RoPE
- *     frequencies and the head, all float32 (QTOOL_MEM_WEIGHTS), uploaded
- *     by the first CUDA forward pass;
+ *     frequencies and the head in float32 (all QTOOL_MEM_WEIGHTS),
+ *     uploaded by the first CUDA forward pass;
  *   - a cache of activation buffers (QTOOL_MEM_ACTIVATIONS): a released
  *     buffer is kept and handed to the next request it fits (best fit), so
  *     a steady stream of batches allocates nothing after the first; when
@@ -20,12 +20,8 @@
  *
  * Fusion: `add` is deferred; when the next operation is the norm of the
  * same matrix (every pre-norm block, BERT's post-norm), one kernel adds the
- * residual, writes the sum and normalises it. `rope` is deferred too: when
- * the attention that follows reads exactly the q and k just rotated (the
- * graph's pattern), the attention kernel rotates its Q and K tiles as it
- * loads them (from a (cos, sin) table computed once per pass and RoPE
- * type) and q, k stay unrotated in memory: the graph never reads them
- * after the attention. Any other operation first performs what is pending.
+ * residual, writes the sum and normalises it. Any other operation first
+ * performs the pending add.
  *
  * Every forward pass ends with a synchronisation of the stream (results
  * come back to the host), so buffers are idle between passes. */
@@ -106,15 +102,6 @@ typedef struct cuda_state {
     /* The deferred residual add: pend_x += pend_y. */
     int pending;
     qt_mat pend_x, pend_y;
-    /* Deferred RoPE: up to two matrices (q, then k). */
-    int n_rope;
-    qt_mat rope_x[2];
-    qt_rope_params rope_p[2];
-    /* (cos, sin) tables of this pass, [max_len][head_dim / 2], for the full
-     * and the sliding RoPE (NULL until first used). */
-    float *rope_tab[2];
-    float *rope_tab_mem;
-    int64_t max_len;
 
     prof *prof;
 } cuda_state;
@@ -442,49 +429,13 @@ static void cache_put(cuda_state *st, void *p)
 
 /* ------------------------------------------------------------ fusion */
 
-static const float *inv_freq_dev(const cuda_state *st, const float *host)
-{
-    return host == st->m->inv_freq_full ? st->inv_full : host == st->m->inv_freq_sliding ? st->inv_sliding : NULL;
-}
-
-static int run_rope(cuda_state *st, const qt_rope_params *r, qt_mat *x)
-{
-    const float *inv = inv_freq_dev(st, r->inv_freq);
-    if (!inv) return qt_fail(QTOOL_ERR_INTERNAL, "CUDA backend: RoPE frequencies that are not the model's");
-    CK(qtk_rope(kdt(x->dtype), x->data, x->ld, st->d_pos, x->rows, (int)r->n_heads, (int)r->head_dim, inv, r->scaling,
-                st->stream),
-       "RoPE kernel");
-    return 0;
-}
-
-/* Performs the deferred operations (at most one kind is pending). */
 static int flush(cuda_state *st)
 {
-    if (!st) return 0;
-    if (st->pending) {
-        st->pending = 0;
-        qt_mat *x = &st->pend_x, *y = &st->pend_y;
-        CK(qtk_add(kdt(x->dtype), x->data, x->ld, y->data, y->ld, x->rows, x->cols, st->stream), "add kernel");
-    }
-    int n = st->n_rope;
-    st->n_rope = 0;
-    for (int i = 0; i < n; i++) {
-        int rc = run_rope(st, &st->rope_p[i], &st->rope_x[i]);
-        if (rc) return rc;
-    }
+    if (!st || !st->pending) return 0;
+    st->pending = 0;
+    qt_mat *x = &st->pend_x, *y = &st->pend_y;
+    CK(qtk_add(kdt(x->dtype), x->data, x->ld, y->data, y->ld, x->rows, x->cols, st->stream), "add kernel");
     return 0;
-}
-
-/* The (cos, sin) table of a RoPE for this pass. */
-static const float *rope_table(cuda_state *st, const qt_rope_params *r)
-{
-    int which = r->inv_freq == st->m->inv_freq_full ? 0 : 1;
-    if (st->rope_tab[which]) return st->rope_tab[which];
-    const float *inv = inv_freq_dev(st, r->inv_freq);
-    if (!inv) return NULL;
-    float *t = st->rope_tab_mem + (size_t)which * (size_t)st->max_len * (size_t)(r->head_dim / 2) * 2;
-    if (qtk_rope_table(inv, r->scaling, st->max_len, (int)(r->head_dim / 2), t, st->stream)) return NULL;
-    return st->rope_tab[which] = t;
 }
 
 #define STATE(be) ((cuda_state *)(be)->state)
@@ -530,9 +481,8 @@ static int cu_begin(qt_backend *be, const qt_model *m, qt_seqs *s)
     size_t off_bytes = (size_t)(n + 1) * 8, rows_bytes = (size_t)n * 8;
     size_t i32_bytes = ((size_t)T * 3 + (size_t)n_tiles * 2) * 4;
     size_t f_bytes = ((size_t)(2 * n * H) + (size_t)(n * C)) * 4;
-    size_t tab_bytes = (size_t)s->max_len * (size_t)(m->cfg.head_dim / 2) * 2 * 4 * 2; /* two RoPE tables */
     size_t host_bytes = off_bytes + i32_bytes;
-    size_t need = off_bytes + rows_bytes + i32_bytes + 64 + f_bytes + tab_bytes;
+    size_t need = off_bytes + rows_bytes + i32_bytes + 64 + f_bytes;
     if (need > st->meta_bytes) {
         qt_free(QTOOL_DEVICE_CUDA, st->meta);
         st->meta = NULL;
@@ -554,10 +504,6 @@ static int cu_begin(qt_backend *be, const qt_model *m, qt_seqs *s)
     st->d_pooled = (float *)(d + fo);
     st->d_h1 = st->d_pooled + n * H;
     st->d_logits = st->d_h1 + n * H;
-    st->rope_tab_mem = (float *)(((uintptr_t)(st->d_logits + n * C) + 15) & ~(uintptr_t)15);
-    st->rope_tab[0] = st->rope_tab[1] = NULL;
-    st->max_len = s->max_len;
-    st->n_rope = 0;
 
     char *h = qt_alloc(QTOOL_DEVICE_CPU, host_bytes, QTOOL_MEM_ACTIVATIONS);
     if (!h) return QTOOL_ERR_OUT_OF_MEMORY;
@@ -566,18 +512,12 @@ static int cu_begin(qt_backend *be, const qt_model *m, qt_seqs *s)
     memcpy(hi, s->ids, (size_t)T * 4);
     memcpy(hi + T, s->pos, (size_t)T * 4);
     memcpy(hi + 2 * T, s->seq, (size_t)T * 4);
-    /* Attention tiles, the last ones of each sequence first: under a
-     * causal mask they see the most keys, and starting them early shortens
-     * the tail of the launch. */
     int32_t *tl = hi + 3 * T;
-    int64_t k = 0;
-    for (int64_t q0 = ((s->max_len - 1) / QTK_ATTN_TILE) * QTK_ATTN_TILE; q0 >= 0; q0 -= QTK_ATTN_TILE) {
-        for (int64_t i = 0; i < n; i++) {
-            if (q0 < s->offsets[i + 1] - s->offsets[i]) {
-                tl[2 * k] = (int32_t)i;
-                tl[2 * k + 1] = (int32_t)q0;
-                k++;
-            }
+    for (int64_t i = 0, k = 0; i < n; i++) {
+        int64_t L = s->offsets[i + 1] - s->offsets[i];
+        for (int64_t q0 = 0; q0 < L; q0 += QTK_ATTN_TILE, k++) {
+            tl[2 * k] = (int32_t)i;
+            tl[2 * k + 1] = (int32_t)q0;
         }
     }
     /* From pageable memory the copy is staged before the call returns, so
@@ -667,8 +607,7 @@ static int cu_norm(qt_backend *be, const qt_norm *n, const qt_mat *x, qt_mat *ou
     int kind = n->kind == QT_NORM_LAYER ? 1 : n->kind == QT_NORM_RMS ? 2 : 0;
     const void *res = NULL;
     int64_t ldr = 0;
-    if (st->pending && !st->n_rope && st->pend_x.data == x->data && st->pend_x.ld == x->ld &&
-        st->pend_x.cols == x->cols) {
+    if (st->pending && st->pend_x.data == x->data && st->pend_x.ld == x->ld && st->pend_x.cols == x->cols) {
         res = st->pend_y.data; /* x += y fused into this norm */
         ldr = st->pend_y.ld;
         st->pending = 0;
@@ -735,23 +674,18 @@ static int cu_rope(qt_backend *be, const qt_rope_params *r, const qt_seqs *s, qt
 {
     cuda_state *st = STATE(be);
     prof_mark(st, P_ROPE);
+    int rc = flush(st);
+    if (rc) return rc;
     (void)s;
-    int rc;
-    if ((rc = check_mat(x, "RoPE input"))) return rc;
-    if (r->n_heads * r->head_dim > x->cols || r->head_dim % 2)
-        return qt_fail(QTOOL_ERR_INTERNAL, "CUDA backend: RoPE of %lld heads of %lld in a row of %lld",
-                       (long long)r->n_heads, (long long)r->head_dim, (long long)x->cols);
-    if (st->pending && (rc = flush(st))) return rc; /* keep the order of operations */
-    if (st->n_rope == 2 && (rc = flush(st))) return rc;
-    st->rope_x[st->n_rope] = *x;
-    st->rope_p[st->n_rope] = *r;
-    st->n_rope++;
+    const float *inv = r->inv_freq == st->m->inv_freq_full ? st->inv_full
+                       : r->inv_freq == st->m->inv_freq_sliding ? st->inv_sliding
+                                                                : NULL;
+    if (!inv) return qt_fail(QTOOL_ERR_INTERNAL, "CUDA backend: RoPE frequencies that are not the model's");
+    if (r->n_heads * r->head_dim > x->cols) return qt_fail(QTOOL_ERR_INTERNAL, "CUDA backend: RoPE past the row");
+    CK(qtk_rope(kdt(x->dtype), x->data, x->ld, st->d_pos, x->rows, (int)r->n_heads, (int)r->head_dim, inv, r->scaling,
+                be->stream),
+       "RoPE kernel");
     return 0;
-}
-
-static int same_mat(const qt_mat *a, const qt_mat *b)
-{
-    return a->data == b->data && a->ld == b->ld && a->rows == b->rows && a->cols == b->cols;
 }
 
 static int cu_attention(qt_backend *be, const qt_attn_params *a, const qt_seqs *s, const qt_mat *q,
@@ -759,31 +693,17 @@ static int cu_attention(qt_backend *be, const qt_attn_params *a, const qt_seqs *
 {
     cuda_state *st = STATE(be);
     prof_mark(st, P_ATTN);
+    int rc = flush(st);
+    if (rc) return rc;
     if (a->n_kv_heads < 1 || a->n_heads % a->n_kv_heads)
         return qt_fail(QTOOL_ERR_INTERNAL, "attention with %lld heads and %lld kv heads", (long long)a->n_heads,
                        (long long)a->n_kv_heads);
-    int dt = kdt(q->dtype), mma = qtk_attention_uses_mma(dt, (int)a->head_dim, st->cc_major);
-    if (a->head_dim > 256 && !mma)
+    if (a->head_dim > 256 && !qtk_attention_uses_mma(kdt(q->dtype), (int)a->head_dim, st->cc_major))
         return qt_fail(QTOOL_ERR_UNSUPPORTED, "CUDA attention supports head_dim up to 256 (found %lld)",
                        (long long)a->head_dim);
-    /* The graph's pattern: rope(q), rope(k), attention(q, k, v) with one
-     * RoPE; anything else is done step by step. */
-    const float *tab = NULL;
-    int rope = 0, rc;
-    if (mma && !st->pending && st->n_rope == 2 && same_mat(&st->rope_x[0], q) && same_mat(&st->rope_x[1], k) &&
-        st->rope_p[0].inv_freq == st->rope_p[1].inv_freq && st->rope_p[0].scaling == st->rope_p[1].scaling &&
-        st->rope_p[0].head_dim == a->head_dim && st->rope_p[1].head_dim == a->head_dim &&
-        st->rope_p[0].n_heads == a->n_heads && st->rope_p[1].n_heads == a->n_kv_heads &&
-        (tab = rope_table(st, &st->rope_p[0])) != NULL) {
-        rope = 3;
-        st->n_rope = 0;
-    } else if ((rc = flush(st))) {
-        return rc;
-    }
-    CK(qtk_attention(dt, q->data, q->ld, k->data, k->ld, v->data, v->ld, out->data, out->ld, st->d_offsets, st->d_seq,
-                     st->d_pos, st->d_tiles, st->n_tiles, s->total, (int)a->n_heads, (int)a->n_kv_heads,
-                     (int)a->head_dim, a->scale, a->window_left, a->window_right, tab, rope, st->cc_major,
-                     be->stream),
+    CK(qtk_attention(kdt(q->dtype), q->data, q->ld, k->data, k->ld, v->data, v->ld, out->data, out->ld, st->d_offsets,
+                     st->d_seq, st->d_pos, st->d_tiles, st->n_tiles, s->total, (int)a->n_heads, (int)a->n_kv_heads,
+                     (int)a->head_dim, a->scale, a->window_left, a->window_right, st->cc_major, be->stream),
        "attention kernel");
     return 0;
 }

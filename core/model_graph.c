@@ -71,150 +71,174 @@ static qt_rope_params rope_of(const qt_model *m, const qt_block *b)
         if ((rc = (x))) goto out; \
     } while (0)
 
+/* Scratch matrices of one block, allocated once per pass and reused by
+ * every block. */
+#define QT_BLOCK_BUFS 8
+typedef struct block_bufs {
+    qt_mat m[QT_BLOCK_BUFS];
+} block_bufs;
+
+static void bufs_release(run *R, block_bufs *B)
+{
+    for (int i = 0; i < QT_BLOCK_BUFS; i++) R->ops->release(R->be, &B->m[i]);
+}
+
+static int bufs_alloc(run *R, block_bufs *B)
+{
+    const qt_model_config *c = &R->m->cfg;
+    int64_t T = R->s->total, H = c->hidden_size, I = c->intermediate_size;
+    int64_t QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
+    int64_t cols[QT_BLOCK_BUFS] = {0};
+    int n;
+    memset(B, 0, sizeof *B);
+    switch (c->arch) {
+    case QT_ARCH_BERT: { /* q k v ctx tmp inter */
+        int64_t w[] = {H, H, H, H, H, I};
+        n = 6;
+        memcpy(cols, w, sizeof w);
+        break;
+    }
+    case QT_ARCH_MODERNBERT: { /* h qkv ctx tmp gu inter */
+        int64_t w[] = {H, 3 * H, H, H, 2 * I, I};
+        n = 6;
+        memcpy(cols, w, sizeof w);
+        break;
+    }
+    default: { /* h q k v ctx tmp g u */
+        int64_t w[] = {H, QD, KD, KD, QD, H, I, I};
+        n = 8;
+        memcpy(cols, w, sizeof w);
+        break;
+    }
+    }
+    for (int i = 0; i < n; i++) {
+        int rc = R->ops->alloc(R->be, &B->m[i], T, cols[i]);
+        if (rc) {
+            bufs_release(R, B);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* Embeddings (and the embedding norm of the encoders) into x. */
+static int embed_stage(run *R, qt_mat *x)
+{
+    int rc = R->ops->embed(R->be, R->m, R->s, x);
+    if (!rc && R->m->cfg.arch != QT_ARCH_QWEN2 && R->m->cfg.arch != QT_ARCH_LLAMA)
+        rc = R->ops->norm(R->be, &R->m->emb_norm, x, x);
+    return rc;
+}
+
 /* BERT: post-norm blocks, x = LN(x + attn(x)); x = LN(x + mlp(x)). */
-static int forward_bert(run *R, qt_mat *x)
+static int block_bert(run *R, qt_block *b, qt_mat *x, block_bufs *B)
 {
     const qt_backend_ops *op = R->ops;
     qt_backend *be = R->be;
     const qt_model_config *c = &R->m->cfg;
-    int64_t T = R->s->total, H = c->hidden_size, I = c->intermediate_size;
-    qt_mat q = {0}, k = {0}, v = {0}, ctx = {0}, tmp = {0}, inter = {0};
+    qt_mat *q = &B->m[0], *k = &B->m[1], *v = &B->m[2], *ctx = &B->m[3], *tmp = &B->m[4], *inter = &B->m[5];
     int rc;
-    TRY(op->alloc(be, &q, T, H));
-    TRY(op->alloc(be, &k, T, H));
-    TRY(op->alloc(be, &v, T, H));
-    TRY(op->alloc(be, &ctx, T, H));
-    TRY(op->alloc(be, &tmp, T, H));
-    TRY(op->alloc(be, &inter, T, I));
-    TRY(op->embed(be, R->m, R->s, x));
-    TRY(op->norm(be, &R->m->emb_norm, x, x));
     qt_attn_params ap = {c->n_heads, c->n_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, -1};
-    for (int64_t i = 0; i < c->n_layers; i++) {
-        qt_block *b = &R->m->blocks[i];
-        TRY(linear(R, &b->q, x, &q));
-        TRY(linear(R, &b->k, x, &k));
-        TRY(linear(R, &b->v, x, &v));
-        TRY(op->attention(be, &ap, R->s, &q, &k, &v, &ctx));
-        TRY(linear(R, &b->o, &ctx, &tmp));
-        TRY(op->add(be, &tmp, x));
-        TRY(op->norm(be, &b->norm1, &tmp, x));
-        TRY(linear(R, &b->up, x, &inter));
-        TRY(op->act(be, c->hidden_act, &inter));
-        TRY(linear(R, &b->down, &inter, &tmp));
-        TRY(op->add(be, &tmp, x));
-        TRY(op->norm(be, &b->norm2, &tmp, x));
-    }
+    TRY(linear(R, &b->q, x, q));
+    TRY(linear(R, &b->k, x, k));
+    TRY(linear(R, &b->v, x, v));
+    TRY(op->attention(be, &ap, R->s, q, k, v, ctx));
+    TRY(linear(R, &b->o, ctx, tmp));
+    TRY(op->add(be, tmp, x));
+    TRY(op->norm(be, &b->norm1, tmp, x));
+    TRY(linear(R, &b->up, x, inter));
+    TRY(op->act(be, c->hidden_act, inter));
+    TRY(linear(R, &b->down, inter, tmp));
+    TRY(op->add(be, tmp, x));
+    TRY(op->norm(be, &b->norm2, tmp, x));
 out:
-    op->release(be, &q);
-    op->release(be, &k);
-    op->release(be, &v);
-    op->release(be, &ctx);
-    op->release(be, &tmp);
-    op->release(be, &inter);
     return rc;
 }
 
 /* ModernBERT: pre-norm, fused Wqkv and Wi (GLU: act(first half) * second
  * half), RoPE per layer type, local layers see |i - j| <= local_attention/2. */
-static int forward_modernbert(run *R, qt_mat *x)
+static int block_modernbert(run *R, qt_block *b, qt_mat *x, block_bufs *B)
 {
     const qt_backend_ops *op = R->ops;
     qt_backend *be = R->be;
     const qt_model_config *c = &R->m->cfg;
-    int64_t T = R->s->total, H = c->hidden_size, I = c->intermediate_size;
-    qt_mat h = {0}, qkv = {0}, ctx = {0}, tmp = {0}, gu = {0}, inter = {0};
+    int64_t H = c->hidden_size, I = c->intermediate_size;
+    qt_mat *h = &B->m[0], *qkv = &B->m[1], *ctx = &B->m[2], *tmp = &B->m[3], *gu = &B->m[4], *inter = &B->m[5];
     int rc;
-    TRY(op->alloc(be, &h, T, H));
-    TRY(op->alloc(be, &qkv, T, 3 * H));
-    TRY(op->alloc(be, &ctx, T, H));
-    TRY(op->alloc(be, &tmp, T, H));
-    TRY(op->alloc(be, &gu, T, 2 * I));
-    TRY(op->alloc(be, &inter, T, I));
-    TRY(op->embed(be, R->m, R->s, x));
-    TRY(op->norm(be, &R->m->emb_norm, x, x));
-    for (int64_t i = 0; i < c->n_layers; i++) {
-        qt_block *b = &R->m->blocks[i];
-        qt_attn_params ap = {c->n_heads, c->n_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, -1};
-        if (b->sliding) ap.window_left = ap.window_right = c->sliding_window;
-        qt_rope_params rp = rope_of(R->m, b);
-        TRY(op->norm(be, &b->norm1, x, &h));
-        TRY(linear(R, &b->qkv, &h, &qkv));
-        qt_mat q = cols_of(&qkv, 0, H), k = cols_of(&qkv, H, H), v = cols_of(&qkv, 2 * H, H);
-        TRY(op->rope(be, &rp, R->s, &q));
-        TRY(op->rope(be, &rp, R->s, &k));
-        TRY(op->attention(be, &ap, R->s, &q, &k, &v, &ctx));
-        TRY(linear(R, &b->o, &ctx, &tmp));
-        TRY(op->add(be, x, &tmp));
-        TRY(op->norm(be, &b->norm2, x, &h));
-        TRY(linear(R, &b->gate_up, &h, &gu));
-        qt_mat in = cols_of(&gu, 0, I), gate = cols_of(&gu, I, I);
-        TRY(op->glu(be, c->hidden_act, &in, &gate, &inter));
-        TRY(linear(R, &b->down, &inter, &tmp));
-        TRY(op->add(be, x, &tmp));
-    }
-    TRY(op->norm(be, &R->m->final_norm, x, x));
+    qt_attn_params ap = {c->n_heads, c->n_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, -1};
+    if (b->sliding) ap.window_left = ap.window_right = c->sliding_window;
+    qt_rope_params rp = rope_of(R->m, b);
+    TRY(op->norm(be, &b->norm1, x, h));
+    TRY(linear(R, &b->qkv, h, qkv));
+    qt_mat q = cols_of(qkv, 0, H), k = cols_of(qkv, H, H), v = cols_of(qkv, 2 * H, H);
+    TRY(op->rope(be, &rp, R->s, &q));
+    TRY(op->rope(be, &rp, R->s, &k));
+    TRY(op->attention(be, &ap, R->s, &q, &k, &v, ctx));
+    TRY(linear(R, &b->o, ctx, tmp));
+    TRY(op->add(be, x, tmp));
+    TRY(op->norm(be, &b->norm2, x, h));
+    TRY(linear(R, &b->gate_up, h, gu));
+    qt_mat in = cols_of(gu, 0, I), gate = cols_of(gu, I, I);
+    TRY(op->glu(be, c->hidden_act, &in, &gate, inter));
+    TRY(linear(R, &b->down, inter, tmp));
+    TRY(op->add(be, x, tmp));
 out:
-    op->release(be, &h);
-    op->release(be, &qkv);
-    op->release(be, &ctx);
-    op->release(be, &tmp);
-    op->release(be, &gu);
-    op->release(be, &inter);
     return rc;
 }
 
 /* Qwen2 / Llama: pre-RMSNorm, GQA, causal (optionally sliding) attention,
  * SwiGLU MLP. */
-static int forward_decoder(run *R, qt_mat *x)
+static int block_decoder(run *R, qt_block *b, qt_mat *x, block_bufs *B)
 {
     const qt_backend_ops *op = R->ops;
     qt_backend *be = R->be;
     const qt_model_config *c = &R->m->cfg;
-    int64_t T = R->s->total, H = c->hidden_size, I = c->intermediate_size;
-    int64_t QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
-    qt_mat h = {0}, q = {0}, k = {0}, v = {0}, ctx = {0}, tmp = {0}, g = {0}, u = {0};
+    qt_mat *h = &B->m[0], *q = &B->m[1], *k = &B->m[2], *v = &B->m[3], *ctx = &B->m[4], *tmp = &B->m[5];
+    qt_mat *g = &B->m[6], *u = &B->m[7];
     int rc;
-    TRY(op->alloc(be, &h, T, H));
-    TRY(op->alloc(be, &q, T, QD));
-    TRY(op->alloc(be, &k, T, KD));
-    TRY(op->alloc(be, &v, T, KD));
-    TRY(op->alloc(be, &ctx, T, QD));
-    TRY(op->alloc(be, &tmp, T, H));
-    TRY(op->alloc(be, &g, T, I));
-    TRY(op->alloc(be, &u, T, I));
-    TRY(op->embed(be, R->m, R->s, x));
-    for (int64_t i = 0; i < c->n_layers; i++) {
-        qt_block *b = &R->m->blocks[i];
-        qt_attn_params ap = {c->n_heads, c->n_kv_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, 0};
-        if (b->sliding) ap.window_left = c->sliding_window - 1;
-        qt_rope_params rp = rope_of(R->m, b);
-        TRY(op->norm(be, &b->norm1, x, &h));
-        TRY(linear(R, &b->q, &h, &q));
-        TRY(linear(R, &b->k, &h, &k));
-        TRY(linear(R, &b->v, &h, &v));
-        TRY(op->rope(be, &rp, R->s, &q));
-        rp.n_heads = c->n_kv_heads;
-        TRY(op->rope(be, &rp, R->s, &k));
-        TRY(op->attention(be, &ap, R->s, &q, &k, &v, &ctx));
-        TRY(linear(R, &b->o, &ctx, &tmp));
-        TRY(op->add(be, x, &tmp));
-        TRY(op->norm(be, &b->norm2, x, &h));
-        TRY(linear(R, &b->gate, &h, &g));
-        TRY(linear(R, &b->up, &h, &u));
-        TRY(op->glu(be, c->hidden_act, &g, &u, &g));
-        TRY(linear(R, &b->down, &g, &tmp));
-        TRY(op->add(be, x, &tmp));
-    }
-    TRY(op->norm(be, &R->m->final_norm, x, x));
+    qt_attn_params ap = {c->n_heads, c->n_kv_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, 0};
+    if (b->sliding) ap.window_left = c->sliding_window - 1;
+    qt_rope_params rp = rope_of(R->m, b);
+    TRY(op->norm(be, &b->norm1, x, h));
+    TRY(linear(R, &b->q, h, q));
+    TRY(linear(R, &b->k, h, k));
+    TRY(linear(R, &b->v, h, v));
+    TRY(op->rope(be, &rp, R->s, q));
+    rp.n_heads = c->n_kv_heads;
+    TRY(op->rope(be, &rp, R->s, k));
+    TRY(op->attention(be, &ap, R->s, q, k, v, ctx));
+    TRY(linear(R, &b->o, ctx, tmp));
+    TRY(op->add(be, x, tmp));
+    TRY(op->norm(be, &b->norm2, x, h));
+    TRY(linear(R, &b->gate, h, g));
+    TRY(linear(R, &b->up, h, u));
+    TRY(op->glu(be, c->hidden_act, g, u, g));
+    TRY(linear(R, &b->down, g, tmp));
+    TRY(op->add(be, x, tmp));
 out:
-    op->release(be, &h);
-    op->release(be, &q);
-    op->release(be, &k);
-    op->release(be, &v);
-    op->release(be, &ctx);
-    op->release(be, &tmp);
-    op->release(be, &g);
-    op->release(be, &u);
+    return rc;
+}
+
+static int block_stage(run *R, qt_block *b, qt_mat *x, block_bufs *B)
+{
+    switch (R->m->cfg.arch) {
+    case QT_ARCH_BERT: return block_bert(R, b, x, B);
+    case QT_ARCH_MODERNBERT: return block_modernbert(R, b, x, B);
+    default: return block_decoder(R, b, x, B);
+    }
+}
+
+/* Every stage: embeddings, the blocks, the final norm (ModernBERT, decoders). */
+static int run_graph(run *R, qt_mat *x)
+{
+    block_bufs B;
+    int rc = bufs_alloc(R, &B);
+    if (rc) return rc;
+    TRY(embed_stage(R, x));
+    for (int64_t i = 0; i < R->m->cfg.n_layers; i++) TRY(block_stage(R, &R->m->blocks[i], x, &B));
+    if (R->m->cfg.arch != QT_ARCH_BERT) TRY(R->ops->norm(R->be, &R->m->final_norm, x, x));
+out:
+    bufs_release(R, &B);
     return rc;
 }
 
@@ -301,34 +325,16 @@ static int check_batch(const qt_model *m, const qt_batch *b, int64_t *total, int
     return 0;
 }
 
-int qt_model_forward(qt_model *m, const qt_batch *b, int device, void *stream, qt_forward_out *out)
+/* The batch description (offsets, ids, positions, owners, pooled rows) in
+ * one host allocation. */
+static int batch_meta(const qt_model *m, const qt_batch *b, int64_t total, int64_t max_len, char **meta_out,
+                      int64_t **rows_out, qt_seqs *s)
 {
-    const qt_model_config *c = &m->cfg;
-    if (device != QTOOL_DEVICE_CPU && device != QTOOL_DEVICE_CUDA)
-        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "unknown device %d", device);
-    if (device == QTOOL_DEVICE_CUDA && (!m->desc || m->packed_device != device))
-        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "the CUDA forward pass needs a model packed for CUDA");
-    if (m->desc && m->packed_device != device)
-        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "the model is packed for another device");
-    if (out->logits && !c->has_head)
-        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "%s has no classification head", c->architecture);
-    int64_t total = 0, max_len = 0;
-    int rc = check_batch(m, b, &total, &max_len);
-    if (rc) return rc;
-
-    qt_backend be = {device == QTOOL_DEVICE_CUDA ? &qt_cuda_backend_ops : &qt_cpu_backend_ops, stream, NULL};
-    const qt_backend_ops *op = be.ops;
-    int64_t n = b->n, H = c->hidden_size;
-    /* Batch description: offsets, ids, positions, owners, pooled rows. */
+    int64_t n = b->n;
     size_t bytes = (size_t)(n + 1) * sizeof(int64_t) + (size_t)n * sizeof(int64_t) +
                    (size_t)total * 3 * sizeof(int32_t);
     char *meta = qt_alloc(QTOOL_DEVICE_CPU, bytes, QTOOL_MEM_ACTIVATIONS);
-    float *pooled = qt_alloc(QTOOL_DEVICE_CPU, (size_t)(n * H) * sizeof(float), QTOOL_MEM_ACTIVATIONS);
-    if (!meta || !pooled) {
-        qt_free(QTOOL_DEVICE_CPU, meta);
-        qt_free(QTOOL_DEVICE_CPU, pooled);
-        return QTOOL_ERR_OUT_OF_MEMORY;
-    }
+    if (!meta) return QTOOL_ERR_OUT_OF_MEMORY;
     int64_t *offsets = (int64_t *)meta;
     int64_t *rows = offsets + n + 1;
     int32_t *ids = (int32_t *)(rows + n);
@@ -342,21 +348,59 @@ int qt_model_forward(qt_model *m, const qt_batch *b, int device, void *stream, q
             seq[o + j] = (int32_t)i;
         }
         offsets[i + 1] = o + L;
-        rows[i] = o + pool_index(c, b->ids[i], L);
+        rows[i] = o + pool_index(&m->cfg, b->ids[i], L);
     }
-    qt_seqs s = {n, total, max_len, offsets, ids, pos, seq, NULL};
+    qt_seqs v = {n, total, max_len, offsets, ids, pos, seq, NULL};
+    *s = v;
+    *meta_out = meta;
+    *rows_out = rows;
+    return 0;
+}
+
+/* A quantized checkpoint has no float weights to run unpacked. */
+static int check_runnable(const qt_model *m)
+{
+    if (!m->desc && m->quant_config)
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT,
+                       "%s is a quantized checkpoint: load its packed layers before running it", m->model_path);
+    return 0;
+}
+
+int qt_model_forward(qt_model *m, const qt_batch *b, int device, void *stream, qt_forward_out *out)
+{
+    const qt_model_config *c = &m->cfg;
+    if (device != QTOOL_DEVICE_CPU && device != QTOOL_DEVICE_CUDA)
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "unknown device %d", device);
+    if (device == QTOOL_DEVICE_CUDA && (!m->desc || m->packed_device != device))
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "the CUDA forward pass needs a model packed for CUDA");
+    if (m->desc && m->packed_device != device)
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "the model is packed for another device");
+    if (out->logits && !c->has_head)
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "%s has no classification head", c->architecture);
+    int64_t total = 0, max_len = 0;
+    int rc = check_runnable(m);
+    if (!rc) rc = check_batch(m, b, &total, &max_len);
+    if (rc) return rc;
+
+    qt_backend be = {device == QTOOL_DEVICE_CUDA ? &qt_cuda_backend_ops : &qt_cpu_backend_ops, stream, NULL};
+    const qt_backend_ops *op = be.ops;
+    int64_t n = b->n, H = c->hidden_size;
+    char *meta = NULL;
+    int64_t *rows = NULL;
+    qt_seqs s;
+    if ((rc = batch_meta(m, b, total, max_len, &meta, &rows, &s))) return rc;
+    float *pooled = qt_alloc(QTOOL_DEVICE_CPU, (size_t)(n * H) * sizeof(float), QTOOL_MEM_ACTIVATIONS);
+    if (!pooled) {
+        qt_free(QTOOL_DEVICE_CPU, meta);
+        return QTOOL_ERR_OUT_OF_MEMORY;
+    }
     run R = {&be, op, m, &s};
     qt_mat x = {0};
     int begun = 0;
     if ((rc = op->begin(&be, m, &s))) goto out;
     begun = 1;
     if ((rc = op->alloc(&be, &x, total, H))) goto out;
-    switch (c->arch) {
-    case QT_ARCH_BERT: rc = forward_bert(&R, &x); break;
-    case QT_ARCH_MODERNBERT: rc = forward_modernbert(&R, &x); break;
-    default: rc = forward_decoder(&R, &x); break;
-    }
-    if (rc) goto out;
+    if ((rc = run_graph(&R, &x))) goto out;
     if (out->hidden && (rc = op->read(&be, &x, out->hidden))) goto out;
     if ((out->pooled || out->logits) && op->pool_head) {
         /* The backend pools and runs the head itself (on its device). */
@@ -375,32 +419,77 @@ out:
     return rc;
 }
 
-/* ------------------------------------------------------- calibration */
+/* ------------------------------------------------- one block at a time */
 
-typedef struct calib_ctx {
-    const qtool_plugin_desc *desc;
-    qtool_instance *inst;
-} calib_ctx;
+struct qt_model_steps {
+    qt_model *m;
+    qt_backend be;
+    qt_seqs s;
+    char *meta;
+    qt_mat x; /* the hidden state entering the next block */
+    int begun;
+};
 
-static int calib_hook(void *ctx, qt_linear *l, const qtool_tensor *x)
+int qt_model_steps_begin(qt_model *m, const qt_batch *b, qt_model_steps **out)
 {
-    calib_ctx *cc = ctx;
-    int rc = cc->desc->calibrate(cc->inst, &l->info, x);
-    if (rc != QTOOL_OK)
-        return qt_fail(rc, "%s: plugin %s calibration failed (%s)", l->name, cc->desc->name, qt_status_name(rc));
+    *out = NULL;
+    int64_t total = 0, max_len = 0;
+    int rc = check_runnable(m);
+    if (!rc) rc = check_batch(m, b, &total, &max_len);
+    if (rc) return rc;
+    qt_model_steps *st = calloc(1, sizeof *st);
+    if (!st) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
+    st->m = m;
+    st->be.ops = &qt_cpu_backend_ops;
+    int64_t *rows;
+    if ((rc = batch_meta(m, b, total, max_len, &st->meta, &rows, &st->s))) goto fail;
+    if ((rc = st->be.ops->begin(&st->be, m, &st->s))) goto fail;
+    st->begun = 1;
+    if ((rc = st->be.ops->alloc(&st->be, &st->x, total, m->cfg.hidden_size))) goto fail;
+    run R = {&st->be, st->be.ops, m, &st->s};
+    if ((rc = embed_stage(&R, &st->x))) goto fail;
+    *out = st;
     return 0;
+fail:
+    qt_model_steps_end(st);
+    return rc;
 }
 
-int qt_model_calibrate(qt_model *m, const qtool_plugin_desc *desc, qtool_instance *inst, const qt_batch *b)
+int qt_model_steps_block(qt_model_steps *st, int64_t block, int advance)
 {
-    if (!desc->calibrate) return 0; /* data-free */
-    if (m->desc) return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "calibrate before packing");
-    calib_ctx cc = {desc, inst};
-    m->linear_hook = calib_hook;
-    m->linear_hook_ctx = &cc;
-    qt_forward_out none = {0};
-    int rc = qt_model_forward(m, b, QTOOL_DEVICE_CPU, NULL, &none);
-    m->linear_hook = NULL;
-    m->linear_hook_ctx = NULL;
+    qt_model *m = st->m;
+    if (block < 0 || block >= m->cfg.n_layers)
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "block %lld outside [0, %lld)", (long long)block,
+                       (long long)m->cfg.n_layers);
+    const qt_backend_ops *op = st->be.ops;
+    run R = {&st->be, op, m, &st->s};
+    qt_mat copy = {0}, *x = &st->x;
+    block_bufs B;
+    int rc;
+    if (!advance) {
+        /* Runs on a copy so that x stays the block's input. */
+        if ((rc = op->alloc(&st->be, &copy, x->rows, x->cols))) return rc;
+        memcpy(copy.data, x->data, (size_t)(x->rows * x->cols) * sizeof(float));
+        x = &copy;
+    }
+    if (!(rc = bufs_alloc(&R, &B))) {
+        rc = block_stage(&R, &m->blocks[block], x, &B);
+        bufs_release(&R, &B);
+    }
+    op->release(&st->be, &copy);
     return rc;
+}
+
+int64_t qt_model_steps_tokens(const qt_model_steps *st)
+{
+    return st->s.total;
+}
+
+void qt_model_steps_end(qt_model_steps *st)
+{
+    if (!st) return;
+    st->be.ops->release(&st->be, &st->x);
+    if (st->begun) st->be.ops->end(&st->be, &st->s);
+    qt_free(QTOOL_DEVICE_CPU, st->meta);
+    free(st);
 }

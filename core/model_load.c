@@ -12,6 +12,7 @@
 #include "error.h"
 #include "fsutil.h"
 #include "model.h"
+#include "quantize.h"
 #include "tensor.h"
 
 typedef struct loader {
@@ -176,6 +177,39 @@ static void free_dense(qt_dense *d)
     memset(d, 0, sizeof *d);
 }
 
+/* Does any checkpoint tensor start with `prefix`? (Names are sorted.) */
+static int ckpt_has_prefix(const qt_ckpt *ck, const char *prefix)
+{
+    size_t lo = 0, hi = qt_ckpt_count(ck), n = strlen(prefix);
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(qt_ckpt_at(ck, mid)->name, prefix) < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < qt_ckpt_count(ck) && strncmp(qt_ckpt_at(ck, lo)->name, prefix, n) == 0;
+}
+
+/* A Linear of a quantized checkpoint: its tensors are the plugin's
+ * (`base`.weight, .SCB, .qweight...); find the spelling of `base` in use. */
+static int locate_packed_linear(const loader *L, const char *base, char **name)
+{
+    char cand[3][512];
+    int n = 0;
+    size_t plen = strlen(L->prefix);
+    snprintf(cand[n++], sizeof cand[0], "%s.", base);
+    if (plen && strncmp(base, L->prefix, plen) == 0) snprintf(cand[n++], sizeof cand[0], "%s.", base + plen);
+    if (!plen && L->m->cfg.arch == QT_ARCH_BERT) snprintf(cand[n++], sizeof cand[0], "bert.%s.", base);
+    for (int i = 0; i < n; i++) {
+        if (!ckpt_has_prefix(L->m->ckpt, cand[i])) continue;
+        size_t len = strlen(cand[i]) + sizeof "weight";
+        *name = malloc(len);
+        if (!*name) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
+        snprintf(*name, len, "%sweight", cand[i]);
+        return 0;
+    }
+    return qt_fail(QTOOL_ERR_FORMAT, "%s.*: missing from the quantized checkpoint %s", base, L->m->model_path);
+}
+
 /* A block Linear `base`.weight [N, K] (+ `base`.bias [N]). */
 static int load_linear(const loader *L, qt_linear *l, int role, int block, int64_t n, int64_t k, int bias,
                        const char *fmt, ...) QTOOL_PRINTF(8, 9);
@@ -187,18 +221,22 @@ static int load_linear(const loader *L, qt_linear *l, int role, int block, int64
     va_start(ap, fmt);
     vsnprintf(base, sizeof base, fmt, ap);
     va_end(ap);
-    const qt_st_tensor *w, *b = NULL;
-    snprintf(name, sizeof name, "%s.weight", base);
-    int rc = need(L, name, n, k, &w);
-    if (rc) return rc;
-    if (bias) {
-        snprintf(name, sizeof name, "%s.bias", base);
-        if ((rc = need(L, name, n, -1, &b))) return rc;
+    const qt_st_tensor *w = NULL, *b = NULL;
+    int rc;
+    if (L->m->quant_config) {
+        if ((rc = locate_packed_linear(L, base, &l->name))) return rc;
+    } else {
+        snprintf(name, sizeof name, "%s.weight", base);
+        if ((rc = need(L, name, n, k, &w))) return rc;
+        if (bias) {
+            snprintf(name, sizeof name, "%s.bias", base);
+            if ((rc = need(L, name, n, -1, &b))) return rc;
+        }
+        /* The name the checkpoint really uses, so plugins and saved files agree with it. */
+        l->name = strdup(w->name);
+        if (!l->name) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
     }
-    /* The name the checkpoint really uses, so plugins and saved files agree with it. */
-    l->name = strdup(w->name);
-    if (!l->name) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
-    l->weight = &w->view;
+    l->weight = w ? &w->view : NULL;
     l->bias = b ? &b->view : NULL;
     l->info.struct_size = sizeof l->info;
     l->info.role = role;
@@ -352,9 +390,12 @@ static float *rope_inv_freq(const qt_rope_config *r, int64_t head_dim)
     return f;
 }
 
-static int open_config(const char *model_path, const char *config_path, qt_model_config *cfg)
+static int open_config(const char *model_path, const char *config_path, qt_model_config *cfg, char **quant_config)
 {
-    if (config_path) return qt_model_config_load(config_path, cfg);
+    if (config_path) {
+        int rc = qt_model_config_load(config_path, cfg);
+        return rc ? rc : qt_quant_config_read(config_path, quant_config);
+    }
     char *p = NULL;
     if (qt_is_dir(model_path)) {
         p = qt_path_join(model_path, "config.json");
@@ -376,6 +417,7 @@ static int open_config(const char *model_path, const char *config_path, qt_model
                      qt_is_dir(model_path) ? "in this folder" : "beside this file");
     } else {
         rc = qt_model_config_load(p, cfg);
+        if (!rc) rc = qt_quant_config_read(p, quant_config);
     }
     free(p);
     return rc;
@@ -387,8 +429,9 @@ int qt_model_open(const char *model_path, const char *config_path, qt_model **ou
     qt_model *m = calloc(1, sizeof *m);
     if (!m) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
     m->packed_device = -1;
-    int rc = open_config(model_path, config_path, &m->cfg);
+    int rc = open_config(model_path, config_path, &m->cfg, &m->quant_config);
     if (rc) {
+        free(m->quant_config);
         free(m);
         return rc;
     }
@@ -450,7 +493,9 @@ void qt_model_unpack(qt_model *m)
         l->packed = NULL;
         qt_free(QTOOL_DEVICE_CPU, l->input_scale);
         l->input_scale = NULL;
+        l->input_scale_folded = 0;
     }
+    qt_model_unfold(m);
     m->desc = NULL;
     m->inst = NULL;
     m->packed_device = -1;
@@ -459,6 +504,11 @@ void qt_model_unpack(qt_model *m)
 int qt_model_pack(qt_model *m, const qtool_plugin_desc *desc, qtool_instance *inst, int device)
 {
     if (m->desc) qt_model_unpack(m);
+    if (m->quant_config)
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT,
+                       "%s is already quantized: its layers load through the plugin that reads its "
+                       "quantization_config (qt_model_load_packed), not through pack",
+                       m->model_path);
     if (device == QTOOL_DEVICE_CPU && !desc->matmul_cpu)
         return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s has no CPU matmul", desc->name);
     if (device == QTOOL_DEVICE_CUDA && !desc->matmul_cuda)
@@ -466,44 +516,11 @@ int qt_model_pack(qt_model *m, const qtool_plugin_desc *desc, qtool_instance *in
     m->desc = desc;
     m->inst = inst;
     m->packed_device = device;
-    for (size_t i = 0; i < m->n_linears; i++) {
-        qt_linear *l = m->linears[i];
-        int64_t K = l->info.in_features;
-        float *scale = qt_alloc(QTOOL_DEVICE_CPU, (size_t)K * sizeof(float), QTOOL_MEM_SCALES);
-        if (!scale) {
+    for (int64_t i = 0; i < m->cfg.n_layers; i++) {
+        int rc = qt_model_pack_block(m, i, device);
+        if (rc) {
             qt_model_unpack(m);
-            return QTOOL_ERR_OUT_OF_MEMORY;
-        }
-        int32_t has_scale = 0;
-        qtool_pack_args a = {0};
-        a.struct_size = sizeof a;
-        a.device = device;
-        a.layer = &l->info;
-        a.weight = l->weight;
-        a.bias = l->bias;
-        a.input_scale = scale;
-        a.has_input_scale = &has_scale;
-        qtool_packed *p = NULL;
-        int rc = desc->pack(inst, &a, &p);
-        if (rc != QTOOL_OK || !p) {
-            qt_free(QTOOL_DEVICE_CPU, scale);
-            qt_model_unpack(m);
-            return qt_fail(rc ? rc : QTOOL_ERR_INTERNAL, "%s: plugin %s could not pack it (%s)", l->name,
-                           desc->name, qt_status_name(rc ? rc : QTOOL_ERR_INTERNAL));
-        }
-        l->packed = p;
-        if (has_scale) {
-            for (int64_t k = 0; k < K; k++) {
-                if (!(scale[k] != 0.0f) || !isfinite(scale[k])) {
-                    qt_free(QTOOL_DEVICE_CPU, scale);
-                    qt_model_unpack(m);
-                    return qt_fail(QTOOL_ERR_INTERNAL, "%s: plugin %s returned input scale %g at channel %" PRId64,
-                                   l->name, desc->name, (double)scale[k], k);
-                }
-            }
-            l->input_scale = scale;
-        } else {
-            qt_free(QTOOL_DEVICE_CPU, scale);
+            return rc;
         }
     }
     return 0;
@@ -546,5 +563,6 @@ void qt_model_close(qt_model *m)
     if (m->ckpt) qt_ckpt_close(m->ckpt);
     qt_model_config_free(&m->cfg);
     free(m->model_path);
+    free(m->quant_config);
     free(m);
 }

@@ -282,7 +282,12 @@ static void pareto_svg(FILE *f, const qt_results *r, const qt_envelope *e, int c
     ys.lo = ylo - pad, ys.hi = yhi + pad;
     nice_domain(&ys.lo, &ys.hi, 5);
     draw_y_axis(f, &ys, L, W - R, "macro-F1", 5);
-    draw_x_axis(f, &xs, H - B, T, xlabel, 6);
+    char xlab[160];
+    if (isfinite(xt) && !x_in)
+        snprintf(xlab, sizeof xlab, "%s; envelope limit %g is off the chart", xlabel, xt);
+    else
+        snprintf(xlab, sizeof xlab, "%s", xlabel);
+    draw_x_axis(f, &xs, H - B, T, xlab, 6);
     if (x_in)
         fprintf(f, "<line class=\"limit\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"><title>envelope: "
                    "%s &lt;= %g</title></line>\n",
@@ -291,10 +296,6 @@ static void pareto_svg(FILE *f, const qt_results *r, const qt_envelope *e, int c
         fprintf(f, "<line class=\"limit\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"><title>envelope: "
                    "min_macro_f1 &gt;= %g</title></line>\n",
                 L, sc(&ys, yt), W - R, sc(&ys, yt), yt);
-    if (isfinite(xt) && !x_in)
-        fprintf(f, "<text class=\"note\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">envelope limit %g is off the "
-                   "chart</text>\n",
-                W - R, (double)T + 12, xt);
     /* Frontier: staircase through its points by increasing cost. */
     size_t nf = 0;
     for (size_t i = 0; i < r->n; i++)
@@ -427,6 +428,7 @@ typedef struct bars {
     double ref;   /* horizontal line, NAN for none */
     const char *ref_label;
     const char *fmt; /* value format for tooltips */
+    const char *ann_unit; /* appended to the annotation in tooltips */
 } bars;
 
 static void bars_svg(FILE *f, const bars *b)
@@ -485,6 +487,7 @@ static void bars_svg(FILE *f, const bars *b)
             if (b->ann && b->ann[k]) {
                 fputs(", ", f);
                 esc(f, b->ann[k]);
+                if (b->ann_unit) fputs(b->ann_unit, f);
             }
             fputs("</title>", f);
             fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"%s/>", x,
@@ -735,6 +738,35 @@ static void measurement_table(FILE *f, const qt_results *r, long rec)
     fputs("</table></div>\n", f);
 }
 
+/* The allocator's peak split by category, as the cells report it. */
+static void memory_table(FILE *f, const qt_results *r)
+{
+    static const char *cats[] = {"weights", "scales", "nested_scales", "outliers", "workspace", "activations", "other"};
+    int any = 0;
+    for (size_t i = 0; i < r->n && !any; i++)
+        any = json_is_object(json_object_get(json_object_get(r->rows[i].json, "peak_vram"), "by_category"));
+    if (!any) return;
+    fputs("<p>Peak memory by category (MB, the allocator's figures at its peak):</p>\n<div class=\"scroll\"><table><tr>"
+          "<th class=\"l\">configuration</th>",
+          f);
+    for (size_t c = 0; c < sizeof cats / sizeof cats[0]; c++) fprintf(f, "<th>%s</th>", cats[c]);
+    fputs("<th>total</th></tr>\n", f);
+    for (size_t i = 0; i < r->n; i++) {
+        const qt_row *w = &r->rows[i];
+        json_t *bc = json_object_get(json_object_get(w->json, "peak_vram"), "by_category");
+        if (!qt_row_ok(w) || !json_is_object(bc)) continue;
+        fputs("<tr>", f);
+        td_label(f, w);
+        for (size_t c = 0; c < sizeof cats / sizeof cats[0]; c++) {
+            json_t *v = json_object_get(bc, cats[c]);
+            td_num(f, json_is_number(v) ? json_number_value(v) / 1e6 : NAN, "%.2f");
+        }
+        td_num(f, w->peak_vram_bytes / 1e6, "%.2f");
+        fputs("</tr>\n", f);
+    }
+    fputs("</table></div>\n", f);
+}
+
 static void envelope_table(FILE *f, const qt_results *r, const qt_envelope *e, long rec)
 {
     fputs("<div class=\"scroll\"><table><tr><th class=\"l\">configuration</th>", f);
@@ -809,7 +841,8 @@ static int tiers_section(FILE *f, const qt_results *r, const char **models, size
     fprintf(f, "<p>Accuracy change per class-frequency tier against the model's reference run, in "
                "percentage points, with 95%% paired-bootstrap whiskers (1000 resamples over the "
                "examples of the tier, seed 42). The number over each bar is the count of flipped "
-               "predictions; faded bars with a dagger rest on fewer than %d flips and are directional "
+               "predictions (examples the two runs predict differently); faded bars with a dagger "
+               "rest on fewer than %d flips and are directional "
                "only, even where the interval excludes zero: re-split with other seeds (reshuffle "
                "replication) before believing them.</p>\n",
             QT_METRICS_MIN_FLIPS);
@@ -854,7 +887,7 @@ static int tiers_section(FILE *f, const qt_results *r, const char **models, size
                 ann[k] = malloc(32);
                 if (ann[k]) {
                     if (x->flips >= 0)
-                        snprintf(ann[k], 32, "%lld flips%s", (long long)x->flips, faded[k] ? " \xe2\x80\xa0" : "");
+                        snprintf(ann[k], 32, "%lld%s", (long long)x->flips, faded[k] ? "\xe2\x80\xa0" : "");
                     else
                         snprintf(ann[k], 32, "?");
                 }
@@ -863,7 +896,7 @@ static int tiers_section(FILE *f, const qt_results *r, const char **models, size
         char title[256];
         snprintf(title, sizeof title, "%s: accuracy delta vs %s by tier", models[m], refname ? refname : "reference");
         bars b = {title, "delta accuracy (pp)", nc, ns, cats, names, cols, val, val + ns * nc,
-                  val + 2 * ns * nc, ann, faded, NAN, NULL, "%+.2f pp"};
+                  val + 2 * ns * nc, ann, faded, NAN, NULL, "%+.2f pp", " flipped predictions"};
         bars_svg(f, &b);
         drawn = 1;
         for (size_t k = 0; k < ns * nc; k++) free(ann[k]);
@@ -940,12 +973,12 @@ static int calibration_section(FILE *f, const qt_results *r, const qt_envelope *
     char reflabel[64];
     snprintf(reflabel, sizeof reflabel, "max_ece_post %g", e->max_ece_post);
     bars b = {"ECE before and after temperature scaling (T fitted on all examples)", "ECE", n, 2, cats, s1, c1,
-              val, NULL, NULL, NULL, NULL, e->max_ece_post, reflabel, "%.4f"};
+              val, NULL, NULL, NULL, NULL, e->max_ece_post, reflabel, "%.4f", NULL};
     bars_svg(f, &b);
     static const char *s2[] = {"half B, T = 1", "half B, T from half A"};
     static const char *c2[] = {"#fdae6b", "#a63603"};
     bars b2 = {"Split-val: T fitted on half A, ECE measured on half B", "ECE on half B", n, 2, cats, s2, c2,
-               val + 2 * n, NULL, NULL, NULL, NULL, e->max_ece_post, reflabel, "%.4f"};
+               val + 2 * n, NULL, NULL, NULL, NULL, e->max_ece_post, reflabel, "%.4f", NULL};
     bars_svg(f, &b2);
     fputs("<div class=\"scroll\"><table><tr><th class=\"l\">configuration</th><th>ECE</th><th>ECE post</th><th>T</th>"
           "<th>split-val T (half A)</th><th>half-B ECE before</th><th>half-B ECE after</th><th>recovery</th>"
@@ -1115,6 +1148,7 @@ int qt_report_write_html(FILE *f, const qt_results *r, const qt_envelope *e)
 
     fputs("<section id=\"measurements\"><h2>Configurations &#215; measurements</h2>\n", f);
     measurement_table(f, r, rec);
+    memory_table(f, r);
     fputs("<p>Latency: batch 32, median of 5 timed batches after 3 warm-up batches. Peak VRAM: the "
           "allocator's peak (weights, activations, workspace); the device peak adds what the driver and "
           "libraries hold. GB = 10<sup>9</sup> bytes.</p></section>\n",

@@ -18,6 +18,7 @@
 #include "metrics.h"
 #include "model.h"
 #include "plugin_host.h"
+#include "quantize.h"
 #include "safetensors.h"
 #include "tensor.h"
 #include "threads.h"
@@ -28,7 +29,9 @@ static void usage(FILE *out)
             "Usage: qtool eval --model DIR|FILE.safetensors --plugin NAME --data FILE.jsonl [options]\n\n"
             "Runs a Hugging Face sequence classifier (BERT, ModernBERT, Qwen2, Llama) with every Linear of\n"
             "its blocks packed by the plugin, on tokenized examples {\"input_ids\": [...], \"label\": ...},\n"
-            "and prints accuracy, ms/example and a one-line summary.\n\n"
+            "and prints accuracy, ms/example and a one-line summary. A quantized checkpoint (one with\n"
+            "\"quantization_config\", e.g. from 'qtool quantize') is read by the plugin that accepts its\n"
+            "config: --plugin may then be left out.\n\n"
             "Options:\n"
             "  --model PATH          checkpoint folder (config.json + safetensors, sharded or not) or a\n"
             "                        .safetensors file (with --config, or config.json beside it)\n"
@@ -41,7 +44,9 @@ static void usage(FILE *out)
             "  --max-length N        keep the first N tokens of longer examples (default: the\n"
             "                        model's max_position_embeddings)\n"
             "  --calib FILE.jsonl    calibration examples for plugins that need them\n"
-            "  --calib-n N           use at most N calibration examples (default 128)\n"
+            "  --calib-n N           use at most N calibration examples (default 128; also\n"
+            "                        --calib-samples); blocks calibrate one after another on the\n"
+            "                        outputs of the blocks already quantized\n"
             "  --threads N           CPU threads (default: all, or QTOOL_NUM_THREADS)\n"
             "  --logits-out FILE     write tensor 'logits' F32 [N, num_labels] (input order)\n"
             "  --hidden-out FILE     write tensor 'pooled' F32 [N, hidden]: the pooled final hidden\n"
@@ -109,30 +114,19 @@ static int write_tensor(const char *path, const char *name, const float *data, i
     return rc;
 }
 
-/* Calibration over the first `limit` examples of a JSONL file. */
-static int calibrate(qt_model *m, const qt_plugin *p, qtool_instance *inst, const char *path, int64_t limit,
-                     int64_t batch, const qt_data_options *dopt)
+/* Layer-sequential calibration and packing over the first `limit`
+ * examples of a JSONL file. */
+static int calibrate_pack(qt_model *m, const qt_plugin *p, qtool_instance *inst, int device, const char *path,
+                          int64_t limit, int64_t max_length)
 {
-    qt_dataset cd;
-    int rc = qt_data_load(path, dopt, &cd);
+    qt_calib_set cs;
+    int rc = qt_calib_set_load(path, m, limit, max_length, 4096, &cs);
     if (rc) return rc;
-    int64_t n = cd.n < limit ? cd.n : limit;
-    const int32_t **ids = malloc((size_t)batch * sizeof *ids);
-    int64_t *len = malloc((size_t)batch * sizeof *len);
-    if (!ids || !len) rc = qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
-    for (int64_t s = 0; !rc && s < n; s += batch) {
-        int64_t k = n - s < batch ? n - s : batch;
-        for (int64_t i = 0; i < k; i++) {
-            ids[i] = qt_dataset_ids(&cd, s + i);
-            len[i] = cd.examples[s + i].length;
-        }
-        qt_batch b = {k, ids, len};
-        rc = qt_model_calibrate(m, p->desc, inst, &b);
-    }
-    free(ids);
-    free(len);
-    qt_dataset_free(&cd);
-    if (!rc) qt_log(QTOOL_LOG_INFO, "calibrated on %" PRId64 " examples of %s", n, path);
+    rc = qt_model_calibrate_pack(m, p->desc, inst, device, cs.batches, cs.n_batches, NULL);
+    if (!rc)
+        qt_log(QTOOL_LOG_INFO, "calibrated on %" PRId64 " examples (%" PRId64 " tokens) of %s", cs.n_examples,
+               cs.n_tokens, path);
+    qt_calib_set_free(&cs);
     return rc;
 }
 
@@ -317,7 +311,7 @@ int cmd_eval(int argc, char **argv)
         {"reference", required_argument, NULL, 'R'},  {"train", required_argument, NULL, 'T'},
         {"label-counts", required_argument, NULL, 'K'}, {"head", required_argument, NULL, 'E'},
         {"mid", required_argument, NULL, 'I'},        {"warmup", required_argument, NULL, 'W'},
-        {"timed", required_argument, NULL, 'S'},
+        {"timed", required_argument, NULL, 'S'},       {"calib-samples", required_argument, NULL, 'N'},
         {NULL, 0, NULL, 0}};
     const char *model_path = NULL, *config = NULL, *plugin = NULL, *data = NULL, *calib = NULL;
     const char *logits_out = NULL, *hidden_out = NULL, *json_out = NULL, *reference = NULL, *train = NULL;
@@ -377,9 +371,10 @@ int cmd_eval(int argc, char **argv)
         free(kv);
         return qt_cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
     }
-    if (!model_path || !plugin || !data) {
+    if (!model_path || !data) {
         free(kv);
-        return qt_cli_usage_error(cmd, "--model, --plugin and --data are required");
+        return qt_cli_usage_error(cmd, "--model and --data are required (and --plugin, unless the model is "
+                                       "a quantized checkpoint)");
     }
     if (train && label_counts) {
         free(kv);
@@ -441,8 +436,17 @@ int cmd_eval(int argc, char **argv)
     }
     if ((rc = qt_data_load(data, &dopt, &ds))) goto done;
 
-    if ((rc = qt_plugins_discover(&set, qt_cli_plugin_path, 1)) || (rc = qt_plugins_resolve(&set, plugin, &p)))
+    if ((rc = qt_plugins_discover(&set, qt_cli_plugin_path, 1))) goto done;
+    if (m->quant_config) {
+        /* A saved quantized checkpoint: the plugin that reads its config. */
+        if ((rc = qt_quant_find_plugin(&set, m, plugin, &p))) goto done;
+    } else if (!plugin) {
+        rc = qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "--plugin is required: %s has no quantization_config", model_path);
+        exit_code = QT_EXIT_USAGE;
         goto done;
+    } else if ((rc = qt_plugins_resolve(&set, plugin, &p))) {
+        goto done;
+    }
     qtool_device_info dev;
     if (device == QTOOL_DEVICE_CUDA) {
         if ((rc = qt_cuda_device_info(0, &dev))) goto done;
@@ -458,7 +462,7 @@ int cmd_eval(int argc, char **argv)
     if ((rc = qt_plugin_parse_options(p, kv, n_kv, &po))) goto done;
     have_opts = 1;
     if ((rc = qt_plugin_create(p, &po, device == QTOOL_DEVICE_CUDA ? 0 : -1, stream, &inst))) goto done;
-    if (p->desc->flags & QTOOL_PLUGIN_NEEDS_CALIBRATION) {
+    if ((p->desc->flags & QTOOL_PLUGIN_NEEDS_CALIBRATION) && !m->quant_config) {
         if (!calib) {
             qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "plugin %s needs calibration data: pass --calib FILE.jsonl",
                     p->desc->name);
@@ -467,14 +471,20 @@ int cmd_eval(int argc, char **argv)
             goto done;
         }
     }
-    double t_quant = now_s();
-    if (calib && p->desc->calibrate) {
-        if ((rc = calibrate(m, p, inst, calib, calib_n, batch, &dopt))) goto done;
-    } else if (calib) {
-        qt_log(QTOOL_LOG_WARN, "plugin %s takes no calibration data; --calib ignored", p->desc->name);
+    double t_quant = now_s(), t0 = t_quant;
+    if (m->quant_config) {
+        if (calib) qt_log(QTOOL_LOG_WARN, "%s is already quantized; --calib ignored", model_path);
+        if ((rc = qt_model_load_packed(m, p->desc, inst, device))) goto done;
+    } else if (calib && p->desc->calibrate) {
+        /* Calibration examples are cut as `qtool quantize` cuts them. */
+        int64_t cl = max_length ? max_length : 256;
+        if (!max_length && c->max_position_embeddings > 0 && c->max_position_embeddings < cl)
+            cl = c->max_position_embeddings;
+        if ((rc = calibrate_pack(m, p, inst, device, calib, calib_n, cl))) goto done;
+    } else {
+        if (calib) qt_log(QTOOL_LOG_WARN, "plugin %s takes no calibration data; --calib ignored", p->desc->name);
+        if ((rc = qt_model_pack(m, p->desc, inst, device))) goto done;
     }
-    double t0 = now_s();
-    if ((rc = qt_model_pack(m, p->desc, inst, device))) goto done;
     double pack_s = now_s() - t0, quantize_s = now_s() - t_quant;
     uint64_t mem[QTOOL_MEM_COUNT], packed = 0;
     if ((rc = qt_model_packed_memory(m, mem))) goto done;

@@ -92,35 +92,9 @@ template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, f
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes)
-{
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(src_bytes));
-#else
-    uint4 v = make_uint4(0u, 0u, 0u, 0u);
-    if (src_bytes) v = *reinterpret_cast<const uint4 *>(gmem);
-    *reinterpret_cast<uint4 *>(smem) = v;
-#endif
-}
-
-__device__ __forceinline__ void cp_async_commit()
-{
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-
-template <int N> __device__ __forceinline__ void cp_async_wait()
-{
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
-
 // Rows [r0, r0 + 64) of a head (g points at row 0 of the sequence, column
 // of the head) into shared memory [64][LDS]; zeros past the sequence and
-// past the head dimension. The 16-byte path is asynchronous on sm_80+
-// (complete after cp_async_wait and a barrier).
+// past the head dimension.
 template <typename T, int DP>
 __device__ __forceinline__ void load_tile(T *s, const T *g, int64_t ld, int r0, int len, int D, int vec)
 {
@@ -129,9 +103,9 @@ __device__ __forceinline__ void load_tile(T *s, const T *g, int64_t ld, int r0, 
         constexpr int CH = DP / 8;
         for (int idx = threadIdx.x; idx < 64 * CH; idx += NTHREADS) {
             int r = idx / CH, c = (idx % CH) * 8;
-            bool ok = r0 + r < len && c < D;
-            cp_async16(s + r * LDS + c, ok ? (const void *)(g + (int64_t)(r0 + r) * ld + c) : (const void *)g,
-                       ok ? 16 : 0);
+            uint4 val = make_uint4(0u, 0u, 0u, 0u);
+            if (r0 + r < len && c < D) val = *reinterpret_cast<const uint4 *>(g + (int64_t)(r0 + r) * ld + c);
+            *reinterpret_cast<uint4 *>(s + r * LDS + c) = val;
         }
     } else {
         for (int idx = threadIdx.x; idx < 64 * DP; idx += NTHREADS) {
@@ -143,59 +117,31 @@ __device__ __forceinline__ void load_tile(T *s, const T *g, int64_t ld, int r0, 
     }
 }
 
-// RoPE (rotate_half) of the tile's rows in shared memory: row r is at
-// position r0 + r; cs holds (cos, sin) pairs [position][half], already
-// scaled. Same float32 expressions as qtk_rope, one rounding.
 template <typename T, int DP>
-__device__ __forceinline__ void rope_tile(T *s, int r0, int len, int half, const float2 *cs)
-{
-    constexpr int LDS = DP + 8;
-    for (int idx = threadIdx.x; idx < 64 * half; idx += NTHREADS) {
-        int r = idx / half, i = idx - r * half;
-        if (r0 + r >= len) continue;
-        float2 c = cs[(int64_t)(r0 + r) * half + i];
-        T *row = s + r * LDS;
-        float x1 = Cvt<T>::f(row[i]), x2 = Cvt<T>::f(row[i + half]);
-        row[i] = Cvt<T>::h(x1 * c.x - x2 * c.y);
-        row[i + half] = Cvt<T>::h(x2 * c.x + x1 * c.y);
-    }
-}
-
-// STAGES 2: the next key/value tile is loaded (cp.async) while this one is
-// used; 1 for DP = 128, where two stages would not fit the static 48 KB.
-template <typename T, int DP, int STAGES>
 __global__ void __launch_bounds__(NTHREADS) flash_kernel(const T *__restrict__ q, int64_t ldq, const T *__restrict__ k,
                                                          int64_t ldk, const T *__restrict__ v, int64_t ldv,
                                                          T *__restrict__ o, int64_t ldo, const int64_t *offsets,
-                                                         const int32_t *tiles, int group, int D, float sl2, int wl,
-                                                         int wr, int vec_in, int vec_out, const float2 *rope_cs,
-                                                         int rope_q, int rope_k)
+                                                         const int32_t *tiles, int group, int D, float sl2,
+                                                         int64_t wl, int64_t wr, int vec_in, int vec_out)
 {
     constexpr int LDS = DP + 8; // +16 bytes a row: conflict-free ldmatrix
     constexpr int KD = DP / 16; // k-steps of Q K^T
     constexpr int ND = DP / 8;  // n-tiles of O
-    __shared__ __align__(16) T sK[STAGES][BN * LDS]; // Q is staged in sK[0] first
-    __shared__ __align__(16) T sV[STAGES][BN * LDS];
+    __shared__ __align__(16) T sK[BN * LDS]; // Q is staged here first
+    __shared__ __align__(16) T sV[BN * LDS];
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int h = blockIdx.y, kvh = h / group;
     const int seq = tiles[2 * blockIdx.x], q0 = tiles[2 * blockIdx.x + 1];
     const int64_t base = offsets[seq];
     const int len = (int)(offsets[seq + 1] - base);
-    const int half = D / 2;
 
-    load_tile<T, DP>(sK[0], q + base * ldq + (int64_t)h * D, ldq, q0, len, D, vec_in);
-    cp_async_commit();
-    cp_async_wait<0>();
+    load_tile<T, DP>(sK, q + base * ldq + (int64_t)h * D, ldq, q0, len, D, vec_in);
     __syncthreads();
-    if (rope_q) {
-        rope_tile<T, DP>(sK[0], q0, len, half, rope_cs);
-        __syncthreads();
-    }
     uint32_t qf[KD][4];
 #pragma unroll
     for (int kd = 0; kd < KD; kd++)
-        ldsm_x4(qf[kd], &sK[0][(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + kd * 16 + (lane >> 4) * 8]);
+        ldsm_x4(qf[kd], &sK[(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + kd * 16 + (lane >> 4) * 8]);
     __syncthreads();
 
     float acc[ND][4];
@@ -204,34 +150,16 @@ __global__ void __launch_bounds__(NTHREADS) flash_kernel(const T *__restrict__ q
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
     const int q_last = min(q0 + BM, len) - 1;
-    const int lo = wl < 0 ? 0 : max(0, q0 - wl);
-    const int hi = wr < 0 ? len - 1 : min(len - 1, q_last + wr);
+    const int lo = wl < 0 ? 0 : (int)max((int64_t)0, (int64_t)q0 - wl);
+    const int hi = wr < 0 ? len - 1 : (int)min((int64_t)len - 1, (int64_t)q_last + wr);
     const int i0 = q0 + warp * 16 + (lane >> 2); // this thread's rows: i0, i0 + 8
     const T *kg = k + base * ldk + (int64_t)kvh * D;
     const T *vg = v + base * ldv + (int64_t)kvh * D;
-    const int n_tiles = (hi - lo) / BN + 1;
 
-    load_tile<T, DP>(sK[0], kg, ldk, lo, len, D, vec_in);
-    load_tile<T, DP>(sV[0], vg, ldv, lo, len, D, vec_in);
-    cp_async_commit();
-
-    for (int t = 0; t < n_tiles; t++) {
-        const int kv0 = lo + t * BN, cur = STAGES == 2 ? (t & 1) : 0;
-        const bool more = t + 1 < n_tiles;
-        if (STAGES == 2 && more) {
-            load_tile<T, DP>(sK[cur ^ 1], kg, ldk, kv0 + BN, len, D, vec_in);
-            load_tile<T, DP>(sV[cur ^ 1], vg, ldv, kv0 + BN, len, D, vec_in);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+    for (int kv0 = lo; kv0 <= hi; kv0 += BN) {
+        load_tile<T, DP>(sK, kg, ldk, kv0, len, D, vec_in);
+        load_tile<T, DP>(sV, vg, ldv, kv0, len, D, vec_in);
         __syncthreads();
-        if (rope_k) {
-            rope_tile<T, DP>(sK[cur], kv0, len, half, rope_cs);
-            __syncthreads();
-        }
-        const T *Ks = sK[cur], *Vs = sV[cur];
 
         float s[8][4];
 #pragma unroll
@@ -241,29 +169,23 @@ __global__ void __launch_bounds__(NTHREADS) flash_kernel(const T *__restrict__ q
 #pragma unroll
             for (int n = 0; n < 8; n += 2) {
                 uint32_t b[4];
-                ldsm_x4(b, &Ks[(n * 8 + (lane & 7) + (lane >> 4) * 8) * LDS + kd * 16 + ((lane >> 3) & 1) * 8]);
+                ldsm_x4(b, &sK[(n * 8 + (lane & 7) + (lane >> 4) * 8) * LDS + kd * 16 + ((lane >> 3) & 1) * 8]);
                 mma16816<T>(s[n], qf[kd], b[0], b[1]);
                 mma16816<T>(s[n + 1], qf[kd], b[2], b[3]);
             }
         }
 
-        // Scale into the log2 domain; mask only tiles that some query of
-        // this CTA cannot fully see. Row maxima over the quad.
-        const bool full = kv0 + BN - 1 <= hi && (wl < 0 || kv0 >= q_last - wl) && (wr < 0 || kv0 + BN - 1 <= q0 + wr);
+        // Mask and scale into the log2 domain; row maxima over the quad.
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int n = 0; n < 8; n++) {
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                float x = s[n][e] * sl2;
-                if (!full) {
-                    int j = kv0 + n * 8 + (lane & 3) * 2 + (e & 1);
-                    int i = i0 + (e >> 1) * 8;
-                    bool ok = j <= hi && (wl < 0 || j >= i - wl) && (wr < 0 || j <= i + wr);
-                    x = ok ? x : -INFINITY;
-                }
-                s[n][e] = x;
-                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                int j = kv0 + n * 8 + (lane & 3) * 2 + (e & 1);
+                int i = i0 + (e >> 1) * 8;
+                bool ok = j <= hi && (wl < 0 || (int64_t)j >= (int64_t)i - wl) && (wr < 0 || (int64_t)j <= (int64_t)i + wr);
+                s[n][e] = ok ? s[n][e] * sl2 : -INFINITY;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
             }
         }
         float alpha[2], base_[2];
@@ -307,17 +229,12 @@ __global__ void __launch_bounds__(NTHREADS) flash_kernel(const T *__restrict__ q
 #pragma unroll
             for (int d = 0; d < ND; d += 2) {
                 uint32_t b[4];
-                ldsm_x4_t(b, &Vs[(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + d * 8 + (lane >> 4) * 8]);
+                ldsm_x4_t(b, &sV[(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + d * 8 + (lane >> 4) * 8]);
                 mma16816<T>(acc[d], a, b[0], b[1]);
                 mma16816<T>(acc[d + 1], a, b[2], b[3]);
             }
         }
-        __syncthreads(); // the buffer is refilled next
-        if (STAGES == 1 && more) {
-            load_tile<T, DP>(sK[0], kg, ldk, kv0 + BN, len, D, vec_in);
-            load_tile<T, DP>(sV[0], vg, ldv, kv0 + BN, len, D, vec_in);
-            cp_async_commit();
-        }
+        __syncthreads();
     }
 
 #pragma unroll
@@ -397,29 +314,28 @@ __global__ void attn_simt_kernel(const T *q, int64_t ldq, const T *k, int64_t ld
 template <typename T, int DP>
 int flash_launch(const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v, int64_t ldv, void *o,
                  int64_t ldo, const int64_t *offsets, const int32_t *tiles, int64_t n_tiles, int n_heads, int group,
-                 int D, float scale, int wl, int wr, const float *rope_cs, int rope, cudaStream_t st)
+                 int D, float scale, int64_t wl, int64_t wr, cudaStream_t st)
 {
     int vec_in = D % 8 == 0 && ldq % 8 == 0 && ldk % 8 == 0 && ldv % 8 == 0 && aligned16(q) && aligned16(k) &&
                  aligned16(v);
     int vec_out = D % 2 == 0 && ldo % 2 == 0 && ((uintptr_t)o & 3u) == 0;
     dim3 grid((unsigned)n_tiles, (unsigned)n_heads);
-    constexpr int STAGES = DP <= 64 ? 2 : 1;
-    flash_kernel<T, DP, STAGES><<<grid, NTHREADS, 0, st>>>(
-        (const T *)q, ldq, (const T *)k, ldk, (const T *)v, ldv, (T *)o, ldo, offsets, tiles, group, D, scale * LOG2E,
-        wl, wr, vec_in, vec_out, (const float2 *)rope_cs, rope & 1, (rope >> 1) & 1);
+    flash_kernel<T, DP><<<grid, NTHREADS, 0, st>>>((const T *)q, ldq, (const T *)k, ldk, (const T *)v, ldv, (T *)o,
+                                                   ldo, offsets, tiles, group, D, scale * LOG2E, wl, wr, vec_in,
+                                                   vec_out);
     return (int)cudaGetLastError();
 }
 
 template <typename T>
 int flash_dispatch(int dp, const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v, int64_t ldv,
                    void *o, int64_t ldo, const int64_t *offsets, const int32_t *tiles, int64_t n_tiles, int n_heads,
-                   int group, int D, float scale, int wl, int wr, const float *rope_cs, int rope, cudaStream_t st)
+                   int group, int D, float scale, int64_t wl, int64_t wr, cudaStream_t st)
 {
     switch (dp) {
-    case 16: return flash_launch<T, 16>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, rope_cs, rope, st);
-    case 32: return flash_launch<T, 32>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, rope_cs, rope, st);
-    case 64: return flash_launch<T, 64>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, rope_cs, rope, st);
-    default: return flash_launch<T, 128>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, rope_cs, rope, st);
+    case 16: return flash_launch<T, 16>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, st);
+    case 32: return flash_launch<T, 32>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, st);
+    case 64: return flash_launch<T, 64>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, st);
+    default: return flash_launch<T, 128>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, st);
     }
 }
 
@@ -461,46 +377,20 @@ extern "C" int qtk_attention_simt(int dt, const void *q, int64_t ldq, const void
 extern "C" int qtk_attention(int dt, const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v,
                              int64_t ldv, void *out, int64_t ldo, const int64_t *offsets, const int32_t *seq_of,
                              const int32_t *pos, const int32_t *tiles, int64_t n_tiles, int64_t total, int n_heads,
-                             int n_kv_heads, int head_dim, float scale, int64_t wl, int64_t wr, const float *rope_cs,
-                             int rope, int cc_major, void *stream)
+                             int n_kv_heads, int head_dim, float scale, int64_t wl, int64_t wr, int cc_major,
+                             void *stream)
 {
     if (total <= 0) return 0;
     if (n_kv_heads < 1 || n_heads % n_kv_heads || n_heads > 65535) return (int)cudaErrorInvalidValue;
-    if (!qtk_attention_uses_mma(dt, head_dim, cc_major)) {
-        if (rope) return (int)cudaErrorInvalidValue; /* the caller applies RoPE first */
+    if (!qtk_attention_uses_mma(dt, head_dim, cc_major))
         return qtk_attention_simt(dt, q, ldq, k, ldk, v, ldv, out, ldo, offsets, seq_of, pos, total, n_heads,
                                   n_kv_heads, head_dim, scale, wl, wr, stream);
-    }
-    if (rope && (!rope_cs || head_dim % 2)) return (int)cudaErrorInvalidValue;
-    /* Windows beyond any sequence length are unbounded; int arithmetic inside. */
-    int wli = wl < 0 || wl > (1 << 30) ? -1 : (int)wl, wri = wr < 0 || wr > (1 << 30) ? -1 : (int)wr;
     int group = n_heads / n_kv_heads;
     int dp = head_dim <= 16 ? 16 : head_dim <= 32 ? 32 : head_dim <= 64 ? 64 : 128;
     cudaStream_t st = (cudaStream_t)stream;
     if (dt == QTK_BF16)
         return flash_dispatch<__nv_bfloat16>(dp, q, ldq, k, ldk, v, ldv, out, ldo, offsets, tiles, n_tiles, n_heads,
-                                             group, head_dim, scale, wli, wri, rope_cs, rope, st);
+                                             group, head_dim, scale, wl, wr, st);
     return flash_dispatch<__half>(dp, q, ldq, k, ldk, v, ldv, out, ldo, offsets, tiles, n_tiles, n_heads, group,
-                                  head_dim, scale, wli, wri, rope_cs, rope, st);
-}
-
-/* (cos, sin) * scaling of position p and frequency i, [max_len][half]. */
-__global__ void rope_table_kernel(const float *inv_freq, float scaling, int max_len, int half, float2 *out)
-{
-    int64_t n = (int64_t)max_len * half;
-    for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < n; t += (int64_t)gridDim.x * blockDim.x) {
-        int p = (int)(t / half), i = (int)(t % half);
-        float ang = (float)p * inv_freq[i], sn, cs;
-        sincosf(ang, &sn, &cs);
-        out[t] = make_float2(cs * scaling, sn * scaling);
-    }
-}
-
-extern "C" int qtk_rope_table(const float *inv_freq, float scaling, int64_t max_len, int half, float *out,
-                              void *stream)
-{
-    if (max_len <= 0 || half <= 0) return 0;
-    rope_table_kernel<<<grid_for(max_len * half, 256), 256, 0, (cudaStream_t)stream>>>(inv_freq, scaling, (int)max_len,
-                                                                                      half, (float2 *)out);
-    return (int)cudaGetLastError();
+                                  head_dim, scale, wl, wr, st);
 }

@@ -59,20 +59,12 @@ int qtk_rope(int dt, void *x, int64_t ldx, const int32_t *pos, int64_t rows, int
  * i - wl <= j <= i + wr (-1: unbounded). seq_of/pos give each row's
  * sequence and position. `cc_major` picks the kernel: tensor cores
  * (mma.sync) for head_dim <= 128 (fp16 from sm_75, bf16 from sm_80), the
- * float32 kernel otherwise.
- * Fused RoPE (tensor-core kernel only): `rope` bit 0 rotates q, bit 1 k
- * (rotate_half, row at its position in the sequence) as the tiles are
- * loaded, with the (cos, sin) table `rope_cs` of qtk_rope_table; q and k
- * stay unrotated in memory. */
+ * float32 kernel otherwise. */
 #define QTK_ATTN_TILE 64
 int qtk_attention(int dt, const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v, int64_t ldv,
                   void *out, int64_t ldo, const int64_t *offsets, const int32_t *seq_of, const int32_t *pos,
                   const int32_t *tiles, int64_t n_tiles, int64_t total, int n_heads, int n_kv_heads, int head_dim,
-                  float scale, int64_t wl, int64_t wr, const float *rope_cs, int rope, int cc_major, void *stream);
-/* The (cos, sin) table of qtk_attention's fused RoPE: [max_len][head_dim/2]
- * pairs of float32, cos/sin(p * inv_freq[i]) * scaling, the values qtk_rope
- * uses. */
-int qtk_rope_table(const float *inv_freq, float scaling, int64_t max_len, int half, float *out, void *stream);
+                  float scale, int64_t wl, int64_t wr, int cc_major, void *stream);
 /* The portable float32 kernel alone (one warp per query and head, any
  * head_dim <= 256): what qtk_attention falls back to; tests compare both. */
 int qtk_attention_simt(int dt, const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v,

@@ -161,7 +161,8 @@ static inline int ct_accepts_w8a8(const char *json, const char *format, const ch
     size_t n = strnlen(json, CTJ_MAX_TEXT + 1);
     if (n > CTJ_MAX_TEXT) return 0;
     const char *p = ctj_ws(json, json + n), *end = json + n;
-    if (!ctj_skip_value(p, end, 0)) return 0;
+    const char *after = ctj_skip_value(p, end, 0);
+    if (!after || ctj_ws(after, end) != end) return 0; /* one value and nothing else */
     if (!ctj_is_string(ctj_member(p, end, "quant_method"), end, "compressed-tensors")) return 0;
     const char *top_format = ctj_member(p, end, "format");
     const char *groups = ctj_member(p, end, "config_groups");

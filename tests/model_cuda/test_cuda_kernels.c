@@ -147,7 +147,6 @@ typedef struct attn_case {
     int simt;  /* call the float32 kernel directly */
     const int64_t *lens;
     int n;
-    int rope; /* RoPE of q and k fused into the attention */
 } attn_case;
 
 static void run_attention(const attn_case *c)
@@ -202,45 +201,6 @@ static void run_attention(const attn_case *c)
         vd = vb.dev;
     }
     hbuf_poison(&ob, c->dt, T * QD);
-    int64_t max_len = 0;
-    for (int i = 0; i < c->n; i++)
-        if (c->lens[i] > max_len) max_len = c->lens[i];
-    /* Fused RoPE: the reference rotates (rounded to the activation type, as
-     * the separate RoPE kernel stores it) copies of q and k. */
-    float *rq = NULL, *rk = NULL, *d_tab = NULL, *d_inv = NULL;
-    if (c->rope) {
-        int half = c->D / 2;
-        float *inv = malloc((size_t)half * 4);
-        double theta = c->D == 64 ? 160000.0 : 10000.0;
-        float scaling = c->D == 24 ? 1.25f : 1.0f;
-        for (int i = 0; i < half; i++) inv[i] = (float)(1.0 / pow(theta, 2.0 * i / c->D));
-        d_inv = dev_copy(inv, (size_t)half * 4);
-        assert_int_equal(qt_cuda_malloc((void **)&d_tab, (size_t)(max_len * half) * 8), 0);
-        assert_int_equal(qtk_rope_table(d_inv, scaling, max_len, half, d_tab, NULL), 0);
-        int64_t qn = c->fused ? T * ldq : T * QD, kn = c->fused ? T * ldq : T * KD;
-        rq = malloc((size_t)qn * 4);
-        rk = c->fused ? rq : malloc((size_t)kn * 4);
-        memcpy(rq, c->fused ? qb.host : qh, (size_t)qn * 4);
-        if (!c->fused) memcpy(rk, kh, (size_t)kn * 4);
-        float *kq = rk + (c->fused ? QD : 0);
-        for (int64_t t = 0; t < T; t++) {
-            for (int pass = 0; pass < 2; pass++) {
-                float *row = pass ? kq + t * ldk : rq + t * ldq;
-                int heads = pass ? c->nkv : c->nh;
-                for (int h = 0; h < heads; h++)
-                    for (int i = 0; i < half; i++) {
-                        float ang = (float)pos[t] * inv[i];
-                        double cs = cos((double)ang) * scaling, sn = sin((double)ang) * scaling;
-                        double x1 = row[h * c->D + i], x2 = row[h * c->D + i + half];
-                        row[h * c->D + i] = round_h(c->dt, x1 * cs - x2 * sn);
-                        row[h * c->D + i + half] = round_h(c->dt, x2 * cs + x1 * sn);
-                    }
-            }
-        }
-        qh = rq;
-        kh = kq;
-        free(inv);
-    }
     int64_t *d_off = dev_copy(off, (size_t)(c->n + 1) * 8);
     int32_t *d_seq = dev_copy(seq, (size_t)T * 4), *d_pos = dev_copy(pos, (size_t)T * 4);
     int32_t *d_tiles = dev_copy(tiles, (size_t)n_tiles * 8);
@@ -251,12 +211,15 @@ static void run_attention(const attn_case *c)
                                 c->D, scale, c->wl, c->wr, NULL);
     else
         rc = qtk_attention(c->dt, qd, ldq, kd, ldk, vd, ldv, ob.dev, QD, d_off, d_seq, d_pos, d_tiles, n_tiles, T,
-                           c->nh, c->nkv, c->D, scale, c->wl, c->wr, d_tab, c->rope ? 3 : 0, cc_major, NULL);
+                           c->nh, c->nkv, c->D, scale, c->wl, c->wr, cc_major, NULL);
     assert_int_equal(rc, 0);
     assert_int_equal(qt_cuda_check("attention"), 0);
     hbuf_fetch(&ob);
 
     double *ref = calloc((size_t)(T * QD), sizeof(double));
+    int64_t max_len = 0;
+    for (int i = 0; i < c->n; i++)
+        if (c->lens[i] > max_len) max_len = c->lens[i];
     double *p = malloc((size_t)max_len * sizeof(double));
     int group = c->nh / c->nkv;
     for (int64_t t = 0; t < T; t++) {
@@ -284,14 +247,9 @@ static void run_attention(const attn_case *c)
         }
     }
     double tol = c->dt == QTK_BF16 ? 2.5e-2 : 4e-3;
-    EXPECT_REL(ob.host, ref, T * QD, tol, "attention %s%s D=%d heads %d/%d window %lld/%lld T=%lld%s%s",
-               dt_name(c->dt), c->simt || !qtk_attention_uses_mma(c->dt, c->D, cc_major) ? " f32" : " mma", c->D,
-               c->nh, c->nkv, (long long)c->wl, (long long)c->wr, (long long)T, c->fused ? " qkv" : "",
-               c->rope ? " +rope" : "");
-    free(rq);
-    if (rk != rq) free(rk);
-    qt_cuda_free(d_tab);
-    qt_cuda_free(d_inv);
+    EXPECT_REL(ob.host, ref, T * QD, tol, "attention %s%s D=%d heads %d/%d window %lld/%lld T=%lld%s", dt_name(c->dt),
+               c->simt || !qtk_attention_uses_mma(c->dt, c->D, cc_major) ? " f32" : " mma", c->D, c->nh, c->nkv,
+               (long long)c->wl, (long long)c->wr, (long long)T, c->fused ? " fused" : "");
     free(ref);
     free(p);
     hbuf_free(&qb);
@@ -320,35 +278,25 @@ static void test_attention(void **state)
     for (int dt = 0; dt < 2; dt++) {
         const attn_case cases[] = {
             /* ModernBERT: global and local (|i - j| <= 64) layers on fused qkv. */
-            {dt, 64, 12, 12, -1, -1, 1, 0, enc, 5, 0},
-            {dt, 64, 12, 12, 64, 64, 1, 0, enc, 5, 0},
+            {dt, 64, 12, 12, -1, -1, 1, 0, enc, 5},
+            {dt, 64, 12, 12, 64, 64, 1, 0, enc, 5},
             /* Qwen2: GQA 14/2, causal, and a causal sliding window of 37. */
-            {dt, 64, 14, 2, -1, 0, 0, 0, dec, 5, 0},
-            {dt, 64, 14, 2, 36, 0, 0, 0, dec, 5, 0},
+            {dt, 64, 14, 2, -1, 0, 0, 0, dec, 5},
+            {dt, 64, 14, 2, 36, 0, 0, 0, dec, 5},
             /* Tiny shapes of the reference models; MQA; head_dim 24 and 16. */
-            {dt, 24, 4, 1, -1, 0, 0, 0, small, 6, 0},
-            {dt, 16, 4, 4, 4, 4, 1, 0, small, 6, 0},
-            {dt, 16, 4, 2, 5, 0, 0, 0, small, 6, 0},
+            {dt, 24, 4, 1, -1, 0, 0, 0, small, 6},
+            {dt, 16, 4, 4, 4, 4, 1, 0, small, 6},
+            {dt, 16, 4, 2, 5, 0, 0, 0, small, 6},
             /* head_dim 20: not a multiple of 8 (element-wise loads). */
-            {dt, 20, 3, 3, -1, -1, 0, 0, big, 3, 0},
+            {dt, 20, 3, 3, -1, -1, 0, 0, big, 3},
             /* head_dim 128 and 80 (padded to 128), GQA. */
-            {dt, 128, 8, 4, -1, 0, 0, 0, big, 3, 0},
-            {dt, 80, 2, 2, 100, 3, 1, 0, big, 3, 0},
+            {dt, 128, 8, 4, -1, 0, 0, 0, big, 3},
+            {dt, 80, 2, 2, 100, 3, 1, 0, big, 3},
             /* The float32 kernel: directly, and for head_dim > 128. */
-            {dt, 64, 14, 2, -1, 0, 0, 1, dec, 5, 0},
-            {dt, 160, 2, 1, 7, 7, 0, 0, big, 3, 0},
-            /* RoPE fused into the tile loads (tensor-core kernel). */
-            {dt, 64, 12, 12, 64, 64, 1, 0, enc, 5, 1},
-            {dt, 64, 14, 2, -1, 0, 0, 0, dec, 5, 1},
-            {dt, 24, 4, 1, -1, 0, 0, 0, small, 6, 1},
-            {dt, 16, 4, 4, 4, 4, 1, 0, small, 6, 1},
-            {dt, 20, 3, 3, -1, -1, 0, 0, big, 3, 1},
-            {dt, 128, 8, 4, -1, 0, 0, 0, big, 3, 1},
+            {dt, 64, 14, 2, -1, 0, 0, 1, dec, 5},
+            {dt, 160, 2, 1, 7, 7, 0, 0, big, 3},
         };
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-            if (cases[i].rope && !qtk_attention_uses_mma(dt, cases[i].D, cc_major)) continue;
-            run_attention(&cases[i]);
-        }
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_attention(&cases[i]);
     }
 }
 

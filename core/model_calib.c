@@ -1,0 +1,473 @@
+/* Calibration and packing of a model's block Linears: the layer-sequential
+ * calibration pass, packing one block at a time with the plugins' input
+ * scales folded into the preceding norm or Linear where the graph allows,
+ * and moving packed layers between devices through a plugin's save/load.
+ * docs/quantize.md describes the folding rules and the calibration order. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "alloc.h"
+#include "error.h"
+#include "model_backend.h"
+#include "tensor.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---------------------------------------------------------- folding */
+
+/* Linears that read the same input, and where a scale of that input can go:
+ * a norm whose output only they read, or rows of the Linear whose output
+ * they read (through attention, or as the linear half of a GLU). */
+typedef struct fold_group {
+    qt_linear *members[3];
+    int n;
+    qt_norm *norm;       /* fold target: this norm's weight (and bias) */
+    qt_linear *producer; /* or these output rows of a Linear */
+    int64_t row_offset;  /* first producer row feeding channel 0 */
+    int64_t kv_group;    /* query heads per kv head (attention output <- v); 1 otherwise */
+    int64_t head_dim;
+} fold_group;
+
+/* The block's groups, consumers first: a group's producer is always in a
+ * later group, so its pending row scale is known before it is packed. */
+static int block_groups(qt_model *m, qt_block *b, fold_group g[4])
+{
+    const qt_model_config *c = &m->cfg;
+    memset(g, 0, 4 * sizeof *g);
+    for (int i = 0; i < 4; i++) g[i].kv_group = 1;
+    switch (c->arch) {
+    case QT_ARCH_BERT:
+        /* Post-norm: a norm's output is also the residual, and GELU sits
+         * between up and down: only attention output <- v folds. */
+        g[0].members[g[0].n++] = &b->down;
+        g[1].members[g[1].n++] = &b->up;
+        g[2].members[g[2].n++] = &b->o;
+        g[2].producer = &b->v;
+        g[3].members[0] = &b->q, g[3].members[1] = &b->k, g[3].members[2] = &b->v, g[3].n = 3;
+        break;
+    case QT_ARCH_MODERNBERT:
+        g[0].members[g[0].n++] = &b->down;
+        g[0].producer = &b->gate_up; /* act(first half) * second half: the second half is linear */
+        g[0].row_offset = c->intermediate_size;
+        g[1].members[g[1].n++] = &b->gate_up;
+        g[1].norm = &b->norm2;
+        g[2].members[g[2].n++] = &b->o;
+        g[2].producer = &b->qkv;
+        g[2].row_offset = 2 * c->hidden_size;
+        g[3].members[g[3].n++] = &b->qkv;
+        g[3].norm = b->norm1.kind == QT_NORM_NONE ? NULL : &b->norm1; /* layer 0: identity */
+        break;
+    default:
+        g[0].members[g[0].n++] = &b->down;
+        g[0].producer = &b->up; /* act(gate) * up */
+        g[1].members[0] = &b->gate, g[1].members[1] = &b->up, g[1].n = 2;
+        g[1].norm = &b->norm2;
+        g[2].members[g[2].n++] = &b->o;
+        g[2].producer = &b->v;
+        g[2].kv_group = c->n_kv_heads > 0 ? c->n_heads / c->n_kv_heads : 1;
+        g[2].head_dim = c->head_dim;
+        g[3].members[0] = &b->q, g[3].members[1] = &b->k, g[3].members[2] = &b->v, g[3].n = 3;
+        g[3].norm = &b->norm1;
+        break;
+    }
+    return 4;
+}
+
+/* Per-row divisors waiting for a producer that is not packed yet. */
+typedef struct pending_rows {
+    qt_linear *l[9];
+    float *div[9];
+    int n;
+} pending_rows;
+
+static float *pending_for(pending_rows *p, qt_linear *l, int create)
+{
+    for (int i = 0; i < p->n; i++)
+        if (p->l[i] == l) return p->div[i];
+    if (!create || p->n == 9) return NULL;
+    int64_t N = l->info.out_features;
+    float *d = qt_alloc(QTOOL_DEVICE_CPU, (size_t)N * sizeof(float), QTOOL_MEM_WORKSPACE);
+    if (!d) return NULL;
+    for (int64_t r = 0; r < N; r++) d[r] = 1.0f;
+    p->l[p->n] = l;
+    p->div[p->n++] = d;
+    return d;
+}
+
+static void pending_free(pending_rows *p)
+{
+    for (int i = 0; i < p->n; i++) qt_free(QTOOL_DEVICE_CPU, p->div[i]);
+    p->n = 0;
+}
+
+/* Packs one Linear; `div` (or NULL) divides its output rows first. */
+static int pack_linear(qt_model *m, qt_linear *l, int device, const float *div)
+{
+    const qtool_plugin_desc *desc = m->desc;
+    int64_t K = l->info.in_features, N = l->info.out_features;
+    float *scale = qt_alloc(QTOOL_DEVICE_CPU, (size_t)K * sizeof(float), QTOOL_MEM_SCALES);
+    float *w = NULL, *bias = NULL;
+    qtool_tensor wt = {0}, bt = {0};
+    int rc = 0;
+    if (!scale) return QTOOL_ERR_OUT_OF_MEMORY;
+    if (!l->weight) {
+        rc = qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "%s: no float weight to pack", l->name);
+        goto done;
+    }
+    const qtool_tensor *weight = l->weight, *b = l->bias;
+    if (div) {
+        /* The next Linear's input scale, folded into these output rows. */
+        w = qt_alloc(QTOOL_DEVICE_CPU, (size_t)(N * K) * sizeof(float), QTOOL_MEM_WORKSPACE);
+        if (b) bias = qt_alloc(QTOOL_DEVICE_CPU, (size_t)N * sizeof(float), QTOOL_MEM_WORKSPACE);
+        if (!w || (b && !bias)) {
+            rc = QTOOL_ERR_OUT_OF_MEMORY;
+            goto done;
+        }
+        qt_convert_to_f32(w, weight->data, weight->dtype, N * K);
+        for (int64_t r = 0; r < N; r++)
+            for (int64_t k = 0; k < K; k++) w[r * K + k] /= div[r];
+        wt.data = w;
+        wt.dtype = QTOOL_DTYPE_F32;
+        wt.device = QTOOL_DEVICE_CPU;
+        wt.ndim = 2;
+        wt.shape[0] = N;
+        wt.shape[1] = K;
+        weight = &wt;
+        if (b) {
+            qt_convert_to_f32(bias, b->data, b->dtype, N);
+            for (int64_t r = 0; r < N; r++) bias[r] /= div[r];
+            bt = wt;
+            bt.data = bias;
+            bt.ndim = 1;
+            bt.shape[1] = 0;
+            b = &bt;
+        }
+    }
+    int32_t has_scale = 0;
+    qtool_pack_args a = {0};
+    a.struct_size = sizeof a;
+    a.device = device;
+    a.layer = &l->info;
+    a.weight = weight;
+    a.bias = b;
+    a.input_scale = scale;
+    a.has_input_scale = &has_scale;
+    qtool_packed *p = NULL;
+    qt_clear_error();
+    rc = desc->pack(m->inst, &a, &p);
+    if (rc != QTOOL_OK || !p) {
+        if (!rc) rc = QTOOL_ERR_INTERNAL;
+        if (p && desc->free_packed) desc->free_packed(p);
+        rc = qt_fail(rc, "%s: plugin %s could not pack it (%s)", l->name, desc->name, qt_status_name(rc));
+        goto done;
+    }
+    l->packed = p;
+    if (has_scale) {
+        for (int64_t k = 0; k < K; k++) {
+            if (!(scale[k] != 0.0f) || !isfinite(scale[k])) {
+                rc = qt_fail(QTOOL_ERR_INTERNAL, "%s: plugin %s returned input scale %g at channel %" PRId64,
+                             l->name, desc->name, (double)scale[k], k);
+                goto done;
+            }
+        }
+        l->input_scale = scale;
+        scale = NULL;
+    }
+done:
+    qt_free(QTOOL_DEVICE_CPU, scale);
+    qt_free(QTOOL_DEVICE_CPU, w);
+    qt_free(QTOOL_DEVICE_CPU, bias);
+    return rc;
+}
+
+static int norm_fold(qt_norm *nm, const float *s)
+{
+    int64_t H = nm->dim;
+    if (!nm->orig_weight) {
+        nm->orig_weight = qt_alloc(QTOOL_DEVICE_CPU, (size_t)H * sizeof(float), QTOOL_MEM_OTHER);
+        if (!nm->orig_weight) return QTOOL_ERR_OUT_OF_MEMORY;
+        memcpy(nm->orig_weight, nm->weight, (size_t)H * sizeof(float));
+        if (nm->bias) {
+            nm->orig_bias = qt_alloc(QTOOL_DEVICE_CPU, (size_t)H * sizeof(float), QTOOL_MEM_OTHER);
+            if (!nm->orig_bias) return QTOOL_ERR_OUT_OF_MEMORY;
+            memcpy(nm->orig_bias, nm->bias, (size_t)H * sizeof(float));
+        }
+    }
+    /* norm(x) * w / s (+ b / s): the consumers then see x / s. */
+    for (int64_t k = 0; k < H; k++) {
+        nm->weight[k] /= s[k];
+        if (nm->bias) nm->bias[k] /= s[k];
+    }
+    return 0;
+}
+
+/* Folds the group's input scale when every member returned the same one
+ * and the group has a target; otherwise the members keep theirs and the
+ * runtime divides their input explicitly. */
+static int fold_group_scales(fold_group *g, pending_rows *pend)
+{
+    const float *s = g->members[0]->input_scale;
+    int64_t K = g->members[0]->info.in_features;
+    if (!s) return 0;
+    for (int i = 1; i < g->n; i++)
+        if (!g->members[i]->input_scale || memcmp(g->members[i]->input_scale, s, (size_t)K * sizeof(float)))
+            return 0;
+    if (g->norm) {
+        if (g->norm->dim != K) return 0;
+        int rc = norm_fold(g->norm, s);
+        if (rc) return rc;
+    } else if (g->producer) {
+        /* Consumer channel c = h * d + j reads producer row offset +
+         * (h / kv_group) * d + j: a row shared by several query heads
+         * folds only when their scales agree. */
+        int64_t G = g->kv_group > 0 ? g->kv_group : 1, d = G > 1 ? g->head_dim : K;
+        if (d <= 0 || K % d) return 0;
+        int64_t heads = K / d;
+        if (heads % G) return 0;
+        if (g->row_offset + (heads / G) * d > g->producer->info.out_features) return 0;
+        for (int64_t h = 0; h < heads; h++)
+            for (int64_t j = 0; j < d; j++)
+                if (s[h * d + j] != s[(h / G) * G * d + j]) return 0;
+        float *div = pending_for(pend, g->producer, 1);
+        if (!div) return QTOOL_ERR_OUT_OF_MEMORY;
+        for (int64_t kh = 0; kh < heads / G; kh++)
+            for (int64_t j = 0; j < d; j++) div[g->row_offset + kh * d + j] *= s[kh * G * d + j];
+    } else {
+        return 0;
+    }
+    for (int i = 0; i < g->n; i++) {
+        qt_free(QTOOL_DEVICE_CPU, g->members[i]->input_scale);
+        g->members[i]->input_scale = NULL;
+        g->members[i]->input_scale_folded = 1;
+    }
+    return 0;
+}
+
+int qt_model_pack_block(qt_model *m, int64_t block, int device)
+{
+    if (!m->desc || block < 0 || block >= m->cfg.n_layers)
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "pack of block %" PRId64 " without a plugin", block);
+    fold_group g[4];
+    int ng = block_groups(m, &m->blocks[block], g);
+    pending_rows pend = {0};
+    int rc = 0;
+    for (int i = 0; i < ng && !rc; i++) {
+        for (int j = 0; j < g[i].n && !rc; j++) {
+            qt_linear *l = g[i].members[j];
+            if (l->packed) continue;
+            rc = pack_linear(m, l, device, pending_for(&pend, l, 0));
+        }
+        if (!rc) rc = fold_group_scales(&g[i], &pend);
+    }
+    pending_free(&pend);
+    return rc;
+}
+
+void qt_model_unfold(qt_model *m)
+{
+    if (!m->blocks) return;
+    for (int64_t i = 0; i < m->cfg.n_layers; i++) {
+        qt_norm *n[2] = {&m->blocks[i].norm1, &m->blocks[i].norm2};
+        for (int j = 0; j < 2; j++) {
+            if (n[j]->orig_weight) memcpy(n[j]->weight, n[j]->orig_weight, (size_t)n[j]->dim * sizeof(float));
+            if (n[j]->orig_bias) memcpy(n[j]->bias, n[j]->orig_bias, (size_t)n[j]->dim * sizeof(float));
+            qt_free(QTOOL_DEVICE_CPU, n[j]->orig_weight);
+            qt_free(QTOOL_DEVICE_CPU, n[j]->orig_bias);
+            n[j]->orig_weight = n[j]->orig_bias = NULL;
+        }
+    }
+}
+
+/* ------------------------------------- moving packed layers (save/load) */
+
+/* The tensors one packed layer saved, held on the host. */
+typedef struct bag {
+    char *suffix[64];
+    qtool_tensor t[64];
+    int n;
+} bag;
+
+static void bag_free(bag *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        free(b->suffix[i]);
+        qt_free(QTOOL_DEVICE_CPU, b->t[i].data);
+    }
+    b->n = 0;
+}
+
+static int bag_put(void *ctx, const char *suffix, const qtool_tensor *t)
+{
+    bag *b = ctx;
+    if (!suffix || !t || t->ndim < 0 || t->ndim > QTOOL_MAX_DIMS || !qtool_dtype_size(t->dtype))
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    if (t->device != QTOOL_DEVICE_CPU || b->n == 64) return QTOOL_ERR_UNSUPPORTED;
+    for (int i = 0; i < b->n; i++)
+        if (!strcmp(b->suffix[i], suffix)) return QTOOL_ERR_INVALID_ARGUMENT;
+    size_t bytes = (size_t)qtool_tensor_numel(t) * qtool_dtype_size(t->dtype);
+    void *data = qt_alloc(QTOOL_DEVICE_CPU, bytes, QTOOL_MEM_WORKSPACE);
+    char *s = strdup(suffix);
+    if (!data || !s) {
+        qt_free(QTOOL_DEVICE_CPU, data);
+        free(s);
+        return QTOOL_ERR_OUT_OF_MEMORY;
+    }
+    if (bytes) memcpy(data, t->data, bytes);
+    b->suffix[b->n] = s;
+    b->t[b->n] = *t;
+    b->t[b->n].data = data;
+    b->n++;
+    return QTOOL_OK;
+}
+
+static int bag_get(void *ctx, const char *suffix, qtool_tensor *out)
+{
+    bag *b = ctx;
+    for (int i = 0; i < b->n; i++)
+        if (!strcmp(b->suffix[i], suffix)) {
+            *out = b->t[i];
+            return QTOOL_OK;
+        }
+    return QTOOL_ERR_FORMAT;
+}
+
+static int bag_has(void *ctx, const char *suffix)
+{
+    qtool_tensor t;
+    return bag_get(ctx, suffix, &t) == QTOOL_OK;
+}
+
+/* CPU-packed layers to `device` through save and load. */
+static int move_packed(qt_model *m, int device)
+{
+    const qtool_plugin_desc *d = m->desc;
+    for (size_t i = 0; i < m->n_linears; i++) {
+        qt_linear *l = m->linears[i];
+        bag b = {0};
+        qtool_save_sink sink = {&b, bag_put};
+        qtool_load_source src = {&b, bag_get, bag_has};
+        qtool_packed *p = NULL;
+        qt_clear_error();
+        int rc = d->save(l->packed, &sink);
+        if (!rc) rc = d->load(m->inst, &l->info, device, &src, &p);
+        bag_free(&b);
+        if (rc || !p) {
+            if (!rc) rc = QTOOL_ERR_INTERNAL;
+            return qt_fail(rc, "%s: plugin %s could not move it to the %s (%s)", l->name, d->name,
+                           device == QTOOL_DEVICE_CUDA ? "GPU" : "CPU", qt_status_name(rc));
+        }
+        d->free_packed(l->packed);
+        l->packed = p;
+    }
+    m->packed_device = device;
+    return 0;
+}
+
+/* --------------------------------------------------------- calibration */
+
+typedef struct calib_ctx {
+    const qtool_plugin_desc *desc;
+    qtool_instance *inst;
+} calib_ctx;
+
+static int calib_hook(void *ctx, qt_linear *l, const qtool_tensor *x)
+{
+    calib_ctx *cc = ctx;
+    int rc = cc->desc->calibrate(cc->inst, &l->info, x);
+    if (rc != QTOOL_OK)
+        return qt_fail(rc, "%s: plugin %s calibration failed (%s)", l->name, cc->desc->name, qt_status_name(rc));
+    return 0;
+}
+
+int qt_model_calibrate(qt_model *m, const qtool_plugin_desc *desc, qtool_instance *inst, const qt_batch *b)
+{
+    if (!desc->calibrate) return 0; /* data-free */
+    if (m->desc) return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "calibrate before packing");
+    calib_ctx cc = {desc, inst};
+    m->linear_hook = calib_hook;
+    m->linear_hook_ctx = &cc;
+    qt_forward_out none = {0};
+    int rc = qt_model_forward(m, b, QTOOL_DEVICE_CPU, NULL, &none);
+    m->linear_hook = NULL;
+    m->linear_hook_ctx = NULL;
+    return rc;
+}
+
+int qt_model_calibrate_pack(qt_model *m, const qtool_plugin_desc *desc, qtool_instance *inst, int device,
+                            const qt_batch *batches, size_t n_batches, const qt_calib_options *o)
+{
+    if (m->desc) qt_model_unpack(m);
+    if (m->quant_config)
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "%s is already quantized; it cannot be packed again",
+                       m->model_path);
+    if (device != QTOOL_DEVICE_CPU && device != QTOOL_DEVICE_CUDA)
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "unknown device %d", device);
+    if (device == QTOOL_DEVICE_CPU && !desc->matmul_cpu)
+        return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s has no CPU matmul", desc->name);
+    if (device == QTOOL_DEVICE_CUDA && !desc->matmul_cuda)
+        return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s has no CUDA matmul", desc->name);
+    if (!desc->calibrate || n_batches == 0) {
+        /* Data-free: qt_model_pack, a block at a time for the progress. */
+        m->desc = desc;
+        m->inst = inst;
+        m->packed_device = device;
+        int rc = 0;
+        for (int64_t l = 0; l < m->cfg.n_layers && !rc; l++) {
+            double t0 = now_s();
+            rc = qt_model_pack_block(m, l, device);
+            if (!rc && o && o->progress) o->progress(o->progress_ctx, l, m->cfg.n_layers, 0, now_s() - t0);
+        }
+        if (rc) qt_model_unpack(m);
+        return rc;
+    }
+    /* The batches go on through the packed block when it runs on the CPU
+     * here; otherwise through the float block (the same pass that feeds
+     * calibration), and the block is packed for the device directly. */
+    int through_packed = desc->matmul_cpu && (device == QTOOL_DEVICE_CPU || (desc->save && desc->load));
+    int pack_device = through_packed ? QTOOL_DEVICE_CPU : device;
+    if (!through_packed)
+        qt_log(QTOOL_LOG_INFO,
+               "plugin %s: %s, so each block calibrates on the float outputs of the blocks before it",
+               desc->name, desc->matmul_cpu ? "no save/load to move CPU-packed layers to the GPU" : "no CPU matmul");
+
+    size_t nb = n_batches;
+    qt_model_steps **st = calloc(nb, sizeof *st);
+    if (!st) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
+    calib_ctx cc = {desc, inst};
+    int64_t tokens = 0;
+    int rc = 0;
+    m->desc = desc;
+    m->inst = inst;
+    m->packed_device = pack_device;
+    for (size_t j = 0; j < nb && !rc; j++) {
+        rc = qt_model_steps_begin(m, &batches[j], &st[j]);
+        if (!rc) tokens += qt_model_steps_tokens(st[j]);
+    }
+    for (int64_t l = 0; l < m->cfg.n_layers && !rc; l++) {
+        double t0 = now_s();
+        m->linear_hook = calib_hook;
+        m->linear_hook_ctx = &cc;
+        for (size_t j = 0; j < nb && !rc; j++) rc = qt_model_steps_block(st[j], l, !through_packed);
+        m->linear_hook = NULL;
+        m->linear_hook_ctx = NULL;
+        if (!rc) rc = qt_model_pack_block(m, l, pack_device);
+        for (size_t j = 0; j < nb && !rc && through_packed && l + 1 < m->cfg.n_layers; j++)
+            rc = qt_model_steps_block(st[j], l, 1);
+        if (!rc && o && o->progress) o->progress(o->progress_ctx, l, m->cfg.n_layers, tokens, now_s() - t0);
+    }
+    for (size_t j = 0; j < nb; j++) qt_model_steps_end(st[j]);
+    free(st);
+    m->linear_hook = NULL;
+    m->linear_hook_ctx = NULL;
+    if (!rc && pack_device != device) rc = move_packed(m, device);
+    if (rc) qt_model_unpack(m);
+    return rc;
+}

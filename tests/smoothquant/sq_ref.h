@@ -1,0 +1,165 @@
+/* Test-side reference for the smoothquant plugin: packing, calibrating and
+ * multiplying through the plugin ABI, and an independent emulation of the
+ * W8A8 arithmetic from the saved codes and scales (written with
+ * nearbyintf, not the plugin's rounding trick). Shared by the CPU and CUDA
+ * tests. Needs plugin_harness.h first. */
+#ifndef SQ_REF_H
+#define SQ_REF_H
+
+#include <jansson.h>
+
+static harness H;
+
+static qtool_instance *make_inst(const char *const *kv, int n)
+{
+    qtool_instance *inst = NULL;
+    char msg[256] = "";
+    int rc = harness_create(&H, kv, n, &inst, msg, sizeof msg);
+    if (rc != QTOOL_OK) fprintf(stderr, "create: %s\n", msg);
+    assert_int_equal(rc, QTOOL_OK);
+    return inst;
+}
+
+static qtool_layer_info layer_info(const char *name, int64_t N, int64_t K)
+{
+    qtool_layer_info li = {sizeof li, QTOOL_ROLE_OTHER, name, K, N, 0, 1};
+    return li;
+}
+
+static void calibrate(qtool_instance *inst, const char *name, const float *x, int64_t T, int64_t N, int64_t K)
+{
+    qtool_layer_info li = layer_info(name, N, K);
+    qtool_tensor t = tview((void *)x, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, T, K);
+    assert_int_equal(H.desc->calibrate(inst, &li, &t), QTOOL_OK);
+}
+
+/* Packs; s[K] receives the input scale (ones when the plugin set none). */
+static qtool_packed *pack_layer(qtool_instance *inst, const char *name, const float *w, int64_t N, int64_t K,
+                                const float *b, int device, float *s, int *has_scale)
+{
+    qtool_tensor wt = tview((void *)w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, N, K);
+    qtool_tensor bt = tview((void *)b, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 1, N, 0);
+    qtool_layer_info li = layer_info(name, N, K);
+    int32_t has = 0;
+    qtool_pack_args pa;
+    memset(&pa, 0, sizeof pa);
+    pa.struct_size = sizeof pa;
+    pa.device = device;
+    pa.layer = &li;
+    pa.weight = &wt;
+    pa.bias = b ? &bt : NULL;
+    pa.input_scale = s;
+    pa.has_input_scale = &has;
+    qtool_packed *p = NULL;
+    assert_int_equal(H.desc->pack(inst, &pa, &p), QTOOL_OK);
+    if (!has)
+        for (int64_t k = 0; k < K; k++) s[k] = 1.0f;
+    if (has_scale) *has_scale = has;
+    return p;
+}
+
+static void matmul_cpu(qtool_packed *p, const float *x, float *y, int64_t M, int64_t N, int64_t K)
+{
+    qtool_tensor xt = tview((void *)x, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, M, K);
+    qtool_tensor yt = tview(y, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, M, N);
+    qtool_matmul_args ma = {sizeof ma, 0, &xt, &yt, NULL};
+    assert_int_equal(H.desc->matmul_cpu(p, &ma), QTOOL_OK);
+}
+
+/* What the plugin saved: codes, per-channel scales, static scale. */
+typedef struct saved_layer {
+    store st;
+    const int8_t *q;   /* [N, K] */
+    const float *ws;   /* [N] */
+    float act_scale;   /* 0: dynamic */
+    const float *bias; /* [N] or NULL */
+} saved_layer;
+
+static void save_layer(qtool_packed *p, saved_layer *s, int64_t N, int64_t K)
+{
+    memset(s, 0, sizeof *s);
+    qtool_save_sink sink = {&s->st, store_put};
+    assert_int_equal(H.desc->save(p, &sink), QTOOL_OK);
+    stored *w = store_find(&s->st, "weight"), *sc = store_find(&s->st, "weight_scale");
+    assert_non_null(w);
+    assert_non_null(sc);
+    assert_int_equal(w->t.dtype, QTOOL_DTYPE_I8);
+    assert_int_equal(w->t.ndim, 2);
+    assert_int_equal(w->t.shape[0], N);
+    assert_int_equal(w->t.shape[1], K);
+    assert_int_equal(sc->t.dtype, QTOOL_DTYPE_F32);
+    assert_int_equal(sc->t.ndim, 2);
+    assert_int_equal(sc->t.shape[0], N);
+    assert_int_equal(sc->t.shape[1], 1);
+    s->q = w->t.data;
+    s->ws = sc->t.data;
+    stored *is = store_find(&s->st, "input_scale");
+    if (is) {
+        assert_int_equal(is->t.dtype, QTOOL_DTYPE_F32);
+        assert_int_equal(qtool_tensor_numel(&is->t), 1);
+        s->act_scale = *(const float *)is->t.data;
+    }
+    stored *b = store_find(&s->st, "bias");
+    s->bias = b ? b->t.data : NULL;
+}
+
+/* The W8A8 product from the saved codes: per-token absmax / 127 (or the
+ * static scale), round half to even, exact integer sums, dequantized in
+ * float in the documented order. x is the (already divided) layer input. */
+static void emulate(const saved_layer *s, const float *x, float *y, int64_t M, int64_t N, int64_t K)
+{
+    int *qa = malloc((size_t)K * sizeof(int));
+    for (int64_t m = 0; m < M; m++) {
+        const float *xr = x + m * K;
+        float sa, inv;
+        if (s->act_scale > 0.0f) {
+            sa = s->act_scale;
+            inv = 1.0f / sa;
+        } else {
+            float amax = 0.0f;
+            for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(xr[k]));
+            sa = amax / 127.0f;
+            inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        }
+        for (int64_t k = 0; k < K; k++) {
+            float v = xr[k] * inv;
+            v = fminf(fmaxf(v, -127.0f), 127.0f);
+            qa[k] = (int)nearbyintf(v);
+        }
+        for (int64_t n = 0; n < N; n++) {
+            int64_t acc = 0;
+            for (int64_t k = 0; k < K; k++) acc += (int64_t)qa[k] * s->q[n * K + k];
+            float v = (float)acc * sa;
+            v = v * s->ws[n];
+            y[m * N + n] = v + (s->bias ? s->bias[n] : 0.0f);
+        }
+    }
+    free(qa);
+}
+
+/* y_true = (x * s) W^T + b in float64: what the layer computed before
+ * quantization (x is the divided input, as the plugin receives it). */
+static void reference(const float *w, const float *b, const float *s, const float *x, double *y, int64_t M, int64_t N,
+                      int64_t K)
+{
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            double acc = b ? b[n] : 0.0;
+            for (int64_t k = 0; k < K; k++) acc += (double)x[m * K + k] * s[k] * w[n * K + k];
+            y[m * N + n] = acc;
+        }
+}
+
+/* sqrt(sum (y - ref)^2 / sum ref^2) */
+static double rel_rms(const float *y, const double *ref, int64_t n)
+{
+    double e = 0, r = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = y[i] - ref[i];
+        e += d * d;
+        r += ref[i] * ref[i];
+    }
+    return r > 0 ? sqrt(e / r) : sqrt(e);
+}
+
+#endif
