@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "error.h"
+#include "tokenizer.h"
 
 /* Lines longer than this are refused; one example holds at most this many
  * bytes of JSON (about two million token ids). */
@@ -61,22 +62,54 @@ static int add_line(builder *b, const char *text, size_t len, int64_t line)
         return fail_line(b, line, msg);
     }
     int rc = 0;
+    int32_t *tok_ids = NULL;
+    int64_t n_text = -1, n_tok = 0; /* n_text >= 0: ids came from "text" */
     if (!json_is_object(root)) {
         rc = fail_line(b, line, "not a JSON object");
         goto out;
     }
     json_t *ids = json_object_get(root, "input_ids");
-    if (!ids || !json_is_array(ids)) {
-        rc = fail_line(b, line, "no \"input_ids\" list");
+    json_t *text_v = json_object_get(root, "text");
+    if ((!ids || json_is_null(ids)) && text_v) {
+        if (!json_is_string(text_v)) {
+            rc = fail_line(b, line, "\"text\" must be a string");
+            goto out;
+        }
+        if (!o->tokenizer) {
+            rc = fail_line(b, line, "has \"text\" but there is no tokenizer (no tokenizer.json beside the model); "
+                                    "tokenize it first with 'qtool tokenize'");
+            goto out;
+        }
+        size_t n_full = 0;
+        const char *s = json_string_value(text_v);
+        size_t slen = json_string_length(text_v);
+        if (qt_tokenizer_encode(o->tokenizer, s, slen, 1, &tok_ids, &n_full)) {
+            snprintf(msg, sizeof msg, "cannot tokenize \"text\": %s", qt_last_error());
+            rc = fail_line(b, line, msg);
+            goto out;
+        }
+        n_text = (int64_t)n_full;
+        if (o->max_length > 0 && n_full > (size_t)o->max_length) {
+            free(tok_ids);
+            tok_ids = NULL;
+            if (qt_tokenizer_encode_truncated(o->tokenizer, s, slen, 1, (size_t)o->max_length, &tok_ids, &n_full)) {
+                snprintf(msg, sizeof msg, "cannot tokenize \"text\": %s", qt_last_error());
+                rc = fail_line(b, line, msg);
+                goto out;
+            }
+        }
+        n_tok = (int64_t)n_full;
+    } else if (!ids || !json_is_array(ids)) {
+        rc = fail_line(b, line, o->tokenizer ? "no \"input_ids\" list or \"text\"" : "no \"input_ids\" list");
         goto out;
     }
-    int64_t n = (int64_t)json_array_size(ids);
+    int64_t n = tok_ids || n_text >= 0 ? n_text : (int64_t)json_array_size(ids);
     if (n == 0) {
         rc = fail_line(b, line, "\"input_ids\" is empty");
         goto out;
     }
     json_t *mask = json_object_get(root, "attention_mask");
-    if (mask && !json_is_null(mask)) {
+    if (n_text < 0 && mask && !json_is_null(mask)) {
         if (!json_is_array(mask) || (int64_t)json_array_size(mask) != n) {
             rc = fail_line(b, line, "\"attention_mask\" must be a list as long as \"input_ids\"");
             goto out;
@@ -91,7 +124,7 @@ static int add_line(builder *b, const char *text, size_t len, int64_t line)
             }
         }
     }
-    int64_t keep = o->max_length > 0 && n > o->max_length ? o->max_length : n;
+    int64_t keep = n_text >= 0 ? n_tok : o->max_length > 0 && n > o->max_length ? o->max_length : n;
     if (d->n >= QT_DATA_MAX_EXAMPLES) {
         snprintf(msg, sizeof msg, "more than %" PRId64 " examples", (int64_t)QT_DATA_MAX_EXAMPLES);
         rc = fail_line(b, line, msg);
@@ -113,7 +146,17 @@ static int add_line(builder *b, const char *text, size_t len, int64_t line)
         d->ids = p;
         b->cap_ids = nc;
     }
-    for (int64_t k = 0; k < n; k++) {
+    for (int64_t k = 0; k < n_tok; k++) {
+        int64_t lim = o->vocab_size > 0 ? o->vocab_size : (int64_t)INT32_MAX + 1;
+        if (tok_ids[k] < 0 || tok_ids[k] >= lim) {
+            snprintf(msg, sizeof msg, "the tokenizer gives id %d, outside the model's vocabulary [0, %" PRId64 ")",
+                     tok_ids[k], lim);
+            rc = fail_line(b, line, msg);
+            goto out;
+        }
+        d->ids[d->n_ids + k] = tok_ids[k];
+    }
+    for (int64_t k = 0; n_text < 0 && k < n; k++) {
         json_t *v = json_array_get(ids, (size_t)k);
         if (!json_is_integer(v)) {
             snprintf(msg, sizeof msg, "input_ids[%" PRId64 "] is not an integer", k);
@@ -174,6 +217,7 @@ static int add_line(builder *b, const char *text, size_t len, int64_t line)
     if (keep < n) d->n_truncated++;
     if (keep > d->max_length) d->max_length = keep;
 out:
+    free(tok_ids);
     json_decref(root);
     return rc;
 }

@@ -1,6 +1,6 @@
 /* Evaluation data: JSONL, one example per line,
  *   {"input_ids": [101, 2023, ...], "label": 3}      (or "label": "sports")
- * Tokenization happens elsewhere (qtool tokenize, or the user's own). Other
+ *   {"text": "the card was charged twice", "label": 3}  (with a tokenizer) Other
  * keys are ignored; an "attention_mask", when present, must be all ones
  * (padding belongs to the runtime). Blank lines are skipped. The file is
  * hostile input: lines, tokens and examples are bounded, and every error is
@@ -47,6 +47,10 @@ typedef struct qt_data_options {
     int64_t (*label_lookup)(void *ctx, const char *name);
     void *label_ctx;
     uint64_t max_file_bytes; /* 0: no limit beyond the per-line/example caps */
+    /* Lines may carry "text" instead of "input_ids" when a tokenizer is
+     * given: encoded with its special tokens, cut to max_length from the
+     * right (the special tokens stay). */
+    const struct qt_tokenizer *tokenizer;
 } qt_data_options;
 
 int qt_data_load(const char *path, const qt_data_options *opts, qt_dataset *out);

@@ -22,6 +22,7 @@
 #include "safetensors.h"
 #include "tensor.h"
 #include "threads.h"
+#include "tokenizer.h"
 
 static void usage(FILE *out)
 {
@@ -408,6 +409,7 @@ int cmd_eval(int argc, char **argv)
     qt_plugin_options po = {0};
     qtool_instance *inst = NULL;
     qt_eval_result res = {0};
+    qt_tokenizer *tok = NULL;
     qt_metrics_report mr = {0};
     int have_metrics = 0;
     char note[256] = "";
@@ -434,7 +436,21 @@ int cmd_eval(int argc, char **argv)
                      dopt.max_length, c->max_position_embeddings);
         goto done;
     }
+    /* Text examples are tokenized with the model folder's tokenizer.json. */
+    if (qt_is_dir(model_path)) {
+        char *tp = qt_path_join(model_path, "tokenizer.json");
+        if (tp && qt_file_exists(tp) && (rc = qt_tokenizer_load(tp, &tok))) {
+            free(tp);
+            goto done;
+        }
+        free(tp);
+        dopt.tokenizer = tok;
+        if (tok && !dopt.max_length) dopt.max_length = c->max_position_embeddings;
+    }
     if ((rc = qt_data_load(data, &dopt, &ds))) goto done;
+    if (ds.n_truncated)
+        qt_log(QTOOL_LOG_WARN, "%s: %" PRId64 " of %" PRId64 " examples truncated to %" PRId64 " tokens", data,
+               ds.n_truncated, ds.n, dopt.max_length);
 
     if ((rc = qt_plugins_discover(&set, qt_cli_plugin_path, 1))) goto done;
     if (m->quant_config) {
@@ -547,6 +563,7 @@ done:
     if (have_opts) qt_plugin_options_free(&po);
     qt_plugins_free(&set);
     qt_dataset_free(&ds);
+    qt_tokenizer_free(tok);
     if (stream) qt_cuda_stream_destroy(stream);
     free(kv);
     return exit_code;
