@@ -87,7 +87,7 @@ int qt_demo_generate(const qt_demo_spec *s, const char *dir)
     const qt_synth_spec specs[2] = {
         {.arch = QT_SYNTH_MODERNBERT, .hidden = 128, .layers = 4, .heads = 4, .intermediate = 256, .vocab = 1024,
          .max_positions = 128, .num_labels = c, .seed = s->seed ^ 0xE1, .class_bias = bias},
-        {.arch = QT_SYNTH_QWEN2, .hidden = 128, .layers = 4, .heads = 4, .kv_heads = 2, .intermediate = 352,
+        {.arch = QT_SYNTH_QWEN2, .hidden = 128, .layers = 4, .heads = 4, .kv_heads = 2, .intermediate = 384,
          .vocab = 1024, .max_positions = 128, .num_labels = c, .seed = s->seed ^ 0xD2, .class_bias = bias},
     };
     if ((rc = qt_synth_write(&specs[0], enc)) || (rc = qt_synth_write(&specs[1], dec)) || (rc = qt_mkdirs(data)))
