@@ -1053,6 +1053,10 @@ int qt_sweep_run(const qt_sweep_config *cfg, const qt_sweep_plugin *plugins, siz
                 } else if (pinfo[i] && !pinfo[i]->allowed) {
                     c->refused = 1;
                     c->reason = pinfo[i]->reason ? pinfo[i]->reason : "refused by its probe";
+                } else if (pinfo[i] && pinfo[i]->needs_calibration && !cfg->calib) {
+                    /* Calibrating on the evaluation set would leak it. */
+                    c->refused = 1;
+                    c->reason = "needs calibration data: add [data] calib= (examples other than the eval set)";
                 }
                 char name[256];
                 snprintf(name, sizeof name, "%s__%s", cfg->models[m].name, pnames[i]);

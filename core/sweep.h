@@ -50,6 +50,7 @@ typedef struct qt_sweep_plugin {
     char *version;
     int weight_bits, activation_bits;
     int baseline; /* QTOOL_PLUGIN_BASELINE: the reference */
+    int needs_calibration; /* QTOOL_PLUGIN_NEEDS_CALIBRATION: refused without [data] calib= */
     int allowed;
     char *reason;       /* why not, when !allowed */
     const char *device; /* "cuda" or "cpu": where its cells run (eval --device) */

@@ -61,6 +61,7 @@ static int probe_plugins(const char *env_device, qt_sweep_plugin **out, size_t *
         x->weight_bits = d->weight_bits;
         x->activation_bits = d->activation_bits;
         x->baseline = (d->flags & QTOOL_PLUGIN_BASELINE) != 0;
+        x->needs_calibration = (d->flags & QTOOL_PLUGIN_NEEDS_CALIBRATION) != 0;
         char cuda_why[512] = "", cpu_why[512] = "", why[1100];
         int ok = 0;
         if (devs.n_cuda > 0 && !cpu_only) {

@@ -27,7 +27,7 @@ def main():
         problems, _ = html_check.render(
             f"{d}/report.html",
             ["Recommended", "encoder / fp16", "Counterfactuals", "Pareto frontiers", "Latency vs macro-F1",
-             "Peak VRAM vs macro-F1", "Per-tier accuracy deltas", "6 flips", "Named-class trajectories",
+             "Peak VRAM vs macro-F1", "Per-tier accuracy deltas", "6\u2020", "flipped predictions", "Named-class trajectories",
              "credit_card_late_fee", "needs compute capability", "Split-val"],
             screenshot=shot)
     for p in problems:
