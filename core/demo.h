@@ -12,6 +12,7 @@ typedef struct qt_demo_spec {
     int num_labels;     /* 113, as the seed's task */
     int n_eval;         /* evaluation examples */
     int n_train;        /* training-label examples (for tiers) */
+    int n_calib;        /* calibration inputs (unlabelled, apart from eval) */
     int min_len, max_len;
     double label_noise; /* fraction of labels replaced by a draw from the prior */
     uint64_t seed;
@@ -20,7 +21,7 @@ typedef struct qt_demo_spec {
 
 void qt_demo_default_spec(qt_demo_spec *s);
 
-/* Writes <dir>/models/{encoder,decoder}, <dir>/data/{eval,train}.jsonl and
+/* Writes <dir>/models/{encoder,decoder}, <dir>/data/{eval,train,calib}.jsonl and
  * <dir>/sweep.ini (results into <dir>/results). Prints what it made. */
 int qt_demo_generate(const qt_demo_spec *s, const char *dir);
 
