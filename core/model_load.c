@@ -394,7 +394,8 @@ static int open_config(const char *model_path, const char *config_path, qt_model
 {
     if (config_path) {
         int rc = qt_model_config_load(config_path, cfg);
-        return rc ? rc : qt_quant_config_read(config_path, quant_config);
+        if (!rc && (rc = qt_quant_config_read(config_path, quant_config))) qt_model_config_free(cfg);
+        return rc;
     }
     char *p = NULL;
     if (qt_is_dir(model_path)) {
@@ -417,7 +418,7 @@ static int open_config(const char *model_path, const char *config_path, qt_model
                      qt_is_dir(model_path) ? "in this folder" : "beside this file");
     } else {
         rc = qt_model_config_load(p, cfg);
-        if (!rc) rc = qt_quant_config_read(p, quant_config);
+        if (!rc && (rc = qt_quant_config_read(p, quant_config))) qt_model_config_free(cfg);
     }
     free(p);
     return rc;

@@ -612,14 +612,15 @@ static int64_t any_label(void *ctx, const char *name)
     return 0; /* labels play no part in calibration */
 }
 
-int qt_calib_set_load(const char *path, const qt_model *m, int64_t samples, int64_t max_length,
-                      int64_t batch_tokens, qt_calib_set *out)
+int qt_calib_set_load(const char *path, const qt_model *m, const struct qt_tokenizer *tok, int64_t samples,
+                      int64_t max_length, int64_t batch_tokens, qt_calib_set *out)
 {
     memset(out, 0, sizeof *out);
     qt_data_options o = {0};
     o.vocab_size = m->cfg.vocab_size;
     o.max_length = max_length;
     o.label_lookup = any_label;
+    o.tokenizer = tok;
     int rc = qt_data_load(path, &o, &out->data);
     if (rc) return rc;
     int64_t n = out->data.n < samples ? out->data.n : samples;

@@ -52,8 +52,9 @@ int qt_quant_check_out(const char *out_dir, const char *model_path, int force);
 int qt_quant_save(const qt_model *m, const char *config_path, const char *out_dir, int force);
 
 /* Calibration examples: the first `samples` examples of a JSONL file
- * (labels ignored), each cut to `max_length` tokens, in batches of at most
- * `batch_tokens` tokens (at least one example each). */
+ * (labels ignored; "text" lines need `tok`, which may be NULL), each cut to
+ * `max_length` tokens, in batches of at most `batch_tokens` tokens (at least
+ * one example each). */
 typedef struct qt_calib_set {
     qt_dataset data;
     qt_batch *batches;
@@ -63,8 +64,8 @@ typedef struct qt_calib_set {
     int64_t n_examples, n_tokens;
 } qt_calib_set;
 
-int qt_calib_set_load(const char *path, const qt_model *m, int64_t samples, int64_t max_length,
-                      int64_t batch_tokens, qt_calib_set *out);
+int qt_calib_set_load(const char *path, const qt_model *m, const struct qt_tokenizer *tok, int64_t samples,
+                      int64_t max_length, int64_t batch_tokens, qt_calib_set *out);
 void qt_calib_set_free(qt_calib_set *s);
 
 #endif

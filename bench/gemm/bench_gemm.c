@@ -271,14 +271,16 @@ int main(int argc, char **argv)
     if (open_plugin(&i8, dir, "bnb_int8", i8kv, 1) || open_plugin(&q4, dir, "nf4", NULL, 0) ||
         open_plugin(&q4dq, dir, "nf4", dqkv, 1))
         return 1;
-    /* Extra int8 instances: the int32 chunk size is the knob for large M. */
-    static const char *chunk_opts[3] = {"chunk_mib=4", "chunk_mib=64", "chunk_mib=1024"};
+    /* Extra int8 instances: the cuBLASLt int32 path (the earlier default)
+     * and no outlier decomposition (plain W8A8 with per-row x per-column
+     * scales, what smoothquant computes). */
+    static const char *chunk_opts[3][2] = {{"gemm=cublaslt", "threshold=6.0"},
+                                           {"gemm=auto", "threshold=0"},
+                                           {"gemm=cublaslt", "threshold=0"}};
     plugin i8c[3];
     memset(i8c, 0, sizeof i8c);
-    for (int c = 0; c < 3; c++) {
-        const char *kv[] = {"threshold=6.0", chunk_opts[c]};
-        if (open_plugin(&i8c[c], dir, "bnb_int8", kv, 2)) return 1;
-    }
+    for (int c = 0; c < 3; c++)
+        if (open_plugin(&i8c[c], dir, "bnb_int8", chunk_opts[c], 2)) return 1;
 
     static const int64_t shapes[2][2] = {{896, 4864}, {4864, 896}};
     static const int64_t Ms[3] = {1, 16, 8192};
@@ -342,7 +344,7 @@ int main(int argc, char **argv)
                              {dy, QTOOL_DTYPE_F16, QTOOL_DEVICE_CUDA, 2, 0, {M, N, 0, 0}}};
             float t8 = time_ms(plugin_run_fn, &r8, reps);
             printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f %9.1e\n", (long long)M, (long long)K, (long long)N,
-                   "bnb_int8 (threshold 6)", t8, flop / (t8 * 1e-3) / 1e12, t8 / t16, rel_err(dy, y16, M * N));
+                   "bnb_int8 (auto, threshold 6)", t8, flop / (t8 * 1e-3) / 1e12, t8 / t16, rel_err(dy, y16, M * N));
 
             plugin_run r4 = {&q4, p4, r8.x, r8.y};
             float t4 = time_ms(plugin_run_fn, &r4, reps);
@@ -354,15 +356,14 @@ int main(int argc, char **argv)
                 printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f %9.1e\n", (long long)M, (long long)K, (long long)N,
                        "nf4 dequant+cuBLASLt", td, flop / (td * 1e-3) / 1e12, td / t16, rel_err(dy, y16, M * N));
             }
-            if (M >= 4096)
-                for (int c = 0; c < 3; c++) {
-                    plugin_run rc = {&i8c[c], p8c[c], r8.x, r8.y};
-                    float tc = time_ms(plugin_run_fn, &rc, reps);
-                    char label[64];
-                    snprintf(label, sizeof label, "bnb_int8 %s", chunk_opts[c]);
-                    printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f %9.1e\n", (long long)M, (long long)K,
-                           (long long)N, label, tc, flop / (tc * 1e-3) / 1e12, tc / t16, rel_err(dy, y16, M * N));
-                }
+            for (int c = 0; c < 3; c++) {
+                plugin_run rc = {&i8c[c], p8c[c], r8.x, r8.y};
+                float tc = time_ms(plugin_run_fn, &rc, reps);
+                char label[64];
+                snprintf(label, sizeof label, "bnb_int8 %s thr %s", chunk_opts[c][0] + 5, chunk_opts[c][1] + 10);
+                printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f %9.1e\n", (long long)M, (long long)K,
+                       (long long)N, label, tc, flop / (tc * 1e-3) / 1e12, tc / t16, rel_err(dy, y16, M * N));
+            }
             fflush(stdout);
             free(y16);
             fp16_teardown(&fc);

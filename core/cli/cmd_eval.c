@@ -115,15 +115,23 @@ static int write_tensor(const char *path, const char *name, const float *data, i
     return rc;
 }
 
+static void calib_progress(void *ctx, int64_t block, int64_t n_blocks, int64_t tokens, double seconds)
+{
+    (void)ctx;
+    qt_log(QTOOL_LOG_INFO, "calibration: block %" PRId64 "/%" PRId64 " calibrated on %" PRId64 " tokens and packed in %.2f s",
+           block + 1, n_blocks, tokens, seconds);
+}
+
 /* Layer-sequential calibration and packing over the first `limit`
  * examples of a JSONL file. */
 static int calibrate_pack(qt_model *m, const qt_plugin *p, qtool_instance *inst, int device, const char *path,
-                          int64_t limit, int64_t max_length)
+                          const qt_tokenizer *tok, int64_t limit, int64_t max_length)
 {
     qt_calib_set cs;
-    int rc = qt_calib_set_load(path, m, limit, max_length, 4096, &cs);
+    int rc = qt_calib_set_load(path, m, tok, limit, max_length, 4096, &cs);
     if (rc) return rc;
-    rc = qt_model_calibrate_pack(m, p->desc, inst, device, cs.batches, cs.n_batches, NULL);
+    qt_calib_options co = {calib_progress, NULL};
+    rc = qt_model_calibrate_pack(m, p->desc, inst, device, cs.batches, cs.n_batches, &co);
     if (!rc)
         qt_log(QTOOL_LOG_INFO, "calibrated on %" PRId64 " examples (%" PRId64 " tokens) of %s", cs.n_examples,
                cs.n_tokens, path);
@@ -496,7 +504,7 @@ int cmd_eval(int argc, char **argv)
         int64_t cl = max_length ? max_length : 256;
         if (!max_length && c->max_position_embeddings > 0 && c->max_position_embeddings < cl)
             cl = c->max_position_embeddings;
-        if ((rc = calibrate_pack(m, p, inst, device, calib, calib_n, cl))) goto done;
+        if ((rc = calibrate_pack(m, p, inst, device, calib, tok, calib_n, cl))) goto done;
     } else {
         if (calib) qt_log(QTOOL_LOG_WARN, "plugin %s takes no calibration data; --calib ignored", p->desc->name);
         if ((rc = qt_model_pack(m, p->desc, inst, device))) goto done;

@@ -16,7 +16,9 @@
 #include "model.h"
 #include "plugin_host.h"
 #include "quantize.h"
+#include "fsutil.h"
 #include "threads.h"
+#include "tokenizer.h"
 
 static void usage(FILE *out)
 {
@@ -35,7 +37,8 @@ static void usage(FILE *out)
             "  --out DIR              output folder; written completely or not at all\n"
             "  --force                replace --out when it exists and is not empty\n"
             "  --opt KEY=VALUE        plugin option (repeatable)\n"
-            "  --calib FILE.jsonl     calibration examples {\"input_ids\": [...]} (needed by some plugins)\n"
+            "  --calib FILE.jsonl     calibration examples {\"input_ids\": [...]} or {\"text\": \"...\"} (text\n"
+            "                         needs tokenizer.json in the model folder); some plugins need them\n"
             "  --calib-samples N      use the first N examples (default 128)\n"
             "  --max-length N         keep the first N tokens of each (default 256, or the model's\n"
             "                         max_position_embeddings when smaller)\n"
@@ -156,6 +159,7 @@ int cmd_quantize(int argc, char **argv)
     int have_opts = 0;
     qtool_instance *inst = NULL;
     qt_calib_set cs = {0};
+    qt_tokenizer *tok = NULL;
     if (device == QTOOL_DEVICE_CUDA) {
         char why[256] = "";
         if (!qt_cuda_built()) {
@@ -226,7 +230,16 @@ int cmd_quantize(int argc, char **argv)
             exit_code = QT_EXIT_USAGE;
             goto done;
         }
-        if ((rc = qt_calib_set_load(calib, m, samples, L, batch_tokens, &cs))) goto done;
+        /* Text examples are tokenized with the model folder's tokenizer.json. */
+        if (qt_is_dir(model_path)) {
+            char *tp = qt_path_join(model_path, "tokenizer.json");
+            if (tp && qt_file_exists(tp) && (rc = qt_tokenizer_load(tp, &tok))) {
+                free(tp);
+                goto done;
+            }
+            free(tp);
+        }
+        if ((rc = qt_calib_set_load(calib, m, tok, samples, L, batch_tokens, &cs))) goto done;
         fprintf(stderr, "quantize: calibrating on %" PRId64 " examples of %s (%" PRId64 " tokens, at most %" PRId64
                         " each, %zu batches)\n",
                 cs.n_examples, calib, cs.n_tokens, L, cs.n_batches);
@@ -236,6 +249,8 @@ int cmd_quantize(int argc, char **argv)
         if (calib) qt_log(QTOOL_LOG_WARN, "plugin %s takes no calibration data; --calib ignored", d->name);
         rc = qt_model_calibrate_pack(m, d, inst, device, NULL, 0, &co);
     }
+    /* Packing may still run on the stream; saving reads the layers. */
+    if (!rc && stream) rc = qt_cuda_stream_sync(stream);
     if (rc) goto done;
     double pack_s = now_s() - t0;
     uint64_t mem[QTOOL_MEM_COUNT], packed = 0, before = 0;
@@ -263,6 +278,7 @@ done:
         else qt_cli_runtime_error();
     }
     qt_calib_set_free(&cs);
+    qt_tokenizer_free(tok);
     if (m) qt_model_close(m); /* packed layers go before their instance */
     if (inst) p->desc->destroy(inst);
     if (have_opts) qt_plugin_options_free(&po);

@@ -46,7 +46,7 @@ static int read_line(line_reader *r, char **line, size_t *len, const char *name,
 {
     size_t scan = r->start;
     for (;;) {
-        char *nl = memchr(r->buf + scan, '\n', r->end - scan);
+        char *nl = r->end > scan ? memchr(r->buf + scan, '\n', r->end - scan) : NULL;
         if (nl) {
             *line = r->buf + r->start;
             *len = (size_t)(nl - *line);

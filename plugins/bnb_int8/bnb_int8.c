@@ -19,7 +19,7 @@
 typedef struct i8_instance {
     const qtool_host_services *host;
     float threshold;
-    int force_fallback_gemm;
+    int gemm; /* I8CU_GEMM_* (the `gemm` option's index) */
     size_t chunk_bytes;
     /* CUDA scratch shared by the layers of the instance (they run one after
      * another on the host's stream); memory() reports it with the layer
@@ -34,7 +34,7 @@ typedef struct i8_instance {
 struct qtool_packed {
     i8_instance *inst;
     int device;
-    int64_t N, K, Kp; /* Kp: K rounded up to a multiple of 4 (cuBLASLt int8) */
+    int64_t N, K, Kp; /* Kp: K rounded up to 4 on the CPU, to 16 on CUDA (16-byte tile loads) */
     int8_t *w;        /* [N, Kp] */
     float *scb;       /* [N] */
     float *bias;      /* [N] or NULL */
@@ -44,10 +44,14 @@ struct qtool_packed {
 static const qtool_option_desc i8_options[] = {
     {"threshold", QTOOL_OPT_FLOAT, "6.0",
      "outlier threshold: input columns with any |x| >= threshold bypass int8 (0 disables)", NULL, 0, 1e30},
-    {"gemm", QTOOL_OPT_ENUM, "auto", "CUDA int8 GEMM: auto (cuBLASLt) or builtin (dp4a kernel)", "auto|builtin", 0,
-     -1},
+    {"gemm", QTOOL_OPT_ENUM, "auto",
+     "CUDA int8 GEMM: auto (tensor-core GEMM with the dequantization fused in), builtin (dp4a kernel) or cublaslt "
+     "(cuBLASLt int32 product, then an epilogue kernel)",
+     "auto|builtin|cublaslt", 0, -1},
     {"chunk_mib", QTOOL_OPT_INT, "16",
-     "CUDA: the int32 product is computed in row chunks of at most this many MiB (L2-sized keeps it on chip)", NULL,
+     "CUDA, gemm=builtin|cublaslt: the int32 product is computed in row chunks of at most this many MiB "
+     "(L2-sized keeps it on chip)",
+     NULL,
      1, 4096},
 };
 
@@ -109,7 +113,10 @@ static void free_packed(qtool_packed *p)
     free(p);
 }
 
-static qtool_packed *new_packed(i8_instance *inst, int device, int64_t N, int64_t K, int with_bias)
+/* Row length of the packed codes: the CUDA GEMM reads 16-byte pieces. */
+static int64_t kp_for(int device, int64_t K) { return device == QTOOL_DEVICE_CUDA ? (K + 15) / 16 * 16 : (K + 3) / 4 * 4; }
+
+static qtool_packed *new_packed(i8_instance *inst, int device, int64_t N, int64_t K, int64_t Kp, int with_bias)
 {
     qtool_packed *p = calloc(1, sizeof *p);
     if (!p) return NULL;
@@ -117,7 +124,7 @@ static qtool_packed *new_packed(i8_instance *inst, int device, int64_t N, int64_
     p->device = device;
     p->N = N;
     p->K = K;
-    p->Kp = (K + 3) / 4 * 4;
+    p->Kp = Kp;
     p->w = p_alloc(p, (size_t)(N * p->Kp), QTOOL_MEM_WEIGHTS);
     p->scb = p_alloc(p, (size_t)N * 4, QTOOL_MEM_SCALES);
     if (with_bias) p->bias = p_alloc(p, (size_t)N * 4, QTOOL_MEM_WEIGHTS);
@@ -173,7 +180,8 @@ static int finish_on_device(qtool_packed *cpu, int device, qtool_packed **out)
         return QTOOL_OK;
     }
 #ifdef QTOOL_HAVE_CUDA
-    qtool_packed *g = new_packed(cpu->inst, QTOOL_DEVICE_CUDA, cpu->N, cpu->K, cpu->bias != NULL);
+    /* The CPU copy was packed with the CUDA row length (kp_for). */
+    qtool_packed *g = new_packed(cpu->inst, QTOOL_DEVICE_CUDA, cpu->N, cpu->K, cpu->Kp, cpu->bias != NULL);
     int rc = g ? upload(g, cpu) : fail(cpu->inst->host, QTOOL_ERR_OUT_OF_MEMORY, "bnb_int8: out of CUDA memory");
     free_packed(cpu);
     if (rc) {
@@ -247,7 +255,12 @@ static int i8_create(const qtool_host_services *host, const qtool_option_value *
             }
             inst->threshold = (float)opts[i].f;
         } else if (!strcmp(name, "gemm")) {
-            inst->force_fallback_gemm = opts[i].i == 1;
+            if (opts[i].i < 0 || opts[i].i > 2) {
+                snprintf(msg, msg_len, "bnb_int8: gemm must be auto, builtin or cublaslt");
+                free(inst);
+                return QTOOL_ERR_INVALID_ARGUMENT;
+            }
+            inst->gemm = (int)opts[i].i;
         } else if (!strcmp(name, "chunk_mib")) {
             if (opts[i].i < 1 || opts[i].i > 4096) {
                 snprintf(msg, msg_len, "bnb_int8: chunk_mib must be 1..4096, got %lld", (long long)opts[i].i);
@@ -335,7 +348,7 @@ static int i8_pack(qtool_instance *qi, const qtool_pack_args *args, qtool_packed
     if (args->device == QTOOL_DEVICE_CUDA)
         return fail(h, QTOOL_ERR_UNSUPPORTED, "bnb_int8 pack: built without CUDA support");
 #endif
-    qtool_packed *p = new_packed(inst, QTOOL_DEVICE_CPU, N, K, args->bias != NULL);
+    qtool_packed *p = new_packed(inst, QTOOL_DEVICE_CPU, N, K, kp_for(args->device, K), args->bias != NULL);
     if (!p) return fail(h, QTOOL_ERR_OUT_OF_MEMORY, "bnb_int8 pack: out of memory");
     wq_job job = {w->data, w->dtype, p, 0};
     if (h->parallel_for)
@@ -597,15 +610,16 @@ static int i8_matmul_cuda(qtool_packed *p, const qtool_matmul_args *a)
     int fresh = 0;
     pthread_mutex_lock(&inst->lock);
     rc = i8cu_set_device(h->cuda_device < 0 ? 0 : h->cuda_device, msg, sizeof msg);
-    if (!rc && !inst->lt_handle && !inst->force_fallback_gemm) rc = i8cu_lt_create(&inst->lt_handle, msg, sizeof msg);
+    if (!rc && !inst->lt_handle && inst->gemm == I8CU_GEMM_CUBLASLT)
+        rc = i8cu_lt_create(&inst->lt_handle, msg, sizeof msg);
     if (rc) {
         pthread_mutex_unlock(&inst->lock);
         return fail(h, rc, "bnb_int8 matmul_cuda: %s", msg);
     }
-    rc = grow(inst, &inst->ws, &inst->ws_bytes, i8cu_workspace_bytes(&L, M), QTOOL_MEM_WORKSPACE, NULL);
+    rc = grow(inst, &inst->ws, &inst->ws_bytes, i8cu_workspace_bytes(&L, M, inst->gemm), QTOOL_MEM_WORKSPACE, NULL);
     if (!rc)
         rc = grow(inst, &inst->outliers, &inst->outlier_bytes, i8cu_outlier_bytes(&L), QTOOL_MEM_OUTLIERS, &fresh);
-    if (!rc && !inst->force_fallback_gemm)
+    if (!rc && inst->gemm == I8CU_GEMM_CUBLASLT)
         rc = grow(inst, &inst->lt_ws, &inst->lt_ws_bytes, i8cu_lt_workspace_bytes(), QTOOL_MEM_WORKSPACE, NULL);
     if (rc) {
         pthread_mutex_unlock(&inst->lock);
@@ -614,7 +628,7 @@ static int i8_matmul_cuda(qtool_packed *p, const qtool_matmul_args *a)
     inst->ws_owner = p;
     rc = i8cu_matmul(&L, a->x->data, a->y->data, M, dt == QTOOL_DTYPE_BF16, inst->threshold, inst->ws,
                      inst->ws_bytes, inst->outliers, inst->outlier_bytes, fresh, inst->lt_handle, inst->lt_ws,
-                     inst->lt_ws_bytes, inst->force_fallback_gemm, stream, msg, sizeof msg);
+                     inst->lt_ws_bytes, inst->gemm, stream, msg, sizeof msg);
     pthread_mutex_unlock(&inst->lock);
     if (rc) return fail(h, rc, "bnb_int8 matmul_cuda: %s", msg);
     return QTOOL_OK;
@@ -733,7 +747,7 @@ static int i8_load(qtool_instance *qi, const qtool_layer_info *layer, int device
         return fail(h, QTOOL_ERR_FORMAT, "bnb_int8 load: %s: bias must have %lld float elements", name, (long long)N);
     if (device != QTOOL_DEVICE_CPU && device != QTOOL_DEVICE_CUDA)
         return fail(h, QTOOL_ERR_INVALID_ARGUMENT, "bnb_int8 load: unknown device %d", device);
-    qtool_packed *p = new_packed(inst, QTOOL_DEVICE_CPU, N, K, has_bias);
+    qtool_packed *p = new_packed(inst, QTOOL_DEVICE_CPU, N, K, kp_for(device, K), has_bias);
     if (!p) return fail(h, QTOOL_ERR_OUT_OF_MEMORY, "bnb_int8 load: out of memory");
     const int8_t *src_w = w.data;
     for (int64_t n = 0; n < N; n++) {

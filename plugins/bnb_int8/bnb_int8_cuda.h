@@ -10,17 +10,24 @@
 extern "C" {
 #endif
 
+/* The int8 GEMM: the fused tensor-core kernel of plugins/common/int8_gemm
+ * (needs Kp % 16 == 0), the dp4a kernel or cuBLASLt (both write the int32
+ * product, then an epilogue kernel applies scales, outliers and bias). The
+ * values are the indices of the `gemm` option's choices. */
+enum { I8CU_GEMM_FUSED = 0, I8CU_GEMM_DP4A = 1, I8CU_GEMM_CUBLASLT = 2 };
+
 typedef struct i8cu_layer {
-    const int8_t *w;    /* [N, Kp] row-major, zero columns past K */
+    const int8_t *w;    /* [N, Kp] row-major, zero columns past K; Kp % 16 == 0 */
     const float *scb;   /* [N] */
     const float *bias;  /* [N] or NULL */
     int64_t N, K, Kp;
     size_t chunk_bytes; /* int32 product rows per GEMM call: at most this many bytes */
 } i8cu_layer;
 
-/* Scratch for M input rows: int8 activations, row scales and the int32
- * product (computed in row chunks), and the outlier-column buffers. */
-size_t i8cu_workspace_bytes(const i8cu_layer *L, int64_t M);
+/* Scratch for M input rows: int8 activations, row scales and, except for
+ * the fused GEMM, the int32 product (computed in row chunks); and the
+ * outlier-column buffers. */
+size_t i8cu_workspace_bytes(const i8cu_layer *L, int64_t M, int gemm);
 size_t i8cu_outlier_bytes(const i8cu_layer *L);
 size_t i8cu_lt_workspace_bytes(void);
 
@@ -37,10 +44,11 @@ int i8cu_copy_2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_
 /* y[M, N] = LLM.int8(x[M, K]) with outlier decomposition at `threshold`
  * (0 disables). x and y F16 (is_bf16 = 0) or BF16 on the device. When
  * outliers_fresh is 1 the outlier buffer was just allocated and is cleared
- * first. force_fallback_gemm selects the built-in int8 GEMM over cuBLASLt. */
+ * first. gemm: I8CU_GEMM_*; cuBLASLt needs lt_handle and falls back to
+ * dp4a for shapes it has no algorithm for. */
 int i8cu_matmul(const i8cu_layer *L, const void *x, void *y, int64_t M, int is_bf16, float threshold, void *ws,
                 size_t ws_bytes, void *outliers, size_t outlier_bytes, int outliers_fresh, void *lt_handle,
-                void *lt_ws, size_t lt_ws_bytes, int force_fallback_gemm, void *stream, char *msg, size_t msg_len);
+                void *lt_ws, size_t lt_ws_bytes, int gemm, void *stream, char *msg, size_t msg_len);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,10 @@
 // CUDA side of bnb_int8: per-token int8 quantization with outlier
-// detection, int8 x int8 -> int32 GEMM through cuBLASLt (or a dp4a kernel),
-// and one epilogue that dequantizes, removes the outlier columns from the
-// int8 product, adds them back in floating point and adds the bias.
+// detection, then either the fused int8 tensor-core GEMM of
+// plugins/common/int8_gemm (dequantization, outlier columns and bias in its
+// epilogue, no int32 product in memory), or int8 x int8 -> int32 through
+// cuBLASLt (or a dp4a kernel) followed by one epilogue kernel that
+// dequantizes, removes the outlier columns from the int8 product, adds them
+// back in floating point and adds the bias.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -9,9 +12,12 @@
 
 #include <stdio.h>
 
+#include <type_traits>
+
 #include <qtool/plugin.h>
 
 #include "bnb_int8_cuda.h"
+#include "int8_gemm.h"
 
 namespace {
 
@@ -92,6 +98,57 @@ __global__ void __launch_bounds__(256)
     }
 }
 
+// The same with 8 values a thread and 16-byte loads, for K % 8 == 0 and
+// x 16-byte aligned (then Kp - K is a multiple of 8 too). 128 threads a row.
+template <typename T>
+__global__ void __launch_bounds__(128)
+    k_quant_rows8(const T *__restrict__ x, int64_t K, int64_t Kp, float thr, int8_t *__restrict__ qa,
+                  float *__restrict__ sa, uint8_t *__restrict__ flags)
+{
+    __shared__ float red[4];
+    const int64_t m = blockIdx.x;
+    const uint4 *xr = reinterpret_cast<const uint4 *>(x + m * K);
+    const int64_t nv = K / 8, nvp = Kp / 8;
+    float amax = 0.0f;
+    for (int64_t v = threadIdx.x; v < nv; v += blockDim.x) {
+        uint4 u = xr[v];
+        const T *h = reinterpret_cast<const T *>(&u);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float a = fabsf(to_f<T>(h[i]));
+            if (thr > 0.0f && a >= thr) {
+                flags[v * 8 + i] = 1;
+                continue;
+            }
+            amax = fmaxf(amax, a);
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = amax;
+    __syncthreads();
+    amax = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+    if (threadIdx.x == 0) sa[m] = amax;
+    const float scale = amax > 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+    uint2 *qr = reinterpret_cast<uint2 *>(qa + m * Kp);
+    for (int64_t v = threadIdx.x; v < nvp; v += blockDim.x) {
+        uint32_t w[2] = {0, 0};
+        if (v < nv) {
+            uint4 u = xr[v]; // second read of the row: from L1/L2
+            const T *h = reinterpret_cast<const T *>(&u);
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                float f = to_f<T>(h[i]);
+                int q = 0;
+                if (!(thr > 0.0f && fabsf(f) >= thr)) q = __float2int_rn(__fmul_rn(f, scale));
+                q = q > 127 ? 127 : (q < -127 ? -127 : q);
+                w[i >> 2] |= (uint32_t)(uint8_t)(int8_t)q << ((i & 3) * 8);
+            }
+        }
+        qr[v] = make_uint2(w[0], w[1]);
+    }
+}
+
 // Compacts the flagged columns into cols[0..count) in increasing order and
 // clears the flags for the next call. One block.
 __global__ void __launch_bounds__(1024) k_collect(uint8_t *__restrict__ flags, int64_t K, int *__restrict__ cols,
@@ -101,7 +158,7 @@ __global__ void __launch_bounds__(1024) k_collect(uint8_t *__restrict__ flags, i
     __shared__ int total;
     if (threadIdx.x == 0) total = 0;
     __syncthreads();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     for (int64_t base = 0; base < K; base += blockDim.x) {
         int64_t c = base + threadIdx.x;
         int f = c < K ? flags[c] : 0;
@@ -109,14 +166,17 @@ __global__ void __launch_bounds__(1024) k_collect(uint8_t *__restrict__ flags, i
         unsigned ballot = __ballot_sync(0xffffffffu, f);
         if (lane == 0) warp_base[warp] = __popc(ballot);
         __syncthreads();
-        if (threadIdx.x == 0) {
-            int run = total;
-            for (int w = 0; w < (int)(blockDim.x >> 5); w++) {
-                int n = warp_base[w];
-                warp_base[w] = run;
-                run += n;
+        if (warp == 0) { // exclusive scan of the per-warp counts
+            int n = lane < nwarps ? warp_base[lane] : 0, incl = n;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                int v = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += v;
             }
-            total = run;
+            const int run = total;
+            if (lane < nwarps) warp_base[lane] = run + incl - n;
+            __syncwarp();
+            if (lane == 31) total = run + incl;
         }
         __syncthreads();
         if (f) cols[warp_base[warp] + __popc(ballot & ((1u << lane) - 1u))] = (int)c;
@@ -334,17 +394,16 @@ unsigned blocks_for(int64_t work, int threads) { return (unsigned)((work + threa
 
 template <typename T>
 int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *ws, size_t ws_bytes, void *outl,
-             size_t outl_bytes, int fresh, void *lt, void *lt_ws, size_t lt_ws_bytes, int force_fallback,
-             cudaStream_t st, char *msg, size_t len)
+             size_t outl_bytes, int fresh, void *lt, void *lt_ws, size_t lt_ws_bytes, int gemm, cudaStream_t st,
+             char *msg, size_t len)
 {
-    if (ws_bytes < i8cu_workspace_bytes(&L, M) || outl_bytes < i8cu_outlier_bytes(&L)) {
+    if (ws_bytes < i8cu_workspace_bytes(&L, M, gemm) || outl_bytes < i8cu_outlier_bytes(&L)) {
         snprintf(msg, len, "workspace too small");
         return QTOOL_ERR_INTERNAL;
     }
     uint8_t *base = static_cast<uint8_t *>(ws);
     int8_t *qa = reinterpret_cast<int8_t *>(base);
     float *sa = reinterpret_cast<float *>(base + align256((size_t)(M * L.Kp)));
-    int32_t *acc = reinterpret_cast<int32_t *>(base + align256((size_t)(M * L.Kp)) + align256((size_t)M * 4));
     uint8_t *flags = static_cast<uint8_t *>(outl);
     int *cols = reinterpret_cast<int *>(static_cast<uint8_t *>(outl) + align256((size_t)L.K));
     int *count = cols + L.K;
@@ -353,14 +412,43 @@ int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *
         e = cudaMemsetAsync(flags, 0, (size_t)L.K, st);
         if (e != cudaSuccess) return cuda_fail(e, "cudaMemsetAsync", msg, len);
     }
-    k_quant_rows<T><<<(unsigned)M, 256, 0, st>>>(x, L.K, L.Kp, thr, qa, sa, flags);
+    if (L.K % 8 == 0 && ((uintptr_t)x & 15u) == 0)
+        k_quant_rows8<T><<<(unsigned)M, 128, 0, st>>>(x, L.K, L.Kp, thr, qa, sa, flags);
+    else
+        k_quant_rows<T><<<(unsigned)M, 256, 0, st>>>(x, L.K, L.Kp, thr, qa, sa, flags);
     const int *dcount = NULL;
     if (thr > 0.0f) {
         k_collect<<<1, 1024, 0, st>>>(flags, L.K, cols, count);
         dcount = count;
     }
+    if (gemm == I8CU_GEMM_FUSED) {
+        // Kp % 16 == 0 with zero padding in both operands: the padded
+        // product is the product.
+        qt_i8gemm_args g = {};
+        g.A = qa;
+        g.B = L.w;
+        g.M = M;
+        g.N = L.N;
+        g.K = L.Kp;
+        g.row_scale = sa;
+        g.col_scale = L.scb;
+        g.alpha = kDequant;
+        g.bias = L.bias;
+        g.D = y;
+        g.d_is_bf16 = std::is_same<T, __nv_bfloat16>::value;
+        g.outlier_cols = dcount ? cols : NULL;
+        g.outlier_count = dcount;
+        g.outlier_x = x;
+        g.ldx = L.K;
+        g.outlier_w_scale = kInv127;
+        g.stream = st;
+        e = cudaGetLastError();
+        if (e != cudaSuccess) return cuda_fail(e, "bnb_int8 kernel launch", msg, len);
+        return qt_i8gemm_ex(&g, msg, len);
+    }
+    int32_t *acc = reinterpret_cast<int32_t *>(base + align256((size_t)(M * L.Kp)) + align256((size_t)M * 4));
     const int64_t mc = chunk_rows(M, L.N, L.chunk_bytes);
-    bool use_lt = lt && !force_fallback;
+    bool use_lt = lt && gemm == I8CU_GEMM_CUBLASLT;
     for (int64_t m0 = 0; m0 < M; m0 += mc) {
         int64_t rows = M - m0 < mc ? M - m0 : mc;
         int rc = QTOOL_ERR_UNSUPPORTED;
@@ -390,10 +478,11 @@ int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *
 
 extern "C" {
 
-size_t i8cu_workspace_bytes(const i8cu_layer *L, int64_t M)
+size_t i8cu_workspace_bytes(const i8cu_layer *L, int64_t M, int gemm)
 {
-    return align256((size_t)(M * L->Kp)) + align256((size_t)M * 4) +
-           (size_t)chunk_rows(M, L->N, L->chunk_bytes) * (size_t)L->N * 4;
+    size_t b = align256((size_t)(M * L->Kp)) + align256((size_t)M * 4);
+    if (gemm != I8CU_GEMM_FUSED) b += (size_t)chunk_rows(M, L->N, L->chunk_bytes) * (size_t)L->N * 4;
+    return b;
 }
 
 size_t i8cu_outlier_bytes(const i8cu_layer *L) { return align256((size_t)L->K) + (size_t)L->K * 4 + 4; }
@@ -443,7 +532,7 @@ int i8cu_copy_2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_
 
 int i8cu_matmul(const i8cu_layer *L, const void *x, void *y, int64_t M, int is_bf16, float threshold, void *ws,
                 size_t ws_bytes, void *outliers, size_t outlier_bytes, int outliers_fresh, void *lt_handle,
-                void *lt_ws, size_t lt_ws_bytes, int force_fallback_gemm, void *stream, char *msg, size_t msg_len)
+                void *lt_ws, size_t lt_ws_bytes, int gemm, void *stream, char *msg, size_t msg_len)
 {
     cudaStream_t st = static_cast<cudaStream_t>(stream);
     if (M > 0x7FFFFFFF) {
@@ -453,10 +542,10 @@ int i8cu_matmul(const i8cu_layer *L, const void *x, void *y, int64_t M, int is_b
     if (is_bf16)
         return matmul_t<__nv_bfloat16>(*L, static_cast<const __nv_bfloat16 *>(x), static_cast<__nv_bfloat16 *>(y), M,
                                        threshold, ws, ws_bytes, outliers, outlier_bytes, outliers_fresh, lt_handle,
-                                       lt_ws, lt_ws_bytes, force_fallback_gemm, st, msg, msg_len);
+                                       lt_ws, lt_ws_bytes, gemm, st, msg, msg_len);
     return matmul_t<__half>(*L, static_cast<const __half *>(x), static_cast<__half *>(y), M, threshold, ws, ws_bytes,
                             outliers, outlier_bytes, outliers_fresh, lt_handle, lt_ws, lt_ws_bytes,
-                            force_fallback_gemm, st, msg, msg_len);
+                            gemm, st, msg, msg_len);
 }
 
 } // extern "C"

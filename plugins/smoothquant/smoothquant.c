@@ -35,7 +35,7 @@ typedef struct sq_instance {
     const qtool_host_services *host;
     double alpha;
     int static_act;
-    int force_builtin;
+    int gemm; /* SQCU_GEMM_*: 0 fused, 1 cuBLASLt, 2 dp4a */
     size_t chunk_bytes;
     /* Guards the statistics and the CUDA scratch. */
     pthread_mutex_t lock;
@@ -70,11 +70,14 @@ static const qtool_option_desc sq_options[] = {
     {"act_scale", QTOOL_OPT_ENUM, "dynamic",
      "activation scale: dynamic (absmax per token at run time) or static (one per-tensor scale from calibration)",
      "dynamic|static", 0, -1},
-    {"gemm", QTOOL_OPT_ENUM, "auto", "CUDA int8 GEMM: auto (cuBLASLt) or builtin (dp4a kernel)", "auto|builtin", 0,
-     -1},
+    {"gemm", QTOOL_OPT_ENUM, "auto",
+     "CUDA int8 GEMM: auto (tensor-core kernel with the scales fused into its epilogue), cublaslt (cuBLASLt into "
+     "int32, then an epilogue kernel) or builtin (dp4a kernel)",
+     "auto|cublaslt|builtin", 0, -1},
     {"chunk_mib", QTOOL_OPT_INT, "16",
-     "CUDA: the int32 product is computed in row chunks of at most this many MiB (L2-sized keeps it on chip)", NULL,
-     1, 4096},
+     "CUDA, gemm=cublaslt|builtin: the int32 product is computed in row chunks of at most this many MiB "
+     "(L2-sized keeps it on chip)",
+     NULL, 1, 4096},
 };
 
 static const qtool_host_services *g_host;
@@ -284,7 +287,12 @@ static int sq_create(const qtool_host_services *host, const qtool_option_value *
             }
             inst->static_act = opts[i].i == 1;
         } else if (!strcmp(name, "gemm")) {
-            inst->force_builtin = opts[i].i == 1;
+            if (opts[i].i < 0 || opts[i].i > 2) {
+                snprintf(msg, msg_len, "smoothquant: gemm must be auto, cublaslt or builtin");
+                free(inst);
+                return QTOOL_ERR_INVALID_ARGUMENT;
+            }
+            inst->gemm = (int)opts[i].i;
         } else if (!strcmp(name, "chunk_mib")) {
             if (opts[i].i < 1 || opts[i].i > 4096) {
                 snprintf(msg, msg_len, "smoothquant: chunk_mib must be 1..4096, got %lld", (long long)opts[i].i);
@@ -734,6 +742,23 @@ static int grow(sq_instance *inst, void **buf, size_t *have, size_t need, int ca
     return QTOOL_OK;
 }
 
+/* One GEMM form with its workspace; the lock is held. */
+static int run_gemm(qtool_packed *p, const sqcu_layer *L, const qtool_matmul_args *a, int64_t M, int gemm,
+                    void *stream, char *msg, size_t msg_len)
+{
+    sq_instance *inst = p->inst;
+    int rc = grow(inst, &inst->ws, &inst->ws_bytes, sqcu_workspace_bytes(L, M, gemm), QTOOL_MEM_WORKSPACE);
+    if (!rc && gemm == SQCU_GEMM_CUBLASLT)
+        rc = grow(inst, &inst->lt_ws, &inst->lt_ws_bytes, sqcu_lt_workspace_bytes(), QTOOL_MEM_WORKSPACE);
+    if (rc) {
+        snprintf(msg, msg_len, "out of CUDA memory for the workspace of %lld rows", (long long)M);
+        return rc;
+    }
+    inst->ws_owner = p;
+    return sqcu_matmul(L, a->x->data, a->y->data, M, a->x->dtype == QTOOL_DTYPE_BF16, inst->ws, inst->ws_bytes,
+                       inst->lt, inst->lt_ws, inst->lt_ws_bytes, gemm, stream, msg, msg_len);
+}
+
 static int sq_matmul_cuda(qtool_packed *p, const qtool_matmul_args *a)
 {
     if (!p) return QTOOL_ERR_INVALID_ARGUMENT;
@@ -747,28 +772,17 @@ static int sq_matmul_cuda(qtool_packed *p, const qtool_matmul_args *a)
     if ((dt != QTOOL_DTYPE_F16 && dt != QTOOL_DTYPE_BF16) || a->y->dtype != dt)
         return fail(h, QTOOL_ERR_INVALID_ARGUMENT, "smoothquant matmul_cuda: x and y must both be F16 or both BF16");
     sq_instance *inst = p->inst;
-    char msg[256];
+    char msg[256] = "";
     void *stream = a->stream ? a->stream : h->cuda_stream;
     sqcu_layer L = {p->w, p->ws, p->bias, p->N, p->K, p->Kp, p->static_act, p->act_scale, p->act_inv,
                     inst->chunk_bytes};
     pthread_mutex_lock(&inst->lock);
     rc = sqcu_set_device(h->cuda_device < 0 ? 0 : h->cuda_device, msg, sizeof msg);
-    if (!rc && !inst->lt && !inst->force_builtin) rc = sqcu_lt_create(&inst->lt, msg, sizeof msg);
-    if (rc) {
-        pthread_mutex_unlock(&inst->lock);
-        return fail(h, rc, "smoothquant matmul_cuda: %s", msg);
-    }
-    rc = grow(inst, &inst->ws, &inst->ws_bytes, sqcu_workspace_bytes(&L, M), QTOOL_MEM_WORKSPACE);
-    if (!rc && !inst->force_builtin)
-        rc = grow(inst, &inst->lt_ws, &inst->lt_ws_bytes, sqcu_lt_workspace_bytes(), QTOOL_MEM_WORKSPACE);
-    if (rc) {
-        pthread_mutex_unlock(&inst->lock);
-        return fail(h, rc, "smoothquant matmul_cuda: out of CUDA memory for the workspace of %lld rows",
-                    (long long)M);
-    }
-    inst->ws_owner = p;
-    rc = sqcu_matmul(&L, a->x->data, a->y->data, M, dt == QTOOL_DTYPE_BF16, inst->ws, inst->ws_bytes, inst->lt,
-                     inst->lt_ws, inst->lt_ws_bytes, inst->force_builtin, stream, msg, sizeof msg);
+    if (!rc && !inst->lt && inst->gemm != SQCU_GEMM_BUILTIN) rc = sqcu_lt_create(&inst->lt, msg, sizeof msg);
+    if (!rc) rc = run_gemm(p, &L, a, M, inst->gemm, stream, msg, sizeof msg);
+    /* The fused kernel cannot take this call: cuBLASLt can. */
+    if (rc == QTOOL_ERR_UNSUPPORTED && inst->gemm == SQCU_GEMM_FUSED)
+        rc = run_gemm(p, &L, a, M, SQCU_GEMM_CUBLASLT, stream, msg, sizeof msg);
     pthread_mutex_unlock(&inst->lock);
     if (rc) return fail(h, rc, "smoothquant matmul_cuda: %s", msg);
     return QTOOL_OK;

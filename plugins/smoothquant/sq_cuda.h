@@ -20,9 +20,15 @@ typedef struct sqcu_layer {
     size_t chunk_bytes; /* int32 product rows per GEMM call: at most this many bytes */
 } sqcu_layer;
 
-/* Scratch for M input rows: int8 activations, row scales, the int32
- * product of one row chunk. */
-size_t sqcu_workspace_bytes(const sqcu_layer *L, int64_t M);
+/* The int8 GEMM. FUSED: the tensor-core kernel of plugins/common/int8_gemm
+ * with scales and bias in its epilogue (no int32 round trip). CUBLASLT:
+ * cuBLASLt's int8 GEMM into int32 row chunks, then an epilogue kernel.
+ * BUILTIN: a dp4a kernel, then the same epilogue. */
+enum { SQCU_GEMM_FUSED = 0, SQCU_GEMM_CUBLASLT = 1, SQCU_GEMM_BUILTIN = 2 };
+
+/* Scratch for M input rows: int8 activations, row scales and, except for
+ * FUSED, the int32 product of one row chunk. */
+size_t sqcu_workspace_bytes(const sqcu_layer *L, int64_t M, int gemm);
 size_t sqcu_lt_workspace_bytes(void);
 
 int sqcu_set_device(int device, char *msg, size_t msg_len);
@@ -37,13 +43,13 @@ int sqcu_copy_2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_
                  void *stream, char *msg, size_t msg_len);
 
 /* y[M, N] = W8A8(x[M, K]): per-token (or static per-tensor) int8
- * activations, int8 GEMM with int32 accumulation (cuBLASLt, or a dp4a
- * kernel when cuBLASLt has no algorithm or force_builtin is 1), and an
- * epilogue applying the scales and the bias. x and y are F16 (is_bf16 0)
- * or BF16 on the device. */
+ * activations, int8 GEMM with int32 accumulation along `gemm` (CUBLASLT
+ * falls back to the dp4a kernel where cuBLASLt has no algorithm), scales
+ * and bias. x and y are F16 (is_bf16 0) or BF16 on the device. FUSED
+ * returns QTOOL_ERR_UNSUPPORTED when the fused kernel cannot take the
+ * call; the caller then retries with CUBLASLT. */
 int sqcu_matmul(const sqcu_layer *L, const void *x, void *y, int64_t M, int is_bf16, void *ws, size_t ws_bytes,
-                void *lt_ctx, void *lt_ws, size_t lt_ws_bytes, int force_builtin, void *stream, char *msg,
-                size_t msg_len);
+                void *lt_ctx, void *lt_ws, size_t lt_ws_bytes, int gemm, void *stream, char *msg, size_t msg_len);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,9 @@
 // CUDA side of smoothquant: per-token (or static) int8 quantization of the
-// activations, int8 x int8 -> int32 GEMM through cuBLASLt (or a dp4a
-// kernel), and an epilogue that applies row scale x column scale + bias
-// and writes fp16/bf16.
+// activations, then the int8 GEMM: the tensor-core kernel with the scales
+// and bias fused into its epilogue (plugins/common/int8_gemm), or int8 x
+// int8 -> int32 through cuBLASLt (or a dp4a kernel) followed by an
+// epilogue kernel that applies row scale x column scale + bias and writes
+// fp16/bf16.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -13,6 +15,7 @@
 
 #include <qtool/plugin.h>
 
+#include "int8_gemm.h"
 #include "sq_cuda.h"
 
 namespace {
@@ -150,6 +153,56 @@ __global__ void __launch_bounds__(256)
         }
     }
     for (int64_t c = K + threadIdx.x; c < Kp; c += blockDim.x) qr[c] = 0;
+}
+
+// Short rows (K <= 1024, K % 8 == 0, 16-byte aligned): one warp per token,
+// 8 tokens per block, C vectors of 8 values per lane in registers; the
+// absmax needs only warp shuffles.
+template <typename T, int C>
+__global__ void __launch_bounds__(256)
+    k_quant_warp(const T *__restrict__ x, int64_t M, int64_t K, int64_t Kp, int static_act, float act_scale,
+                 float act_inv, int8_t *__restrict__ qa, float *__restrict__ sa)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t m = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (m >= M) return; // the whole warp leaves together
+    const T *xr = x + m * K;
+    const int64_t nv = K / 8;
+    float v[C][8];
+    float amax = 0.0f;
+#pragma unroll
+    for (int c = 0; c < C; c++) {
+        int64_t i = lane + c * 32;
+        if (i < nv) {
+            load8<T>(xr + i * 8, v[c]);
+#pragma unroll
+            for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[c][j]));
+        }
+    }
+    float inv = act_inv;
+    if (!static_act) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        inv = amax > 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+        if (lane == 0) sa[m] = __fdiv_rn(amax, 127.0f);
+    } else if (lane == 0) {
+        sa[m] = act_scale;
+    }
+    int8_t *qr = qa + m * Kp;
+#pragma unroll
+    for (int c = 0; c < C; c++) {
+        int64_t i = lane + c * 32;
+        if (i < nv) {
+            uint32_t lo = 0, hi = 0;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                lo |= ((uint32_t)(uint8_t)(int8_t)code_of(v[c][j], inv)) << (8 * j);
+                hi |= ((uint32_t)(uint8_t)(int8_t)code_of(v[c][j + 4], inv)) << (8 * j);
+            }
+            *reinterpret_cast<uint2 *>(qr + i * 8) = make_uint2(lo, hi);
+        }
+    }
+    for (int64_t c = K + lane; c < Kp; c += 32) qr[c] = 0;
 }
 
 // Any K, any alignment: two passes over the row (the second from cache).
@@ -344,6 +397,18 @@ void launch_quant(const sqcu_layer &L, const T *x, int64_t M, int8_t *qa, float 
 {
     const int64_t nv = L.K / 8;
     const bool vec = L.K % 8 == 0 && ((uintptr_t)x & 15u) == 0 && nv <= 4 * 256;
+    if (vec && nv <= 4 * 32) {
+        const unsigned blocks = (unsigned)((M + 7) / 8);
+        const int c = (int)((nv + 31) / 32);
+#define QW(C) \
+    k_quant_warp<T, C><<<blocks, 256, 0, st>>>(x, M, L.K, L.Kp, L.static_act, L.act_scale, L.act_inv, qa, sa)
+        if (c == 1) QW(1);
+        else if (c == 2) QW(2);
+        else if (c == 3) QW(3);
+        else QW(4);
+#undef QW
+        return;
+    }
     if (vec) {
         int threads = (int)((nv + 31) / 32 * 32);
         if (threads > 256) threads = 256;
@@ -372,10 +437,10 @@ void launch_quant(const sqcu_layer &L, const T *x, int64_t M, int8_t *qa, float 
 }
 
 template <typename T>
-int matmul_t(const sqcu_layer &L, const T *x, T *y, int64_t M, void *ws, size_t ws_bytes, LtCtx *lt, void *lt_ws,
-             size_t lt_ws_bytes, int force_builtin, cudaStream_t st, char *msg, size_t len)
+int matmul_t(const sqcu_layer &L, const T *x, T *y, int64_t M, int is_bf16, void *ws, size_t ws_bytes, LtCtx *lt,
+             void *lt_ws, size_t lt_ws_bytes, int gemm, cudaStream_t st, char *msg, size_t len)
 {
-    if (ws_bytes < sqcu_workspace_bytes(&L, M)) {
+    if (ws_bytes < sqcu_workspace_bytes(&L, M, gemm)) {
         snprintf(msg, len, "workspace too small");
         return QTOOL_ERR_INTERNAL;
     }
@@ -384,6 +449,15 @@ int matmul_t(const sqcu_layer &L, const T *x, T *y, int64_t M, void *ws, size_t 
     float *sa = reinterpret_cast<float *>(base + align256((size_t)(M * L.Kp)));
     int32_t *acc = reinterpret_cast<int32_t *>(base + align256((size_t)(M * L.Kp)) + align256((size_t)M * 4));
     launch_quant<T>(L, x, M, qa, sa, st);
+    if (gemm == SQCU_GEMM_FUSED) {
+        // ((acc * sa[m]) * ws[n]) * 1 + bias[n]: the CPU's order, the 1 exact.
+        int rc = qt_i8gemm(qa, L.w, M, L.N, L.Kp, sa, L.ws, 1.0f, L.bias, y, is_bf16, st, msg, len);
+        if (rc) return rc == QTOOL_ERR_INVALID_ARGUMENT ? QTOOL_ERR_UNSUPPORTED : rc;
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return cuda_fail(e, "smoothquant kernel launch", msg, len);
+        return 0;
+    }
+    const bool force_builtin = gemm == SQCU_GEMM_BUILTIN;
     const int64_t mc = chunk_rows(M, L.N, L.chunk_bytes);
     const bool vec_out = L.N % 8 == 0 && ((uintptr_t)y & 15u) == 0;
     for (int64_t m0 = 0; m0 < M; m0 += mc) {
@@ -425,10 +499,11 @@ int matmul_t(const sqcu_layer &L, const T *x, T *y, int64_t M, void *ws, size_t 
 
 extern "C" {
 
-size_t sqcu_workspace_bytes(const sqcu_layer *L, int64_t M)
+size_t sqcu_workspace_bytes(const sqcu_layer *L, int64_t M, int gemm)
 {
-    return align256((size_t)(M * L->Kp)) + align256((size_t)M * 4) +
-           (size_t)chunk_rows(M, L->N, L->chunk_bytes) * (size_t)L->N * 4;
+    size_t b = align256((size_t)(M * L->Kp)) + align256((size_t)M * 4);
+    if (gemm != SQCU_GEMM_FUSED) b += (size_t)chunk_rows(M, L->N, L->chunk_bytes) * (size_t)L->N * 4;
+    return b;
 }
 
 size_t sqcu_lt_workspace_bytes(void) { return kLtWorkspace; }
@@ -486,8 +561,7 @@ int sqcu_copy_2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_
 }
 
 int sqcu_matmul(const sqcu_layer *L, const void *x, void *y, int64_t M, int is_bf16, void *ws, size_t ws_bytes,
-                void *lt_ctx, void *lt_ws, size_t lt_ws_bytes, int force_builtin, void *stream, char *msg,
-                size_t msg_len)
+                void *lt_ctx, void *lt_ws, size_t lt_ws_bytes, int gemm, void *stream, char *msg, size_t msg_len)
 {
     cudaStream_t st = static_cast<cudaStream_t>(stream);
     if (M > 0x7FFFFFFF) {
@@ -497,9 +571,9 @@ int sqcu_matmul(const sqcu_layer *L, const void *x, void *y, int64_t M, int is_b
     LtCtx *lt = static_cast<LtCtx *>(lt_ctx);
     if (is_bf16)
         return matmul_t<__nv_bfloat16>(*L, static_cast<const __nv_bfloat16 *>(x), static_cast<__nv_bfloat16 *>(y), M,
-                                       ws, ws_bytes, lt, lt_ws, lt_ws_bytes, force_builtin, st, msg, msg_len);
-    return matmul_t<__half>(*L, static_cast<const __half *>(x), static_cast<__half *>(y), M, ws, ws_bytes, lt, lt_ws,
-                            lt_ws_bytes, force_builtin, st, msg, msg_len);
+                                       1, ws, ws_bytes, lt, lt_ws, lt_ws_bytes, gemm, st, msg, msg_len);
+    return matmul_t<__half>(*L, static_cast<const __half *>(x), static_cast<__half *>(y), M, 0, ws, ws_bytes, lt,
+                            lt_ws, lt_ws_bytes, gemm, st, msg, msg_len);
 }
 
 } // extern "C"

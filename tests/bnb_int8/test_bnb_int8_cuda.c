@@ -1,8 +1,9 @@
-/* bnb_int8 plugin, CUDA: agreement with the CPU path (cuBLASLt and the
- * built-in dp4a GEMM, fp16 and bf16, outlier columns present and absent,
- * K not a multiple of 4), device memory accounting including workspace and
- * outlier buffers, save from the device, load onto the device. Exits 77
- * without a CUDA device. */
+/* bnb_int8 plugin, CUDA: agreement with the CPU path (the fused int8
+ * tensor-core GEMM, cuBLASLt and the built-in dp4a GEMM, fp16 and bf16,
+ * outlier columns present and absent, fewer and more than the fused
+ * kernel stages at once, K not a multiple of 4 or 16), device memory
+ * accounting including workspace and outlier buffers, save from the
+ * device, load onto the device. Exits 77 without a CUDA device. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -138,8 +139,8 @@ static void test_agreement(void **state)
 {
     (void)state;
     static const int64_t Ms[] = {1, 3, 17, 129};
-    static const char *gemms[] = {"auto", "builtin"};
-    for (int g = 0; g < 2; g++)
+    static const char *gemms[] = {"auto", "builtin", "cublaslt"};
+    for (int g = 0; g < 3; g++)
         for (int i = 0; i < 4; i++) {
             check_agreement(6.0, gemms[g], QTOOL_DTYPE_F16, 1, Ms[i], 33, 67);   /* K % 4 != 0, odd N */
             check_agreement(6.0, gemms[g], QTOOL_DTYPE_F16, 0, Ms[i], 64, 256);
@@ -147,6 +148,12 @@ static void test_agreement(void **state)
             check_agreement(0.0, gemms[g], QTOOL_DTYPE_F16, 1, Ms[i], 40, 128);
         }
     check_agreement(6.0, "auto", QTOOL_DTYPE_F16, 1, 1000, 96, 320);
+    /* Large M through the fused kernel's big tiles; a low threshold gives
+     * hundreds of outlier columns (many staging chunks). */
+    check_agreement(6.0, "auto", QTOOL_DTYPE_F16, 1, 8192, 264, 200);
+    check_agreement(6.0, "auto", QTOOL_DTYPE_BF16, 1, 4100, 300, 96);
+    check_agreement(2.0, "auto", QTOOL_DTYPE_F16, 1, 300, 136, 1000);
+    check_agreement(2.0, "auto", QTOOL_DTYPE_F16, 1, 5, 136, 1000);
 }
 
 static void test_device_memory(void **state)

@@ -23,13 +23,15 @@ static const qtool_option_desc options[] = {
     {"head_dim", QTOOL_OPT_INT, "0",
      "shared mode: the attention output's scale repeats every head_dim channels (0: per channel)", NULL, 0, 4096},
     {"seed", QTOOL_OPT_INT, "1", "seed of the scales", NULL, 0, 1e9},
+    {"pow2", QTOOL_OPT_BOOL, "0", "scales are powers of two (1/4 .. 4): scaling is then exact in float32", NULL, 0,
+     -1},
     {"fail_save", QTOOL_OPT_STRING, "", "save fails for the layer of this name", NULL, 0, -1},
 };
 
 struct qtool_instance {
     const qtool_host_services *host;
     FILE *record;
-    int quantize, scale, head_dim;
+    int quantize, scale, head_dim, pow2;
     long seed;
     char fail_save[256];
     /* Names of the layers calibrated so far (pack refuses the others). */
@@ -65,6 +67,8 @@ static int fx_create(const qtool_host_services *host, const qtool_option_value *
             in->scale = (int)opts[i].i;
         } else if (!strcmp(nm, "head_dim")) {
             in->head_dim = (int)opts[i].i;
+        } else if (!strcmp(nm, "pow2")) {
+            in->pow2 = (int)opts[i].i;
         } else if (!strcmp(nm, "seed")) {
             in->seed = (long)opts[i].i;
         } else if (!strcmp(nm, "fail_save") && opts[i].s) {
@@ -142,7 +146,7 @@ static uint64_t splitmix(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-/* s in [e^-1, e]: random, positive, far from 1. */
+/* s in [e^-1, e], or one of 1/4, 1/2, 1, 2, 4: random, positive. */
 static void make_scale(const qtool_instance *in, const qtool_layer_info *l, float *s)
 {
     uint64_t st = (uint64_t)in->seed * 1000003u;
@@ -153,7 +157,7 @@ static void make_scale(const qtool_instance *in, const qtool_layer_info *l, floa
     for (int64_t k = 0; k < l->in_features; k++) {
         if (k < period) {
             double u = (double)(splitmix(&st) >> 11) / 9007199254740992.0;
-            s[k] = (float)exp(2.0 * u - 1.0);
+            s[k] = in->pow2 ? (float)ldexp(1.0, (int)(u * 5.0) - 2) : (float)exp(2.0 * u - 1.0);
         } else {
             s[k] = s[k % period];
         }

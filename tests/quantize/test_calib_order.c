@@ -147,7 +147,7 @@ static void check_model(const char *name)
         fail_msg("open %s: %s", model_dir, qt_last_error());
     qt_calib_set cs;
     /* Small batches: several calibrate calls per Linear. */
-    if (qt_calib_set_load(data, m, 16, 64, 150, &cs)) fail_msg("calib: %s", qt_last_error());
+    if (qt_calib_set_load(data, m, NULL, 16, 64, 150, &cs)) fail_msg("calib: %s", qt_last_error());
     assert_true(cs.n_batches >= 3);
 
     calib_target = &rec_calib;

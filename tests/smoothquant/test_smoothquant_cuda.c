@@ -1,6 +1,6 @@
 /* smoothquant plugin, CUDA: agreement with the CPU path and with the
- * emulation of the W8A8 arithmetic (cuBLASLt and the dp4a GEMM, fp16 and
- * bf16, dynamic and static activation scales, K not a multiple of 8 or 16,
+ * emulation of the W8A8 arithmetic (the fused tensor-core GEMM, cuBLASLt
+ * and the dp4a GEMM, fp16 and bf16, dynamic and static activation scales, K not a multiple of 8 or 16,
  * an unaligned input, several row chunks), the error against the float64
  * product, device memory accounting including the workspace, save from the
  * device, load onto the device. Exits 77 without a CUDA device. */
@@ -137,9 +137,9 @@ static void test_agreement(void **state)
     (void)state;
     static const int64_t Ms[] = {1, 3, 17, 129};
     static const int64_t shapes[][2] = {{33, 67}, {64, 256}, {48, 896}, {40, 4864}, {16, 8200}, {17, 24}};
-    static const char *gemms[] = {"gemm=auto", "gemm=builtin"};
+    static const char *gemms[] = {"gemm=auto", "gemm=cublaslt", "gemm=builtin"};
     static const char *modes[] = {"act_scale=dynamic", "act_scale=static"};
-    for (int g = 0; g < 2; g++)
+    for (int g = 0; g < 3; g++)
         for (int md = 0; md < 2; md++)
             for (int mi = 0; mi < 4; mi++)
                 for (int si = 0; si < 6; si++) {
@@ -148,8 +148,11 @@ static void test_agreement(void **state)
                 }
     /* An unaligned input takes the general quantization kernel. */
     check("act_scale=dynamic", "gemm=auto", "chunk_mib=16", QTOOL_DTYPE_F16, 17, 64, 256, 1);
-    /* Many row chunks of the int32 product. */
+    /* Larger products: the fused kernel's big tiles, many row chunks of the
+     * int32 product for the others. */
     check("act_scale=dynamic", "gemm=auto", "chunk_mib=1", QTOOL_DTYPE_F16, 1000, 1024, 128, 0);
+    check("act_scale=dynamic", "gemm=auto", "chunk_mib=1", QTOOL_DTYPE_BF16, 513, 760, 1040, 0);
+    check("act_scale=dynamic", "gemm=cublaslt", "chunk_mib=1", QTOOL_DTYPE_F16, 1000, 1024, 128, 0);
     check("act_scale=static", "gemm=builtin", "chunk_mib=1", QTOOL_DTYPE_BF16, 700, 520, 96, 0);
 }
 

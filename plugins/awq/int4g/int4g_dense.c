@@ -10,10 +10,10 @@ typedef float v8f __attribute__((vector_size(32)));
  * lanes over p; edges fall back to a 1 x 1 tile. Lane sums are reduced in
  * a fixed order, so every build gives the same result. */
 #define DEFINE_GEMM_NT(NAME, T, VT, VW, ATTR)                                                                   \
-    ATTR static T NAME##_hsum(VT v)                                                                             \
+    ATTR static inline T NAME##_hsum(const VT *v)                                                               \
     {                                                                                                           \
         T s = 0;                                                                                                \
-        for (int l = 0; l < VW; l++) s += v[l];                                                                 \
+        for (int l = 0; l < VW; l++) s += (*v)[l];                                                              \
         return s;                                                                                               \
     }                                                                                                           \
     ATTR static void NAME(int64_t M, int64_t N, int64_t P, T alpha, const T *A, int64_t lda, const T *B,        \
@@ -44,10 +44,10 @@ typedef float v8f __attribute__((vector_size(32)));
                     c30 += x3 * y0;                                                                             \
                     c31 += x3 * y1;                                                                             \
                 }                                                                                               \
-                T s[4][2] = {{NAME##_hsum(c00), NAME##_hsum(c01)},                                              \
-                             {NAME##_hsum(c10), NAME##_hsum(c11)},                                              \
-                             {NAME##_hsum(c20), NAME##_hsum(c21)},                                              \
-                             {NAME##_hsum(c30), NAME##_hsum(c31)}};                                             \
+                T s[4][2] = {{NAME##_hsum(&c00), NAME##_hsum(&c01)},                                              \
+                             {NAME##_hsum(&c10), NAME##_hsum(&c11)},                                              \
+                             {NAME##_hsum(&c20), NAME##_hsum(&c21)},                                              \
+                             {NAME##_hsum(&c30), NAME##_hsum(&c31)}};                                             \
                 for (int64_t p = Pv; p < P; p++) {                                                              \
                     s[0][0] += a0[p] * b0[p];                                                                   \
                     s[0][1] += a0[p] * b1[p];                                                                   \
@@ -73,7 +73,7 @@ typedef float v8f __attribute__((vector_size(32)));
                         memcpy(&y, bj + p, sizeof y);                                                           \
                         c += x * y;                                                                             \
                     }                                                                                           \
-                    T s = NAME##_hsum(c);                                                                       \
+                    T s = NAME##_hsum(&c);                                                                       \
                     for (int64_t p = Pv; p < P; p++) s += ar[p] * bj[p];                                        \
                     C[(i + r) * ldc + j] += alpha * s;                                                          \
                 }                                                                                               \
@@ -88,7 +88,7 @@ typedef float v8f __attribute__((vector_size(32)));
                     memcpy(&y, bj + p, sizeof y);                                                               \
                     c += x * y;                                                                                 \
                 }                                                                                               \
-                T s = NAME##_hsum(c);                                                                           \
+                T s = NAME##_hsum(&c);                                                                           \
                 for (int64_t p = Pv; p < P; p++) s += ar[p] * bj[p];                                            \
                 C[i * ldc + j] += alpha * s;                                                                    \
             }                                                                                                   \

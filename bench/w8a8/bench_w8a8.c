@@ -1,0 +1,418 @@
+/* W8A8 GEMM benchmark on the CUDA device: cuBLASLt fp16 against the
+ * smoothquant (int8: the fused tensor-core kernel, and cuBLASLt with an
+ * epilogue kernel at several int32 chunk sizes) and fp8 (E4M3: cuBLASLt
+ * outer-vector scaling, and the epilogue path) plugins' matmul_cuda, which include
+ * the per-token quantization of the activations, the GEMM and the
+ * dequantization + bias: everything a Linear costs. Shapes: M in {1, 16,
+ * 8192} and (K, N) in {(896, 4864), (4864, 896)} (Qwen2.5-0.5B's MLP).
+ * CUDA events, 3 warm-up runs, median of the timed runs; ms, TFLOP/s
+ * (2*M*N*K / time), the ratio to fp16 measured in the same run, and the
+ * relative max error against the fp16 output.
+ *
+ *   qtool_bench_w8a8 [--reps N] [--plugin-dir DIR] [--bf16]
+ *
+ * Plugins come from --plugin-dir, QTOOL_PLUGIN_DIR, or the folder next to
+ * the executable (../lib/qtool/plugins). The last lines say whether each
+ * W8A8 method beats fp16 at M = 8192 (the target). */
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+#include <dlfcn.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <qtool/plugin.h>
+
+#include "alloc.h"
+#include "cuda_rt.h"
+#include "error.h"
+#include "host_services.h"
+
+#define CK(call)                                                                                   \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+#define LK(call)                                                                                  \
+    do {                                                                                          \
+        cublasStatus_t s_ = (call);                                                               \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                        \
+            fprintf(stderr, "%s:%d: %s: cuBLAS status %d\n", __FILE__, __LINE__, #call, (int)s_); \
+            exit(1);                                                                              \
+        }                                                                                         \
+    } while (0)
+
+static cudaStream_t g_stream;
+static int g_reps = 50;
+static int g_bf16;
+
+typedef void (*run_fn)(void *ctx);
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static float time_ms(run_fn fn, void *ctx, int reps)
+{
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    for (int i = 0; i < 3; i++) fn(ctx);
+    CK(cudaStreamSynchronize(g_stream));
+    float *t = malloc(sizeof(float) * (size_t)reps);
+    for (int i = 0; i < reps; i++) {
+        CK(cudaEventRecord(a, g_stream));
+        fn(ctx);
+        CK(cudaEventRecord(b, g_stream));
+        CK(cudaEventSynchronize(b));
+        CK(cudaEventElapsedTime(&t[i], a, b));
+    }
+    qsort(t, (size_t)reps, sizeof(float), cmp_float);
+    float med = reps % 2 ? t[reps / 2] : 0.5f * (t[reps / 2 - 1] + t[reps / 2]);
+    free(t);
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    return med;
+}
+
+/* ------------------------------------------------------------ fp16 */
+
+typedef struct f16_ctx {
+    cublasLtHandle_t h;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, d;
+    cublasLtMatmulAlgo_t algo;
+    const void *w, *x;
+    void *y, *ws;
+    size_t ws_bytes;
+} f16_ctx;
+
+static void f16_setup(f16_ctx *c, int64_t M, int64_t N, int64_t K)
+{
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cudaDataType_t dt = g_bf16 ? CUDA_R_16BF : CUDA_R_16F;
+    LK(cublasLtCreate(&c->h));
+    LK(cublasLtMatmulDescCreate(&c->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LK(cublasLtMatmulDescSetAttribute(c->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    LK(cublasLtMatmulDescSetAttribute(c->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    LK(cublasLtMatrixLayoutCreate(&c->a, dt, (uint64_t)K, (uint64_t)N, K));
+    LK(cublasLtMatrixLayoutCreate(&c->b, dt, (uint64_t)K, (uint64_t)M, K));
+    LK(cublasLtMatrixLayoutCreate(&c->d, dt, (uint64_t)N, (uint64_t)M, N));
+    cublasLtMatmulPreference_t pref;
+    LK(cublasLtMatmulPreferenceCreate(&pref));
+    LK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &c->ws_bytes,
+                                            sizeof c->ws_bytes));
+    cublasLtMatmulHeuristicResult_t heur;
+    int found = 0;
+    LK(cublasLtMatmulAlgoGetHeuristic(c->h, c->op, c->a, c->b, c->d, c->d, pref, 1, &heur, &found));
+    if (!found) {
+        fprintf(stderr, "no cuBLASLt fp16 algorithm\n");
+        exit(1);
+    }
+    c->algo = heur.algo;
+    cublasLtMatmulPreferenceDestroy(pref);
+}
+
+static void f16_run(void *ctx)
+{
+    f16_ctx *c = ctx;
+    float alpha = 1.0f, beta = 0.0f;
+    LK(cublasLtMatmul(c->h, c->op, &alpha, c->w, c->a, c->x, c->b, &beta, c->y, c->d, c->y, c->d, &c->algo, c->ws,
+                      c->ws_bytes, g_stream));
+}
+
+static void f16_teardown(f16_ctx *c)
+{
+    cublasLtMatrixLayoutDestroy(c->a);
+    cublasLtMatrixLayoutDestroy(c->b);
+    cublasLtMatrixLayoutDestroy(c->d);
+    cublasLtMatmulDescDestroy(c->op);
+    cublasLtDestroy(c->h);
+}
+
+/* ------------------------------------------------------------ plugins */
+
+typedef struct plugin {
+    void *dl;
+    const qtool_plugin_desc *d;
+    qt_services svc;
+    qtool_instance *inst;
+    char label[64];
+} plugin;
+
+static int open_plugin(plugin *p, const char *dir, const char *name, const char *label, const char *const *kv,
+                       int n_kv)
+{
+    char path[PATH_MAX];
+    snprintf(p->label, sizeof p->label, "%s", label);
+    snprintf(path, sizeof path, "%s/libqtool_%s.so", dir, name);
+    p->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!p->dl) {
+        fprintf(stderr, "cannot load %s: %s\n", path, dlerror());
+        return -1;
+    }
+    qtool_plugin_entry_fn entry = (qtool_plugin_entry_fn)dlsym(p->dl, QTOOL_PLUGIN_ENTRY_SYMBOL);
+    if (!entry) return -1;
+    p->d = entry();
+    qt_services_init(&p->svc, name, 0, g_stream);
+    char msg[256] = "";
+    if (p->d->init && p->d->init(&p->svc.table, msg, sizeof msg)) return -1;
+    qtool_option_value vals[16];
+    memset(vals, 0, sizeof vals);
+    for (uint32_t i = 0; i < p->d->n_options && i < 16; i++) {
+        const qtool_option_desc *o = &p->d->options[i];
+        const char *text = o->default_value;
+        size_t nl = strlen(o->name);
+        for (int j = 0; j < n_kv; j++)
+            if (!strncmp(kv[j], o->name, nl) && kv[j][nl] == '=') text = kv[j] + nl + 1;
+        vals[i].name = o->name;
+        vals[i].type = o->type;
+        vals[i].s = text;
+        vals[i].i = strtoll(text, NULL, 10);
+        vals[i].f = strtod(text, NULL);
+        if (o->type == QTOOL_OPT_BOOL) vals[i].i = !strcmp(text, "1") || !strcmp(text, "true");
+        if (o->type == QTOOL_OPT_ENUM) {
+            int idx = 0;
+            vals[i].i = 0;
+            for (const char *c = o->choices; c && *c; idx++) {
+                const char *bar = strchr(c, '|');
+                size_t l = bar ? (size_t)(bar - c) : strlen(c);
+                if (l == strlen(text) && !strncmp(c, text, l)) vals[i].i = idx;
+                c = bar ? bar + 1 : NULL;
+            }
+        }
+    }
+    if (p->d->create(&p->svc.table, vals, p->d->n_options, &p->inst, msg, sizeof msg)) {
+        fprintf(stderr, "%s: %s\n", name, msg);
+        return -1;
+    }
+    return 0;
+}
+
+static void close_plugin(plugin *p)
+{
+    if (p->inst) p->d->destroy(p->inst);
+    if (p->d && p->d->shutdown) p->d->shutdown();
+    /* The library stays loaded: cuBLAS state may still reference it. */
+    memset(p, 0, sizeof *p);
+}
+
+typedef struct plugin_run {
+    plugin *p;
+    qtool_packed *packed;
+    qtool_tensor x, y;
+} plugin_run;
+
+static void plugin_run_fn(void *ctx)
+{
+    plugin_run *r = ctx;
+    qtool_matmul_args a = {sizeof a, 0, &r->x, &r->y, g_stream};
+    if (r->p->d->matmul_cuda(r->packed, &a) != QTOOL_OK) {
+        fprintf(stderr, "%s matmul failed: %s\n", r->p->label, qt_last_error());
+        exit(1);
+    }
+}
+
+static float half_to_f(uint16_t h) { return g_bf16 ? qtool_bf16_to_f32(h) : qtool_f16_to_f32(h); }
+static uint16_t f_to_half(float f) { return g_bf16 ? qtool_f32_to_bf16(f) : qtool_f32_to_f16(f); }
+
+/* max |y - ref| / max |ref| over the device output y. */
+static double rel_err(const void *dy, const float *ref, int64_t n)
+{
+    uint16_t *h = malloc((size_t)n * 2);
+    CK(cudaStreamSynchronize(g_stream));
+    CK(cudaMemcpy(h, dy, (size_t)n * 2, cudaMemcpyDeviceToHost));
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)half_to_f(h[i]) - ref[i]);
+        num = d > num ? d : num;
+        den = fabs(ref[i]) > den ? fabs(ref[i]) : den;
+    }
+    free(h);
+    return den > 0 ? num / den : num;
+}
+
+static uint64_t rng = 0x9E3779B97F4A7C15ULL;
+static float rnd_normal(void)
+{
+    float s = 0;
+    for (int i = 0; i < 4; i++) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        s += (float)(rng >> 40) / (float)(1 << 24);
+    }
+    return (s - 2.0f) * 1.7320508f;
+}
+
+#define MAX_METHODS 8
+
+int main(int argc, char **argv)
+{
+    const char *dir = getenv("QTOOL_PLUGIN_DIR");
+    static char exe_dir[PATH_MAX];
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            g_reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--plugin-dir") && i + 1 < argc)
+            dir = argv[++i];
+        else if (!strcmp(argv[i], "--bf16"))
+            g_bf16 = 1;
+        else {
+            fprintf(stderr, "usage: %s [--reps N] [--plugin-dir DIR] [--bf16]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (g_reps < 1) g_reps = 1;
+    if (!dir) {
+        ssize_t n = readlink("/proc/self/exe", exe_dir, sizeof exe_dir - 64);
+        if (n <= 0) return 1;
+        exe_dir[n] = '\0';
+        char *slash = strrchr(exe_dir, '/');
+        if (slash) strcpy(slash, "/../lib/qtool/plugins");
+        dir = exe_dir;
+    }
+    char why[256];
+    if (qt_cuda_device_count(why, sizeof why) <= 0) {
+        printf("skipped: no CUDA device (%s)\n", why);
+        return 77;
+    }
+    qt_set_log_level(QTOOL_LOG_ERROR); /* no "uncalibrated" warnings per pack */
+    CK(cudaSetDevice(0));
+    struct cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    CK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+    int fp8_ok = prop.major > 8 || (prop.major == 8 && prop.minor >= 9);
+    printf("device: %s (compute capability %d.%d, %d SMs), cuBLASLt %zu\n", prop.name, prop.major, prop.minor,
+           prop.multiProcessorCount, cublasLtGetVersion());
+    printf("timing: CUDA events, 3 warm-up runs, median of %d (20 at M >= 4096); TFLOP/s = 2*M*N*K / time; "
+           "%s activations; the W8A8 times include activation quantization and dequantization\n\n",
+           g_reps, g_bf16 ? "bf16" : "fp16");
+
+    plugin methods[MAX_METHODS];
+    memset(methods, 0, sizeof methods);
+    int n_methods = 0, big_only[MAX_METHODS] = {0};
+    if (open_plugin(&methods[n_methods++], dir, "smoothquant", "smoothquant (fused int8)", NULL, 0)) return 1;
+    {
+        const char *kv[] = {"gemm=cublaslt", "chunk_mib=16"};
+        if (open_plugin(&methods[n_methods++], dir, "smoothquant", "smoothquant cublaslt 16MiB", kv, 2)) return 1;
+    }
+    {
+        const char *kv[] = {"gemm=cublaslt", "chunk_mib=4"};
+        big_only[n_methods] = 1;
+        if (open_plugin(&methods[n_methods++], dir, "smoothquant", "smoothquant cublaslt 4MiB", kv, 2)) return 1;
+    }
+    {
+        const char *kv[] = {"gemm=cublaslt", "chunk_mib=48"};
+        big_only[n_methods] = 1;
+        if (open_plugin(&methods[n_methods++], dir, "smoothquant", "smoothquant cublaslt 48MiB", kv, 2)) return 1;
+    }
+    if (fp8_ok) {
+        if (open_plugin(&methods[n_methods++], dir, "fp8", "fp8 (auto scaling)", NULL, 0)) return 1;
+        const char *kv[] = {"scaling=epilogue"};
+        if (open_plugin(&methods[n_methods++], dir, "fp8", "fp8 (epilogue scaling)", kv, 1)) return 1;
+    } else {
+        printf("fp8: skipped, needs compute capability >= 8.9 (this card is %d.%d)\n\n", prop.major, prop.minor);
+    }
+
+    static const int64_t shapes[2][2] = {{896, 4864}, {4864, 896}};
+    static const int64_t Ms[3] = {1, 16, 8192};
+    float best_ratio[MAX_METHODS][2];
+    for (int i = 0; i < MAX_METHODS; i++) best_ratio[i][0] = best_ratio[i][1] = -1;
+    printf("%-6s %-6s %-6s %-28s %10s %10s %9s %9s\n", "M", "K", "N", "method", "ms", "TFLOP/s", "time/fp16",
+           "rel.err");
+    for (int s = 0; s < 2; s++) {
+        int64_t K = shapes[s][0], N = shapes[s][1];
+        float *w = malloc((size_t)(N * K) * 4);
+        for (int64_t i = 0; i < N * K; i++) w[i] = rnd_normal() * 0.02f;
+        uint16_t *wh = malloc((size_t)(N * K) * 2);
+        for (int64_t i = 0; i < N * K; i++) wh[i] = f_to_half(w[i]);
+        void *dw;
+        CK(cudaMalloc(&dw, (size_t)(N * K) * 2));
+        CK(cudaMemcpy(dw, wh, (size_t)(N * K) * 2, cudaMemcpyHostToDevice));
+        qtool_tensor wt = {w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, 0, {N, K, 0, 0}};
+        /* No bias on either side: the error column compares like with like. */
+        qtool_pack_args pa;
+        memset(&pa, 0, sizeof pa);
+        pa.struct_size = sizeof pa;
+        pa.device = QTOOL_DEVICE_CUDA;
+        pa.weight = &wt;
+        qtool_packed *packed[MAX_METHODS];
+        for (int m = 0; m < n_methods; m++) {
+            packed[m] = NULL;
+            if (methods[m].d->pack(methods[m].inst, &pa, &packed[m])) {
+                fprintf(stderr, "%s: pack failed: %s\n", methods[m].label, qt_last_error());
+                return 1;
+            }
+        }
+        for (int mi = 0; mi < 3; mi++) {
+            int64_t M = Ms[mi];
+            uint16_t *xh = malloc((size_t)(M * K) * 2);
+            for (int64_t i = 0; i < M * K; i++) xh[i] = f_to_half(rnd_normal());
+            void *dx, *dy;
+            CK(cudaMalloc(&dx, (size_t)(M * K) * 2));
+            CK(cudaMalloc(&dy, (size_t)(M * N) * 2));
+            CK(cudaMemcpy(dx, xh, (size_t)(M * K) * 2, cudaMemcpyHostToDevice));
+            double flop = 2.0 * (double)M * (double)N * (double)K;
+            int reps = M >= 4096 ? (g_reps < 20 ? g_reps : 20) : g_reps;
+
+            f16_ctx fc;
+            memset(&fc, 0, sizeof fc);
+            fc.ws_bytes = 32u << 20;
+            CK(cudaMalloc(&fc.ws, fc.ws_bytes));
+            fc.w = dw;
+            fc.x = dx;
+            fc.y = dy;
+            f16_setup(&fc, M, N, K);
+            float t16 = time_ms(f16_run, &fc, reps);
+            float *y16 = malloc((size_t)(M * N) * 4);
+            {
+                uint16_t *h = malloc((size_t)(M * N) * 2);
+                CK(cudaStreamSynchronize(g_stream));
+                CK(cudaMemcpy(h, dy, (size_t)(M * N) * 2, cudaMemcpyDeviceToHost));
+                for (int64_t i = 0; i < M * N; i++) y16[i] = half_to_f(h[i]);
+                free(h);
+            }
+            printf("%-6lld %-6lld %-6lld %-28s %10.4f %10.2f %9.2f %9.1e\n", (long long)M, (long long)K, (long long)N,
+                   g_bf16 ? "cuBLASLt bf16" : "cuBLASLt fp16", t16, flop / (t16 * 1e-3) / 1e12, 1.0, 0.0);
+            int dt = g_bf16 ? QTOOL_DTYPE_BF16 : QTOOL_DTYPE_F16;
+            for (int m = 0; m < n_methods; m++) {
+                if (big_only[m] && M < 4096) continue;
+                plugin_run r = {&methods[m], packed[m], {dx, dt, QTOOL_DEVICE_CUDA, 2, 0, {M, K, 0, 0}},
+                                {dy, dt, QTOOL_DEVICE_CUDA, 2, 0, {M, N, 0, 0}}};
+                float t = time_ms(plugin_run_fn, &r, reps);
+                printf("%-6lld %-6lld %-6lld %-28s %10.4f %10.2f %9.2f %9.1e\n", (long long)M, (long long)K,
+                       (long long)N, methods[m].label, t, flop / (t * 1e-3) / 1e12, t / t16, rel_err(dy, y16, M * N));
+                if (M == 8192) best_ratio[m][s] = t / t16;
+            }
+            fflush(stdout);
+            free(y16);
+            f16_teardown(&fc);
+            CK(cudaFree(fc.ws));
+            CK(cudaFree(dx));
+            CK(cudaFree(dy));
+            free(xh);
+        }
+        for (int m = 0; m < n_methods; m++) methods[m].d->free_packed(packed[m]);
+        CK(cudaFree(dw));
+        free(w);
+        free(wh);
+    }
+    printf("\ntarget (W8A8 faster than fp16 at M = 8192, both shapes) on %s:\n", prop.name);
+    for (int m = 0; m < n_methods; m++)
+        printf("  %-28s K=896: %.2fx  K=4864: %.2fx  -> %s\n", methods[m].label, best_ratio[m][0], best_ratio[m][1],
+               best_ratio[m][0] > 0 && best_ratio[m][0] < 1.0 && best_ratio[m][1] > 0 && best_ratio[m][1] < 1.0
+                   ? "met"
+                   : "not met");
+    for (int m = 0; m < n_methods; m++) close_plugin(&methods[m]);
+    CK(cudaStreamDestroy(g_stream));
+    return 0;
+}

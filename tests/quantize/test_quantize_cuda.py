@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""`qtool quantize` and saved checkpoints on a CUDA device.
+
+- nf4, bnb_int8: the folder written from CUDA-packed layers equals, tensor by
+  tensor, the one written from CPU-packed layers; `qtool eval --device cuda`
+  of either gives the logits of `qtool eval --plugin P --device cuda` on the
+  original (bitwise when the kernels are deterministic; within 1e-3 relative
+  is required).
+- smoothquant (calibrating, CPU and CUDA matmul): calibration runs on the CPU
+  and the layers move to the GPU through save/load, so the folder from
+  --device cuda equals the one from the CPU, and `eval --calib --device cuda`
+  agrees with evaluating the saved folder on the GPU.
+- fp8 (CUDA only, when the card takes it): packed for CUDA directly; the
+  saved folder evaluates on the GPU like the in-memory run.
+
+Prints "skipped: no CUDA device" and exits 77 without a device.
+Env: QTOOL_BIN, QTOOL_PLUGIN_DIR, QTOOL_TEST_DATA."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+try:
+    import numpy as np
+    from safetensors.numpy import load_file
+except ImportError as e:
+    print(f"skipped: {e}")
+    sys.exit(77)
+
+QTOOL = os.environ.get("QTOOL_BIN", "qtool")
+PLUGINS = os.environ.get("QTOOL_PLUGIN_DIR", "")
+DATA = os.path.join(os.environ.get("QTOOL_TEST_DATA", "tests"), "model", "data")
+failures = []
+
+
+def qtool(*args):
+    env = dict(os.environ, QTOOL_NO_DEFAULT_PLUGINS="1")
+    return subprocess.run([QTOOL, "--plugin-path", PLUGINS, *args], capture_output=True, text=True, env=env)
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what)
+    if not cond:
+        failures.append(what)
+    return cond
+
+
+def model(name):
+    return os.path.join(DATA, name, "model")
+
+
+def data(name):
+    return os.path.join(DATA, name, "data.jsonl")
+
+
+def rel_err(a, b):
+    return float((np.abs(a - b).max(1) / np.maximum(np.abs(b).max(1), 1e-30)).max())
+
+
+def raw(folder):
+    with open(os.path.join(folder, "model.safetensors"), "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+        body = fh.read()
+    return {k: (v["dtype"], v["shape"], body[v["data_offsets"][0]:v["data_offsets"][1]])
+            for k, v in header.items() if k != "__metadata__"}
+
+
+def ev(tmp, tag, *args):
+    out = os.path.join(tmp, tag + ".safetensors")
+    r = qtool("eval", *args, "--device", "cuda", "--logits-out", out, "--timed", "1", "--warmup", "0")
+    if not check(r.returncode == 0, f"{tag}: eval --device cuda ({r.stderr.strip()[-300:]})"):
+        return None
+    return load_file(out)["logits"]
+
+
+def have(plugin):
+    return os.path.exists(os.path.join(PLUGINS, f"libqtool_{plugin}.so"))
+
+
+def main():
+    if not have("nf4") or not have("bnb_int8"):
+        print(f"skipped: nf4/bnb_int8 are not built in {PLUGINS!r}")
+        return 77
+    r = qtool("eval", "--model", model("qwen2"), "--plugin", "nf4", "--data", data("qwen2"), "--device", "cuda",
+              "--timed", "1", "--warmup", "0")
+    if r.returncode != 0 and ("CUDA" in r.stderr or "cuda" in r.stderr):
+        print("skipped: no CUDA device")
+        return 77
+    tmp = tempfile.mkdtemp(prefix="qtool-quantize-cuda-")
+    try:
+        for plugin in ["nf4", "bnb_int8"]:
+            for name in ["qwen2", "bert", "modernbert"]:
+                tag = f"{plugin}-{name}"
+                gpu, cpu = os.path.join(tmp, tag + "-gpu"), os.path.join(tmp, tag + "-cpu")
+                r1 = qtool("quantize", "--plugin", plugin, "--model", model(name), "--out", gpu, "--device", "cuda")
+                r2 = qtool("quantize", "--plugin", plugin, "--model", model(name), "--out", cpu)
+                if not check(r1.returncode == 0 and r2.returncode == 0,
+                             f"{tag}: quantize on cuda and cpu ({r1.stderr.strip()[-200:]} {r2.stderr.strip()[-200:]})"):
+                    continue
+                check(raw(gpu) == raw(cpu), f"{tag}: CUDA-packed folder = CPU-packed folder, tensor by tensor")
+                a = ev(tmp, tag + "-mem", "--model", model(name), "--plugin", plugin, "--data", data(name))
+                b = ev(tmp, tag + "-saved", "--model", gpu, "--data", data(name))
+                if a is not None and b is not None:
+                    e = rel_err(b, a)
+                    check(e <= 1e-3, f"{tag}: saved checkpoint on cuda = in-memory cuda run "
+                                     f"({'bitwise' if np.array_equal(a, b) else f'{e:.1e}'})")
+        if have("smoothquant"):
+            name = "qwen2"
+            gpu, cpu = os.path.join(tmp, "sq-gpu"), os.path.join(tmp, "sq-cpu")
+            common = ["--plugin", "smoothquant", "--model", model(name), "--calib", data(name)]
+            r1 = qtool("quantize", *common, "--out", gpu, "--device", "cuda")
+            r2 = qtool("quantize", *common, "--out", cpu)
+            if check(r1.returncode == 0 and r2.returncode == 0,
+                     f"smoothquant: quantize on cuda and cpu ({r1.stderr.strip()[-200:]} {r2.stderr.strip()[-200:]})"):
+                check(raw(gpu) == raw(cpu), "smoothquant: folder from --device cuda = folder from the CPU")
+                a = ev(tmp, "sq-mem", *common, "--data", data(name))
+                b = ev(tmp, "sq-saved", "--model", gpu, "--data", data(name))
+                if a is not None and b is not None:
+                    check(rel_err(b, a) <= 1e-3, f"smoothquant: saved = in memory on cuda ({rel_err(b, a):.1e})")
+        if have("fp8"):
+            name = "qwen2"
+            out = os.path.join(tmp, "fp8")
+            common = ["--plugin", "fp8", "--model", model(name), "--calib", data(name)]
+            r = qtool("quantize", *common, "--out", out, "--device", "cuda")
+            if r.returncode != 0 and "cannot run on" in r.stderr:
+                print(f"note: fp8 not on this card: {r.stderr.strip()}")
+            elif check(r.returncode == 0, f"fp8: quantize --device cuda ({r.stderr.strip()[-300:]})"):
+                a = ev(tmp, "fp8-mem", *common, "--data", data(name))
+                b = ev(tmp, "fp8-saved", "--model", out, "--data", data(name))
+                if a is not None and b is not None:
+                    check(rel_err(b, a) <= 1e-3, f"fp8: saved = in memory on cuda ({rel_err(b, a):.1e})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{len(failures)} failed" if failures else "all passed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
