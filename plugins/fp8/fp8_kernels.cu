@@ -280,8 +280,10 @@ void plan_release(Plan &p)
 // Column-major view, TN: D^T[m = Np, rows] = W (Kp x Np, transposed) * qa^T
 // (Kp x rows). OUTER: A scale = per-channel vector [Np], B scale =
 // per-token vector [rows], optional bias epilogue (bias of D's type).
+// ptrs: the scale and bias pointers of the first call, set before the
+// heuristic runs (later calls set their own before each matmul).
 int plan_build(LtCtx *c, Plan &p, int64_t rows, int64_t m, int64_t Kp, cudaDataType_t dt, int outer, int bias,
-               size_t ws_bytes, char *msg, size_t len)
+               const void *const ptrs[3], size_t ws_bytes, char *msg, size_t len)
 {
     memset(&p, 0, sizeof p);
     p.rows = rows;
@@ -324,12 +326,20 @@ int plan_build(LtCtx *c, Plan &p, int64_t rows, int64_t m, int64_t Kp, cudaDataT
 #else
     if (outer) return 0; // built against a cuBLASLt without outer-vector scaling: ok = 0
 #endif
+    if (outer) {
+        LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ptrs[0], sizeof ptrs[0]),
+           "set A_SCALE_POINTER");
+        LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &ptrs[1], sizeof ptrs[1]),
+           "set B_SCALE_POINTER");
+    }
     if (outer && bias) {
         cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
         int32_t bt = (int32_t)dt;
         LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi), "set EPILOGUE");
         LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt),
            "set BIAS_DATA_TYPE");
+        LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptrs[2], sizeof ptrs[2]),
+           "set BIAS_POINTER");
     }
     LT(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, (uint64_t)Kp, (uint64_t)m, Kp), "layout A");
     LT(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, (uint64_t)Kp, (uint64_t)rows, Kp), "layout B");
@@ -353,8 +363,8 @@ int plan_build(LtCtx *c, Plan &p, int64_t rows, int64_t m, int64_t Kp, cudaDataT
     return 0;
 }
 
-Plan *plan_get(LtCtx *c, int64_t rows, int64_t m, int64_t Kp, cudaDataType_t dt, int outer, int bias, size_t ws_bytes,
-               char *msg, size_t len, int *rc)
+Plan *plan_get(LtCtx *c, int64_t rows, int64_t m, int64_t Kp, cudaDataType_t dt, int outer, int bias,
+               const void *const ptrs[3], size_t ws_bytes, char *msg, size_t len, int *rc)
 {
     *rc = 0;
     for (int i = 0; i < c->n_plans; i++) {
@@ -364,7 +374,7 @@ Plan *plan_get(LtCtx *c, int64_t rows, int64_t m, int64_t Kp, cudaDataType_t dt,
     }
     int slot = c->n_plans < kPlans ? c->n_plans++ : (c->next++ % kPlans);
     plan_release(c->plans[slot]);
-    *rc = plan_build(c, c->plans[slot], rows, m, Kp, dt, outer, bias, ws_bytes, msg, len);
+    *rc = plan_build(c, c->plans[slot], rows, m, Kp, dt, outer, bias, ptrs, ws_bytes, msg, len);
     if (*rc) {
         c->plans[slot].rows = -1;
         return NULL;
@@ -448,7 +458,8 @@ int matmul_t(const f8cu_layer &L, const T *x, T *y, int64_t M, int is_bf16, int 
             snprintf(msg, len, "this layer needs the epilogue path");
             return QTOOL_ERR_UNSUPPORTED;
         }
-        Plan *p = plan_get(lt, M, L.Np, L.Kp, dt, 1, has_bias, lt_ws_bytes, msg, len, &rc);
+        const void *ptrs[3] = {L.ws, sa, bias};
+        Plan *p = plan_get(lt, M, L.Np, L.Kp, dt, 1, has_bias, ptrs, lt_ws_bytes, msg, len, &rc);
         if (rc) return rc;
         if (!p->ok) {
             snprintf(msg, len, "cuBLASLt has no outer-vector-scaled FP8 GEMM for this shape");
@@ -476,7 +487,8 @@ int matmul_t(const f8cu_layer &L, const T *x, T *y, int64_t M, int is_bf16, int 
         const bool vec_out = L.N % 8 == 0 && ((uintptr_t)y & 15u) == 0;
         for (int64_t m0 = 0; m0 < M; m0 += mc) {
             int64_t rows = M - m0 < mc ? M - m0 : mc;
-            Plan *p = plan_get(lt, rows, L.Np, L.Kp, CUDA_R_32F, 0, 0, lt_ws_bytes, msg, len, &rc);
+            const void *none[3] = {NULL, NULL, NULL};
+            Plan *p = plan_get(lt, rows, L.Np, L.Kp, CUDA_R_32F, 0, 0, none, lt_ws_bytes, msg, len, &rc);
             if (rc) return rc;
             if (!p->ok) {
                 snprintf(msg, len, "cuBLASLt has no FP8 GEMM for %lldx%lldx%lld (needs compute capability >= 8.9)",
