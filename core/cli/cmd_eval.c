@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "alloc.h"
 #include "cli.h"
@@ -305,6 +306,19 @@ static void print_summary(const qt_model *m, const qt_plugin *p, const qtool_dev
            model_path, p->desc->name, di ? "cuda" : "cpu", res->n, acc, lat->ms_per_example, batch);
 }
 
+/* A progress bar for the evaluation pass, on a terminal only (a sweep
+ * sends each cell's stderr to a log file). */
+static void eval_progress(void *ctx, int64_t done, int64_t total)
+{
+    (void)ctx;
+    const int width = 40;
+    int filled = total > 0 ? (int)(width * done / total) : width;
+    fprintf(stderr, "\reval  [%.*s%*s] %" PRId64 "/%" PRId64 " examples", filled,
+            "########################################", width - filled, "", done, total);
+    if (done >= total) fputc('\n', stderr);
+    fflush(stderr);
+}
+
 int cmd_eval(int argc, char **argv)
 {
     const char *cmd = "eval";
@@ -519,6 +533,7 @@ int cmd_eval(int argc, char **argv)
     eo.stream = stream;
     eo.batch = batch;
     eo.want_pooled = hidden_out != NULL;
+    if (isatty(STDERR_FILENO) && !json) eo.progress = eval_progress;
     if ((rc = qt_model_eval(m, &ds, &eo, &res))) goto done;
 
     const char *devname = device == QTOOL_DEVICE_CUDA ? "cuda" : "cpu";
