@@ -31,8 +31,21 @@ typedef struct awq_instance {
     int duo_scaling;
     int clip;
     int64_t calib_rows;
+    int share_scale;
     int4g_store store;
+    struct shared_scale *shared; /* share_scale: one scale per (block, input group) */
 } awq_instance;
+
+/* The scale chosen for the first packed layer of an input group (q/k/v,
+ * gate/up) of a block, reused by the others so that the runtime can fold
+ * it into the norm they share. */
+typedef struct shared_scale {
+    int32_t block;
+    int group;
+    int64_t K;
+    float *s;
+    struct shared_scale *next;
+} shared_scale;
 
 /* What calibration keeps per layer. */
 typedef struct awq_stats {
@@ -53,10 +66,45 @@ static const qtool_option_desc awq_options[] = {
      NULL, 0, -1},
     {"calib_rows", QTOOL_OPT_INT, "512", "input rows kept per layer (reservoir sample) for the searches", NULL, 16,
      65536},
+    {"share_scale", QTOOL_OPT_BOOL, "0",
+     "q/k/v and gate/up of a block take the scale searched for the first of them packed (foldable into the norm)",
+     NULL, 0, -1},
     {"cuda_kernel", QTOOL_OPT_ENUM, "auto",
      "CUDA kernel: auto, gemv (fused dequantize), dequant_gemm (fp16 workspace + cuBLASLt)", "auto|gemv|dequant_gemm", 0,
      -1},
 };
+
+/* Input groups: Linears that read the same activations. */
+static int input_group(int role)
+{
+    switch (role) {
+    case QTOOL_ROLE_ATTN_Q: case QTOOL_ROLE_ATTN_K: case QTOOL_ROLE_ATTN_V: case QTOOL_ROLE_ATTN_QKV: return 1;
+    case QTOOL_ROLE_FFN_GATE: case QTOOL_ROLE_FFN_UP: case QTOOL_ROLE_FFN_GATE_UP: return 2;
+    default: return 0;
+    }
+}
+
+static void shared_release(shared_scale **head, int32_t before_block, int all)
+{
+    shared_scale **pp = head;
+    while (*pp) {
+        shared_scale *e = *pp;
+        if (all || e->block < before_block) {
+            *pp = e->next;
+            free(e->s);
+            free(e);
+        } else {
+            pp = &e->next;
+        }
+    }
+}
+
+static shared_scale *shared_find(shared_scale *head, int32_t block, int group, int64_t K)
+{
+    for (shared_scale *e = head; e; e = e->next)
+        if (e->block == block && e->group == group && e->K == K) return e;
+    return NULL;
+}
 
 /* ------------------------------------------------------------ quantizer */
 
@@ -306,7 +354,7 @@ static int role_skips_clip(int role)
 /* Chooses the scale s (has_scale) and clips W * s in place. W is [N, K]
  * and becomes the weight to quantize. */
 static int awq_search(awq_instance *inst, const qtool_layer_info *layer, const awq_stats *st, float *W, int64_t N,
-                      int64_t K, int64_t G, float *s_best)
+                      int64_t K, int64_t G, float *s_best, int s_given)
 {
     int4g_ctx *c = &inst->c;
     const int64_t T = st->nrows;
@@ -335,8 +383,8 @@ static int awq_search(awq_instance *inst, const qtool_layer_info *layer, const a
     for (int64_t k = 0; k < K; k++) w_mean[k] = (float)(wm[k] / (double)N);
 
     double best_err = INFINITY;
-    int best_i = -1;
-    for (int i = 0; i < AWQ_GRID; i++) {
+    int best_i = s_given ? -2 : -1;
+    for (int i = 0; i < AWQ_GRID && !s_given; i++) {
         float a = (float)i / (float)AWQ_GRID;
         float smax = -INFINITY, smin = INFINITY;
         for (int64_t k = 0; k < K; k++) {
@@ -365,14 +413,14 @@ static int awq_search(awq_instance *inst, const qtool_layer_info *layer, const a
             memcpy(s_best, s, (size_t)K * sizeof(float));
         }
     }
-    if (best_i < 0) { /* every candidate produced NaN: no scaling */
+    if (best_i == -1) { /* every candidate produced NaN: no scaling */
         int4g_log(c, QTOOL_LOG_WARN, "awq pack: %s: the scale search found no finite error; no input scale",
                   layer && layer->name ? layer->name : "layer");
         for (int64_t k = 0; k < K; k++) s_best[k] = 1.0f;
     }
-    int4g_log(c, QTOOL_LOG_DEBUG, "awq pack: %s: alpha %.2f (output error %.4g on %lld rows)",
-              layer && layer->name ? layer->name : "layer", best_i < 0 ? 0.0 : best_i / (double)AWQ_GRID, best_err,
-              (long long)T);
+    if (best_i >= 0)
+        int4g_log(c, QTOOL_LOG_DEBUG, "awq pack: %s: alpha %.2f (output error %.4g on %lld rows)",
+                  layer && layer->name ? layer->name : "layer", best_i / (double)AWQ_GRID, best_err, (long long)T);
     for (int64_t n = 0; n < N; n++)
         for (int64_t k = 0; k < K; k++) W[n * K + k] *= s_best[k];
 
@@ -448,6 +496,8 @@ static int awq_create(const qtool_host_services *host, const qtool_option_value 
                 return QTOOL_ERR_INVALID_ARGUMENT;
             }
             inst->calib_rows = opts[i].i;
+        } else if (!strcmp(name, "share_scale")) {
+            inst->share_scale = opts[i].i != 0;
         } else if (!strcmp(name, "cuda_kernel")) {
             cuda_path = (int)(opts[i].i >= 0 && opts[i].i <= 2 ? opts[i].i : 0);
         } else {
@@ -468,6 +518,7 @@ static void awq_destroy(qtool_instance *qi)
     awq_instance *inst = (awq_instance *)qi;
     if (!inst) return;
     int4g_store_clear(&inst->c, &inst->store);
+    shared_release(&inst->shared, 0, 1);
     int4g_ctx_destroy(&inst->c);
     free(inst);
 }
@@ -494,18 +545,39 @@ static int awq_pack(qtool_instance *qi, const qtool_pack_args *args, qtool_packe
     for (int64_t i = 0; i < N * K; i++) W[i] = int4g_load_elem(args->weight->data, args->weight->dtype, i);
 
     pthread_mutex_lock(&inst->store.lock);
-    if (layer) int4g_store_release_before(c, &inst->store, layer->block_index);
+    if (layer && layer->block_index >= 0) {
+        int4g_store_release_before(c, &inst->store, layer->block_index);
+        shared_release(&inst->shared, layer->block_index, 0);
+    }
     int4g_stats *e = int4g_store_get(&inst->store, layer, 0);
     const awq_stats *st = e ? e->data : NULL;
     int scaled = 0;
+    int group = inst->share_scale && layer && layer->block_index >= 0 ? input_group(layer->role) : 0;
+    shared_scale *sh = group ? shared_find(inst->shared, layer->block_index, group, K) : NULL;
     if (!st || st->count == 0 || st->K != K) {
         int4g_log(c, QTOOL_LOG_WARN, "awq pack: no calibration data for %s; plain round-to-nearest, no input scale",
                   lname);
     } else if (!args->input_scale || !args->has_input_scale) {
         int4g_log(c, QTOOL_LOG_WARN, "awq pack: %s: the caller takes no input scale; round-to-nearest", lname);
     } else {
-        rc = awq_search(inst, layer, st, W, N, K, G, s);
+        if (sh) memcpy(s, sh->s, (size_t)K * sizeof(float));
+        rc = awq_search(inst, layer, st, W, N, K, G, s, sh != NULL);
         scaled = 1;
+        if (!rc && group && !sh) {
+            shared_scale *n = calloc(1, sizeof *n);
+            if (n) n->s = malloc((size_t)K * sizeof(float)); /* instance metadata, like the store's names */
+            if (!n || !n->s) {
+                if (n) free(n);
+                rc = int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "awq pack: out of memory");
+            } else {
+                n->block = layer->block_index;
+                n->group = group;
+                n->K = K;
+                memcpy(n->s, s, (size_t)K * sizeof(float));
+                n->next = inst->shared;
+                inst->shared = n;
+            }
+        }
     }
     pthread_mutex_unlock(&inst->store.lock);
     if (rc) {

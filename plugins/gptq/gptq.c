@@ -40,6 +40,7 @@ typedef struct gptq_instance {
     int format;
     double shrink; /* < 0: automatic (OAS) */
     int calib_device; /* GPTQ_CALIB_*; AUTO is resolved at the first calibrate */
+    int calib_auto;   /* the device was chosen automatically: fall back to the CPU on failure */
     void *blas;       /* cuBLAS handle for the device Hessian */
     void *staging;    /* device scratch for calibration rows */
     size_t staging_bytes;
@@ -49,7 +50,7 @@ typedef struct gptq_instance {
 typedef struct gptq_stats {
     int64_t K;
     double *H;  /* [K, K] on the host, upper triangle (CPU accumulation) */
-    double *dH; /* [K, K] on the device, row-major lower triangle (CUDA accumulation) */
+    double *dH; /* [K, K] on the device, full (CUDA accumulation) */
     int64_t nsamples;
 } gptq_stats;
 
@@ -134,6 +135,7 @@ static int calib_on_cuda(gptq_instance *inst)
     char msg[256];
     int ok = h->cuda_device >= 0 && i4cu_set_device(h->cuda_device, msg, sizeof msg) == 0;
     inst->calib_device = ok ? GPTQ_CALIB_CUDA : GPTQ_CALIB_CPU;
+    inst->calib_auto = 1;
     return ok;
 #else
     return 0;
@@ -228,17 +230,34 @@ static int gptq_calibrate(qtool_instance *qi, const qtool_layer_info *layer, con
         /* running average: H = (2 / n) sum x x^T over all n rows so far */
         double keep = (double)st->nsamples / (double)(st->nsamples + T);
         double alpha = 2.0 / (double)(st->nsamples + T);
+#ifdef QTOOL_HAVE_CUDA
+        if (!st->H) {
+            rc = device_accumulate(inst, st, x->data, T, alpha, keep, e->name);
+            if (rc && inst->calib_auto && st->nsamples == 0) {
+                /* nothing summed yet: carry on with the CPU for this and later layers */
+                int4g_log(c, QTOOL_LOG_WARN, "gptq calibrate: summing H on the CUDA device failed; using the CPU");
+                if (st->dH) c->host->free(c->host->ctx, QTOOL_DEVICE_CUDA, st->dH);
+                st->dH = NULL;
+                inst->calib_device = GPTQ_CALIB_CPU;
+                st->H = int4g_tmp_alloc(c, (size_t)(K * K) * sizeof(double));
+                if (st->H) memset(st->H, 0, (size_t)(K * K) * sizeof(double));
+                rc = st->H ? QTOOL_OK
+                           : int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "gptq calibrate: out of memory for H of %s",
+                                        e->name);
+                if (rc) {
+                    pthread_mutex_unlock(&inst->store.lock);
+                    return rc;
+                }
+            }
+        }
+#endif
         if (st->H) {
             for (int64_t i = 0; i < K; i++)
                 for (int64_t j = i; j < K; j++) st->H[i * K + j] *= keep;
             rc = gptq_syrk_upper(c, st->H, K, x->data, T, alpha);
             if (rc) rc = int4g_fail(c, rc, "gptq calibrate: out of memory");
-        } else {
-#ifdef QTOOL_HAVE_CUDA
-            rc = device_accumulate(inst, st, x->data, T, alpha, keep, e->name);
-#else
-            rc = QTOOL_ERR_INTERNAL;
-#endif
+        } else if (!rc && !st->dH) {
+            rc = int4g_fail(c, QTOOL_ERR_INTERNAL, "gptq calibrate: %s has no Hessian buffer", e->name);
         }
         if (!rc) st->nsamples += T;
     }
@@ -597,7 +616,7 @@ static int download_h(gptq_instance *inst, const gptq_stats *st, double **out)
         int4g_tmp_free(c, Hh);
         return -int4g_fail(c, rc, "gptq pack: %s", msg);
     }
-    for (int64_t i = 0; i < K; i++) /* row-major lower -> upper */
+    for (int64_t i = 0; i < K; i++) /* one triangle, as the CPU sum keeps it */
         for (int64_t j = i + 1; j < K; j++) Hh[i * K + j] = Hh[j * K + i];
 #endif
     *out = Hh;

@@ -19,9 +19,9 @@ void gpcu_blas_destroy(void *handle);
 int64_t gpcu_chunk_rows(void);
 size_t gpcu_staging_bytes(int64_t K);
 
-/* dH (double [K, K] on the device; column-major upper triangle, i.e. the
- * row-major lower triangle) = beta * dH + alpha * x^T x for x [T, K] float
- * on the host. Waits for `stream` before returning (x is borrowed). */
+/* dH (double [K, K] on the device, symmetric, both triangles) = beta * dH
+ * + alpha * x^T x for x [T, K] float on the host. Waits for `stream`
+ * before returning (x is borrowed). */
 int gpcu_syrk(void *blas, double *dH, int64_t K, const float *x, int64_t T, double alpha, double beta, void *staging,
               void *stream, char *msg, size_t msg_len);
 

@@ -329,6 +329,65 @@ static void test_scale_and_clip(void **state)
     free(wf);
 }
 
+/* share_scale: q/k/v (and gate/up) of one block take the scale searched
+ * for the first of them, so the runtime can fold it into their norm;
+ * other blocks and groups search their own. */
+static void test_share_scale(void **state)
+{
+    (void)state;
+    const int64_t K = 128, T = 400;
+    static const int64_t Ns[] = {48, 16, 16};
+    static const int roles[] = {QTOOL_ROLE_ATTN_Q, QTOOL_ROLE_ATTN_K, QTOOL_ROLE_ATTN_V};
+    static const char *names[] = {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+                                  "model.layers.0.self_attn.v_proj.weight"};
+    float *xc = malloc(T * K * 4), *w[3], *sc[3];
+    act_dist d = act_dist_new(K, 16, 3, 12.0f);
+    act_sample(&d, xc, T);
+    for (int i = 0; i < 3; i++) {
+        w[i] = malloc((size_t)(Ns[i] * K) * 4);
+        sc[i] = malloc((size_t)K * 4);
+        gen_weights(w[i], Ns[i], K);
+    }
+    for (int share = 0; share <= 1; share++) {
+        const char *kv[] = {share ? "share_scale=1" : "share_scale=0"};
+        qtool_instance *inst = make_inst(&H, kv, 1);
+        qtool_layer_info li[3];
+        for (int i = 0; i < 3; i++) {
+            li[i] = layer(names[i], roles[i], Ns[i], K, 0);
+            calibrate_rows(&H, inst, &li[i], xc, T, K, 200);
+        }
+        qtool_layer_info gate = layer("model.layers.0.mlp.gate_proj.weight", QTOOL_ROLE_FFN_GATE, Ns[0], K, 0);
+        calibrate_rows(&H, inst, &gate, xc, T, K, 200);
+        for (int i = 0; i < 3; i++) {
+            int32_t has = 0;
+            qtool_packed *p = pack_layer(&H, inst, &li[i], w[i], NULL, QTOOL_DEVICE_CPU, sc[i], &has);
+            assert_int_equal(has, 1);
+            H.desc->free_packed(p);
+        }
+        float *sg = malloc(K * 4), *wg = malloc((size_t)(Ns[0] * K) * 4);
+        gen_weights(wg, Ns[0], K);
+        qtool_packed *p = pack_layer(&H, inst, &gate, wg, NULL, QTOOL_DEVICE_CPU, sg, NULL);
+        free(wg);
+        H.desc->free_packed(p);
+        if (share) {
+            assert_memory_equal(sc[0], sc[1], K * 4);
+            assert_memory_equal(sc[0], sc[2], K * 4);
+        } else {
+            assert_true(memcmp(sc[0], sc[1], K * 4) != 0 || memcmp(sc[0], sc[2], K * 4) != 0);
+        }
+        /* gate reads the same x here but is another group: its own search on its own weights */
+        assert_true(memcmp(sg, sc[0], K * 4) != 0);
+        free(sg);
+        H.desc->destroy(inst);
+    }
+    act_dist_free(&d);
+    for (int i = 0; i < 3; i++) {
+        free(w[i]);
+        free(sc[i]);
+    }
+    free(xc);
+}
+
 /* ------------------------------------------------------------ save/load */
 
 static void test_save_load(void **state)
@@ -581,7 +640,7 @@ int main(void)
     rng_seed_from_env("test_awq");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layout),     cmocka_unit_test(test_load_handbuilt), cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_scale_and_clip), cmocka_unit_test(test_save_load), cmocka_unit_test(test_rejects),
+        cmocka_unit_test(test_scale_and_clip), cmocka_unit_test(test_share_scale), cmocka_unit_test(test_save_load), cmocka_unit_test(test_rejects),
         cmocka_unit_test(test_memory),     cmocka_unit_test(test_quality),        cmocka_unit_test(test_config),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

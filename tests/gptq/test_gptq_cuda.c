@@ -41,7 +41,7 @@ static void test_device_memory(void **state)
     check_cuda_rejects();
 }
 
-/* H summed on the GPU (cuBLAS DSYRK) matches the CPU sum: the same
+/* H summed on the GPU (cuBLASLt FP64 GEMM) matches the CPU sum: the same
  * quantized layer up to rounding ties (at most one row in a hundred may
  * differ), device memory for H accounted and released. */
 static void test_device_hessian(void **state)
