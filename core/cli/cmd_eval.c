@@ -192,7 +192,8 @@ done:
 
 static json_t *cell_json(const qt_model *m, const qt_plugin *p, const qtool_device_info *dev, int device,
                          const qt_eval_result *res, const qt_latency *lat, const qt_metrics_report *mr,
-                         const char *note, double load_s, double quantize_s, const uint64_t *mem, uint64_t packed)
+                         const char *note, double load_s, double quantize_s, const uint64_t *mem, uint64_t packed,
+                         uint64_t calib_peak)
 {
     json_t *o = mr ? qt_metrics_report_json(mr, m->cfg.id2label) : json_object();
     if (!o) return NULL;
@@ -232,6 +233,7 @@ static json_t *cell_json(const qt_model *m, const qt_plugin *p, const qtool_devi
     json_object_set_new(o, "peak_vram", pv);
     json_object_set_new(o, "load_s", json_real(load_s));
     json_object_set_new(o, "quantize_s", json_real(quantize_s));
+    if (calib_peak) json_object_set_new(o, "calibration_peak_bytes", json_integer((json_int_t)calib_peak));
     json_object_set_new(o, "eval_s", json_real(res->seconds));
     json_object_set_new(o, "weight_bytes", json_integer((json_int_t)packed));
     json_object_set_new(o, "weight_bytes_by_category", wcat);
@@ -510,6 +512,7 @@ int cmd_eval(int argc, char **argv)
         }
     }
     double t_quant = now_s(), t0 = t_quant;
+    uint64_t calib_peak = 0;
     if (m->quant_config) {
         if (calib) qt_log(QTOOL_LOG_WARN, "%s is already quantized; --calib ignored", model_path);
         if ((rc = qt_model_load_packed(m, p->desc, inst, device))) goto done;
@@ -519,6 +522,13 @@ int cmd_eval(int argc, char **argv)
         if (!max_length && c->max_position_embeddings > 0 && c->max_position_embeddings < cl)
             cl = c->max_position_embeddings;
         if ((rc = calibrate_pack(m, p, inst, device, calib, tok, calib_n, cl))) goto done;
+        /* Calibration is an offline step a saved checkpoint never repeats:
+         * its peak is recorded apart, and the deployment peak starts from
+         * the packed weights. */
+        qt_mem_stats cs;
+        qt_mem_get_stats(&cs);
+        calib_peak = cs.peak_total[device == QTOOL_DEVICE_CUDA];
+        qt_mem_reset_peak();
     } else {
         if (calib) qt_log(QTOOL_LOG_WARN, "plugin %s takes no calibration data; --calib ignored", p->desc->name);
         if ((rc = qt_model_pack(m, p->desc, inst, device))) goto done;
@@ -550,7 +560,7 @@ int cmd_eval(int argc, char **argv)
         goto done;
 
     json_t *cell = cell_json(m, p, &dev, device, &res, &lat, have_metrics ? &mr : NULL, note, load_s, quantize_s,
-                             mem, packed);
+                             mem, packed, calib_peak);
     if (!cell) {
         rc = qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
         goto done;
