@@ -98,9 +98,11 @@ __global__ void __launch_bounds__(256)
     }
 }
 
-// The same with 8 values a thread and 16-byte loads, for K % 8 == 0 and
-// x 16-byte aligned (then Kp - K is a multiple of 8 too). 128 threads a row.
-template <typename T>
+// The same with 16-byte loads (8 values) for K % 8 == 0 and x 16-byte
+// aligned (then Kp - K is a multiple of 8 too), 128 threads a row. The row
+// stays in registers between the absmax and the quantization (one read of
+// x) when it has at most 128 * V pieces; longer rows are read twice.
+template <typename T, int V>
 __global__ void __launch_bounds__(128)
     k_quant_rows8(const T *__restrict__ x, int64_t K, int64_t Kp, float thr, int8_t *__restrict__ qa,
                   float *__restrict__ sa, uint8_t *__restrict__ flags)
@@ -109,10 +111,27 @@ __global__ void __launch_bounds__(128)
     const int64_t m = blockIdx.x;
     const uint4 *xr = reinterpret_cast<const uint4 *>(x + m * K);
     const int64_t nv = K / 8, nvp = Kp / 8;
+    const bool resident = nv <= 128 * V;
+    uint4 keep[V];
     float amax = 0.0f;
-    for (int64_t v = threadIdx.x; v < nv; v += blockDim.x) {
-        uint4 u = xr[v];
-        const T *h = reinterpret_cast<const T *>(&u);
+    if (resident) {
+#pragma unroll
+        for (int u = 0; u < V; u++) {
+            const int64_t v = threadIdx.x + u * 128;
+            keep[u] = v < nv ? xr[v] : make_uint4(0, 0, 0, 0);
+        }
+    }
+    for (int64_t v = threadIdx.x, u = 0; v < nv; v += 128, u++) {
+        uint4 w;
+        if (resident) {
+            w = make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int i = 0; i < V; i++)
+                if (i == u) w = keep[i];
+        } else {
+            w = xr[v];
+        }
+        const T *h = reinterpret_cast<const T *>(&w);
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             float a = fabsf(to_f<T>(h[i]));
@@ -131,21 +150,29 @@ __global__ void __launch_bounds__(128)
     if (threadIdx.x == 0) sa[m] = amax;
     const float scale = amax > 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
     uint2 *qr = reinterpret_cast<uint2 *>(qa + m * Kp);
-    for (int64_t v = threadIdx.x; v < nvp; v += blockDim.x) {
-        uint32_t w[2] = {0, 0};
+    for (int64_t v = threadIdx.x, u = 0; v < nvp; v += 128, u++) {
+        uint32_t w2[2] = {0, 0};
         if (v < nv) {
-            uint4 u = xr[v]; // second read of the row: from L1/L2
-            const T *h = reinterpret_cast<const T *>(&u);
+            uint4 w;
+            if (resident) {
+                w = make_uint4(0, 0, 0, 0);
+#pragma unroll
+                for (int i = 0; i < V; i++)
+                    if (i == u) w = keep[i];
+            } else {
+                w = xr[v]; // second read of the row: from L1/L2
+            }
+            const T *h = reinterpret_cast<const T *>(&w);
 #pragma unroll
             for (int i = 0; i < 8; i++) {
                 float f = to_f<T>(h[i]);
                 int q = 0;
                 if (!(thr > 0.0f && fabsf(f) >= thr)) q = __float2int_rn(__fmul_rn(f, scale));
                 q = q > 127 ? 127 : (q < -127 ? -127 : q);
-                w[i >> 2] |= (uint32_t)(uint8_t)(int8_t)q << ((i & 3) * 8);
+                w2[i >> 2] |= (uint32_t)(uint8_t)(int8_t)q << ((i & 3) * 8);
             }
         }
-        qr[v] = make_uint2(w[0], w[1]);
+        qr[v] = make_uint2(w2[0], w2[1]);
     }
 }
 
@@ -413,7 +440,7 @@ int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *
         if (e != cudaSuccess) return cuda_fail(e, "cudaMemsetAsync", msg, len);
     }
     if (L.K % 8 == 0 && ((uintptr_t)x & 15u) == 0)
-        k_quant_rows8<T><<<(unsigned)M, 128, 0, st>>>(x, L.K, L.Kp, thr, qa, sa, flags);
+        k_quant_rows8<T, 8><<<(unsigned)M, 128, 0, st>>>(x, L.K, L.Kp, thr, qa, sa, flags);
     else
         k_quant_rows<T><<<(unsigned)M, 256, 0, st>>>(x, L.K, L.Kp, thr, qa, sa, flags);
     const int *dcount = NULL;

@@ -1,11 +1,12 @@
 /* qt_i8gemm (plugins/common/int8_gemm) on the GPU against a CPU reference:
  * exact int32 sums (int64 on the CPU), then the fp32 epilogue in the same
  * order as the kernel; the 16-bit output must be that value rounded (1 ulp
- * of slack). Every kernel shape (auto, 128x256, 128x128, 64x128, skinny),
- * (and 64x64), odd M/N/K, fp16 and bf16, strided operands, unaligned output, broadcast
- * and missing scales, outlier columns (fewer and more than one staging
- * chunk), argument checks. Fresh random inputs each run (QTOOL_TEST_SEED
- * repeats one). Exits 77 without a CUDA device.
+ * of slack). Every kernel shape the device has (auto, 128x256, 128x128,
+ * 64x128, 64x64, skinny, wgmma on sm_90a), odd M/N/K, fp16 and bf16,
+ * strided operands, unaligned output, broadcast and missing scales,
+ * outlier columns (fewer and more than one staging chunk), argument
+ * checks. Fresh random inputs each run (QTOOL_TEST_SEED repeats one).
+ * Exits 77 without a CUDA device.
  *
  *   test_int8_gemm            the tests
  *   test_int8_gemm --bench [M N K]   GEMM-only timings of every kernel
@@ -233,9 +234,11 @@ static void check_problem(const problem *pr)
 static const int64_t kMs[] = {1, 3, 17, 33, 64, 65, 129};
 static const int64_t kNK[][2] = {{1, 16}, {8, 32}, {33, 48}, {200, 80}, {257, 896}, {64, 4864}};
 
+/* AUTO always; the others where the device has them (wgmma: sm_90a code
+ * on a compute capability 9.0 device; the skinny kernel: M <= 64). */
 static int config_fits(int config, int64_t M)
 {
-    return config != QT_I8GEMM_SKINNY || M <= 64;
+    return config == QT_I8GEMM_AUTO || qt_i8gemm_config_available(config, M);
 }
 
 static void test_shapes_all_configs(void **state)
@@ -313,6 +316,7 @@ static void test_strides_scales_alignment(void **state)
         problem p;
         memset(&p, 0, sizeof p);
         p.M = config == QT_I8GEMM_SKINNY ? 21 : 150;
+        if (!config_fits(config, p.M)) continue;
         p.N = 72;
         p.K = 112;
         p.lda = 144;
@@ -505,6 +509,9 @@ int main(int argc, char **argv)
     rng = e ? strtoull(e, NULL, 0) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
     if (!rng) rng = 1;
     printf("test_int8_gemm: seed %llu (set QTOOL_TEST_SEED to repeat)\n", (unsigned long long)rng);
+    for (int c = 1; c < QT_I8GEMM_CONFIG_COUNT; c++)
+        if (!qt_i8gemm_config_available(c, 1))
+            printf("config %s: not on this device, not tested\n", qt_i8gemm_config_name(c));
     if (argc > 1 && !strcmp(argv[1], "--bench")) {
         if (argc == 5) {
             const int64_t m = atoll(argv[2]), n = atoll(argv[3]), k = atoll(argv[4]);

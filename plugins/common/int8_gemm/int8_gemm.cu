@@ -16,6 +16,9 @@
 // unchanged and makes every fragment one 16-byte load. The warps' partial
 // sums meet in shared memory.
 //
+// wgmma kernel (sm_90a builds, compute capability 9.0): the tiled kernel's
+// loads and epilogue around Hopper's warpgroup MMA (see its section).
+//
 // sm_75: the same code with m8n8k16 IMMA (two per m16n8k32 half) and plain
 // synchronous loads in place of cp.async.
 #include <cuda_bf16.h>
@@ -24,6 +27,8 @@
 
 #include <atomic>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <qtool/plugin.h>
 
@@ -465,6 +470,180 @@ __global__ void __launch_bounds__(C::kThreads, 1) k_i8gemm_tiled(const Params p)
     cp_async_wait<0>();
 }
 
+// ---------------------------------------------------------------- wgmma kernel (sm_90a)
+//
+// Hopper's warpgroup MMA: each of the CTA's two warpgroups multiplies a
+// 64 x 256 slice (m64n256k32 per instruction) with both operands read
+// straight from shared memory through matrix descriptors. The shared tiles
+// use the same layout as the tiled kernel with BK = 128: 128-byte rows whose
+// 16-byte pieces are XORed with (row % 8), which is wgmma's canonical
+// K-major 128-byte swizzle when every stage starts on a 1024-byte boundary.
+// Loads are cp.async (16-byte pieces, zero-filled at the edges) through a
+// 3-deep ring; the accumulator layout per warp equals eight warps of 16 rows
+// of the mma.sync fragments, so the same epilogue serves.
+
+using CfgWg = Tile<128, 256, 128, 8, 1, 3>;
+static_assert(CfgWg::WARPS_N == 1 && CfgWg::MI == 1 && CfgWg::NI == 32, "one m64n256 accumulator set a warpgroup");
+
+// The helpers exist only where the kernel body does (sm_90a and the host pass).
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+// Shared-memory matrix descriptor: start address, leading byte offset
+// (unused for swizzled K-major operands), stride byte offset (1024: from one
+// 8-row group to the next), 128-byte swizzle.
+__device__ __forceinline__ uint64_t wg_desc(const void *p)
+{
+    const uint64_t addr = smem_addr(p);
+    return ((addr & 0x3FFFFull) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Keeps the compiler from moving accumulator reads or writes across the
+// asynchronous MMA's issue and completion.
+__device__ __forceinline__ void wg_fence_operands(int (&d)[128])
+{
+#pragma unroll
+    for (int i = 0; i < 128; i++) asm volatile("" : "+r"(d[i])::"memory");
+}
+
+// d[64 x 256] += A[64 x 32] * B[256 x 32]^T, s8 inputs, s32 accumulators.
+__device__ __forceinline__ void wgmma_m64n256k32(int (&d)[128], uint64_t da, uint64_t db)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, "
+        "%8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, "
+        "%24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, "
+        "%40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, "
+        "%56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, "
+        "%72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, "
+        "%88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, "
+        "%104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, "
+        "%120, %121, %122, %123, %124, %125, %126, %127"
+        "}, %128, %129, p;\n"
+        "}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]),
+          "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]),
+          "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]),
+          "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]),
+          "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]),
+          "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]),
+          "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]),
+          "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]),
+          "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+        : "l"(da), "l"(db), "r"(1));
+#else
+    (void)d;
+    (void)da;
+    (void)db;
+#endif
+}
+#endif
+
+template <typename T>
+__global__ void __launch_bounds__(CfgWg::kThreads, 1) k_i8gemm_wgmma(const Params p)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using C = CfgWg;
+    extern __shared__ __align__(128) int8_t smem_raw[];
+    // Stages on 1024-byte boundaries (the swizzle pattern is taken from
+    // address bits 7-9); the launch adds 1 KB of slack for this.
+    int8_t *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+    int8_t *epi = smem + C::kPipeBytes;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wgrp = warp >> 2;
+    const int tiles_m = (p.M + C::BM - 1) / C::BM, tiles_n = (p.N + C::BN - 1) / C::BN;
+    const int tiles = tiles_m * tiles_n;
+    if ((int)blockIdx.x >= tiles) return;
+    const int KT = (p.K + C::BK - 1) / C::BK;
+    const int my_tiles = (tiles - 1 - (int)blockIdx.x) / (int)gridDim.x + 1;
+    const int64_t total = (int64_t)my_tiles * KT;
+
+    int ld_tile = blockIdx.x, ld_kt = 0, ld_m0, ld_n0;
+    tile_origin(ld_tile, tiles_m, tiles_n, C::BM, C::BN, ld_m0, ld_n0);
+    int ld_stage = 0;
+    auto issue = [&]() {
+        int8_t *sA = smem + ld_stage * C::kStageBytes;
+        load_stage<C>(p, sA, sA + C::BM * C::BK, ld_m0, ld_n0, ld_kt * C::BK, tid);
+        if (++ld_stage == C::STAGES) ld_stage = 0;
+        if (++ld_kt == KT) {
+            ld_kt = 0;
+            ld_tile += gridDim.x;
+            if (ld_tile < tiles) tile_origin(ld_tile, tiles_m, tiles_n, C::BM, C::BN, ld_m0, ld_n0);
+        }
+    };
+#pragma unroll
+    for (int s = 0; s < C::STAGES - 1; s++) {
+        if (s < total) issue();
+        cp_async_commit();
+    }
+
+    int acc[1][32][4];
+#pragma unroll
+    for (int j = 0; j < 32; j++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) acc[0][j][r] = 0;
+    int(&d)[128] = *reinterpret_cast<int(*)[128]>(&acc[0][0][0]);
+
+    int rd_stage = 0, kt = 0, tile = blockIdx.x;
+    for (int64_t it = 0; it < total; it++) {
+        cp_async_wait<C::STAGES - 2>();
+        fence_proxy_async(); // this thread's cp.async writes -> the tensor cores' reads
+        __syncthreads();
+        const int8_t *sA = smem + rd_stage * C::kStageBytes, *sB = sA + C::BM * C::BK;
+        if (++rd_stage == C::STAGES) rd_stage = 0;
+        const uint64_t da = wg_desc(sA + wgrp * 64 * C::BK), db = wg_desc(sB);
+        wg_fence_operands(d);
+        wg_fence();
+#pragma unroll
+        for (int k = 0; k < C::BK / 32; k++) wgmma_m64n256k32(d, da + 2 * k, db + 2 * k); // +32 bytes along K
+        wg_commit();
+        // While the MMAs run: the next loads, into the stage read last
+        // iteration (its MMAs completed before this iteration's barrier).
+        if (it + C::STAGES - 1 < total) issue();
+        cp_async_commit();
+        wg_wait0();
+        wg_fence_operands(d);
+        if (++kt == KT) {
+            int m0, n0;
+            tile_origin(tile, tiles_m, tiles_n, C::BM, C::BN, m0, n0);
+            epilogue<C, T>(p, epi, acc, m0, n0, tid, lane, warp / C::WARPS_N, warp % C::WARPS_N);
+#pragma unroll
+            for (int j = 0; j < 32; j++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) acc[0][j][r] = 0;
+            kt = 0;
+            tile += gridDim.x;
+        }
+    }
+    cp_async_wait<0>();
+#else
+    (void)p;
+#endif
+}
+
 // ---------------------------------------------------------------- skinny kernel
 
 constexpr int kSkWarps = 8;
@@ -600,14 +779,31 @@ int dev_info(int &dev, int &sms, int &cc, int &smem_optin, char *msg, size_t len
     return 0;
 }
 
+// The persistent kernels by config: the function and its dynamic shared memory.
+template <class C, typename T> struct TiledKernel {
+    static constexpr int kSmem = C::kSmem;
+    static void (*fn())(const Params) { return k_i8gemm_tiled<C, T>; }
+};
+struct WgmmaTag {};
+template <typename T> struct TiledKernel<WgmmaTag, T> {
+    static constexpr int kSmem = CfgWg::kSmem + 1024; // + alignment slack
+    static void (*fn())(const Params) { return k_i8gemm_wgmma<T>; }
+};
+template <class C> struct TileShape {
+    static constexpr int BM = C::BM, BN = C::BN, kThreads = C::kThreads;
+};
+template <> struct TileShape<WgmmaTag> {
+    static constexpr int BM = CfgWg::BM, BN = CfgWg::BN, kThreads = CfgWg::kThreads;
+};
+
 // Raises a kernel's dynamic shared-memory limit once per device.
 template <class C, typename T> int prepare_tiled(int dev, char *msg, size_t len)
 {
     static std::atomic<uint64_t> done{0};
     const uint64_t bit = 1ull << (dev & 63);
     if (done.load(std::memory_order_acquire) & bit) return 0;
-    cudaError_t e =
-        cudaFuncSetAttribute(k_i8gemm_tiled<C, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+    cudaError_t e = cudaFuncSetAttribute(TiledKernel<C, T>::fn(), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         TiledKernel<C, T>::kSmem);
     if (e != cudaSuccess) {
         snprintf(msg, len, "cudaFuncSetAttribute: %s", cudaGetErrorString(e));
         return QTOOL_ERR_DEVICE;
@@ -627,8 +823,8 @@ template <class C> int occupancy(int dev)
     char msg[128];
     n = 0;
     if (prepare_tiled<C, __half>(dev, msg, sizeof msg) ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k_i8gemm_tiled<C, __half>, C::kThreads, C::kSmem) !=
-            cudaSuccess) {
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, TiledKernel<C, __half>::fn(), TileShape<C>::kThreads,
+                                                      TiledKernel<C, __half>::kSmem) != cudaSuccess) {
         cudaGetLastError();
         n = 0;
     }
@@ -642,18 +838,19 @@ int launch_tiled(const Params &p, int dev, int sms, cudaStream_t st, char *msg, 
 {
     int rc = prepare_tiled<C, T>(dev, msg, len);
     if (rc) return rc;
-    const int64_t tiles = (int64_t)((p.M + C::BM - 1) / C::BM) * ((p.N + C::BN - 1) / C::BN);
+    using S = TileShape<C>;
+    const int64_t tiles = (int64_t)((p.M + S::BM - 1) / S::BM) * ((p.N + S::BN - 1) / S::BN);
     if (tiles > 0x7FFFFFFF) {
         snprintf(msg, len, "int8 GEMM %dx%d has too many tiles", p.M, p.N);
         return QTOOL_ERR_INVALID_ARGUMENT;
     }
     const int per_sm = occupancy<C>(dev);
     if (per_sm < 1) {
-        snprintf(msg, len, "int8 GEMM: a %dx%d tile does not fit on this device", C::BM, C::BN);
+        snprintf(msg, len, "int8 GEMM: a %dx%d tile does not fit on this device", S::BM, S::BN);
         return QTOOL_ERR_UNSUPPORTED;
     }
     const int64_t slots = (int64_t)sms * per_sm, grid = tiles < slots ? tiles : slots;
-    k_i8gemm_tiled<C, T><<<(unsigned)grid, C::kThreads, C::kSmem, st>>>(p);
+    TiledKernel<C, T>::fn()<<<(unsigned)grid, S::kThreads, TiledKernel<C, T>::kSmem, st>>>(p);
     return 0;
 }
 
@@ -666,6 +863,7 @@ template <typename T> int launch(int config, const Params &p, int dev, int sms, 
     case QT_I8GEMM_128x128: return launch_tiled<Cfg128x128, T>(p, dev, sms, st, msg, len);
     case QT_I8GEMM_64x128: return launch_tiled<Cfg64x128, T>(p, dev, sms, st, msg, len);
     case QT_I8GEMM_64x64: return launch_tiled<Cfg64x64, T>(p, dev, sms, st, msg, len);
+    case QT_I8GEMM_WGMMA: return launch_tiled<WgmmaTag, T>(p, dev, sms, st, msg, len);
     case QT_I8GEMM_SKINNY: {
         const unsigned blocks = (unsigned)((p.N + 7) / 8);
         if (p.M <= 16)
@@ -687,6 +885,7 @@ int config_smem(int config)
     case QT_I8GEMM_128x128: return Cfg128x128::kSmem;
     case QT_I8GEMM_64x128: return Cfg64x128::kSmem;
     case QT_I8GEMM_64x64: return Cfg64x64::kSmem;
+    case QT_I8GEMM_WGMMA: return TiledKernel<WgmmaTag, __half>::kSmem;
     default: return 0;
     }
 }
@@ -698,37 +897,55 @@ int ctas_per_sm(int config, int dev)
     case QT_I8GEMM_128x128: return occupancy<Cfg128x128>(dev);
     case QT_I8GEMM_64x128: return occupancy<Cfg64x128>(dev);
     case QT_I8GEMM_64x64: return occupancy<Cfg64x64>(dev);
+    case QT_I8GEMM_WGMMA: return occupancy<WgmmaTag>(dev);
     default: return 1;
     }
 }
 
-int pick(int64_t M, int64_t N, int64_t K, int dev, int sms, int smem_optin)
+// wgmma needs this file's sm_90a code and a compute capability 9.0 device;
+// QTOOL_I8GEMM_NO_WGMMA=1 in the environment turns it off (diagnostics).
+bool wgmma_available(int cc)
 {
-    (void)K;
-    if (M <= kSkinnyMaxM) return QT_I8GEMM_SKINNY;
-    // Estimated time: whole rounds of tiles over the resident CTAs, a round
-    // as long as one tile takes when per_sm tiles share a multiprocessor;
-    // `eff` is the relative speed of a tile shape at full occupancy
-    // (larger tiles move fewer bytes from L2 per multiply).
-    static const int cand[4] = {QT_I8GEMM_128x256, QT_I8GEMM_128x128, QT_I8GEMM_64x128, QT_I8GEMM_64x64};
-    static const int bm[4] = {128, 128, 64, 64}, bn[4] = {256, 128, 128, 64};
-    static const double eff[4] = {1.0, 0.9, 0.75, 0.5};
-    int best = QT_I8GEMM_64x64;
-    double best_t = 1e300;
-    for (int c = 0; c < 4; c++) {
-        if (config_smem(cand[c]) > smem_optin) continue;
-        const int per_sm = ctas_per_sm(cand[c], dev);
-        if (per_sm < 1) continue;
-        const int64_t tiles = ((M + bm[c] - 1) / bm[c]) * ((N + bn[c] - 1) / bn[c]);
-        const int64_t slots = (int64_t)sms * per_sm;
-        const int64_t rounds = (tiles + slots - 1) / slots;
-        const double t = (double)rounds * per_sm * bm[c] * bn[c] / eff[c];
-        if (t < best_t * 0.999) {
-            best_t = t;
-            best = cand[c];
-        }
+#if defined(QT_I8GEMM_SM90A)
+    static std::atomic<int> off{-1};
+    int o = off.load(std::memory_order_relaxed);
+    if (o < 0) {
+        const char *e = getenv("QTOOL_I8GEMM_NO_WGMMA");
+        o = e && *e && strcmp(e, "0") ? 1 : 0;
+        off.store(o, std::memory_order_relaxed);
     }
-    return best;
+    return cc == 90 && !o;
+#else
+    (void)cc;
+    return false;
+#endif
+}
+
+bool config_available(int config, int64_t M, int cc, int smem_optin)
+{
+    if (config <= QT_I8GEMM_AUTO || config >= QT_I8GEMM_CONFIG_COUNT) return false;
+    if (config == QT_I8GEMM_SKINNY) return M <= kSkinnyMaxM;
+    if (config == QT_I8GEMM_WGMMA && !wgmma_available(cc)) return false;
+    return config_smem(config) <= smem_optin;
+}
+
+// Measured on an H100 (docs/bnb_int8.md): decode-sized M runs best on the
+// skinny kernel; large problems on wgmma (sm_90a; it still wins with half
+// the multiprocessors busy) or else the 128x128 tiles (two CTAs a
+// multiprocessor); in between, the largest tile that still gives every
+// multiprocessor at least one tile.
+int pick(int64_t M, int64_t N, int64_t K, int dev, int sms, int cc, int smem_optin)
+{
+    (void)dev;
+    if (M <= 32 || (M <= kSkinnyMaxM && K >= 2048)) return QT_I8GEMM_SKINNY;
+    const int64_t t128x256 = ((M + 127) / 128) * ((N + 255) / 256), t128x128 = ((M + 127) / 128) * ((N + 127) / 128),
+                  t64x128 = ((M + 63) / 64) * ((N + 127) / 128);
+    if (2 * t128x256 >= sms && config_available(QT_I8GEMM_WGMMA, M, cc, smem_optin)) return QT_I8GEMM_WGMMA;
+    if (t128x128 >= 2 * (int64_t)sms && config_available(QT_I8GEMM_128x128, M, cc, smem_optin))
+        return QT_I8GEMM_128x128;
+    if (t64x128 >= sms && config_available(QT_I8GEMM_64x128, M, cc, smem_optin)) return QT_I8GEMM_64x128;
+    if (config_available(QT_I8GEMM_64x64, M, cc, smem_optin)) return QT_I8GEMM_64x64;
+    return M <= kSkinnyMaxM ? QT_I8GEMM_SKINNY : QT_I8GEMM_64x64;
 }
 
 int run(const qt_i8gemm_args *a, char *msg, size_t len)
@@ -762,7 +979,7 @@ int run(const qt_i8gemm_args *a, char *msg, size_t len)
         snprintf(msg, len, "int8 GEMM: needs compute capability >= 7.5, found %d.%d", cc / 10, cc % 10);
         return QTOOL_ERR_UNSUPPORTED;
     }
-    int config = a->config ? a->config : pick(M, N, K, dev, sms, smem_optin);
+    int config = a->config ? a->config : pick(M, N, K, dev, sms, cc, smem_optin);
     if (config <= 0 || config >= QT_I8GEMM_CONFIG_COUNT) {
         snprintf(msg, len, "int8 GEMM: unknown config %d", config);
         return QTOOL_ERR_INVALID_ARGUMENT;
@@ -771,9 +988,10 @@ int run(const qt_i8gemm_args *a, char *msg, size_t len)
         snprintf(msg, len, "int8 GEMM: the skinny kernel takes M <= %d, got %lld", kSkinnyMaxM, (long long)M);
         return QTOOL_ERR_INVALID_ARGUMENT;
     }
-    if (config_smem(config) > smem_optin) {
-        snprintf(msg, len, "int8 GEMM: config %s needs %d bytes of shared memory, the device allows %d",
-                 qt_i8gemm_config_name(config), config_smem(config), smem_optin);
+    if (!config_available(config, M, cc, smem_optin)) {
+        snprintf(msg, len, "int8 GEMM: config %s is not available on this device (compute capability %d.%d, %d bytes "
+                 "of shared memory a block)",
+                 qt_i8gemm_config_name(config), cc / 10, cc % 10, smem_optin);
         return QTOOL_ERR_UNSUPPORTED;
     }
     Params p;
@@ -848,7 +1066,15 @@ int qt_i8gemm_pick_config(int64_t M, int64_t N, int64_t K)
     char msg[128];
     int dev = 0, sms = 0, cc = 0, smem_optin = 0;
     if (dev_info(dev, sms, cc, smem_optin, msg, sizeof msg)) return QT_I8GEMM_AUTO;
-    return pick(M, N, K, dev, sms, smem_optin);
+    return pick(M, N, K, dev, sms, cc, smem_optin);
+}
+
+int qt_i8gemm_config_available(int config, int64_t M)
+{
+    char msg[128];
+    int dev = 0, sms = 0, cc = 0, smem_optin = 0;
+    if (dev_info(dev, sms, cc, smem_optin, msg, sizeof msg)) return 0;
+    return config_available(config, M, cc, smem_optin) && (config == QT_I8GEMM_SKINNY || ctas_per_sm(config, dev) > 0);
 }
 
 const char *qt_i8gemm_config_name(int config)
@@ -860,6 +1086,7 @@ const char *qt_i8gemm_config_name(int config)
     case QT_I8GEMM_64x128: return "64x128";
     case QT_I8GEMM_SKINNY: return "skinny";
     case QT_I8GEMM_64x64: return "64x64";
+    case QT_I8GEMM_WGMMA: return "wgmma128x256";
     default: return "unknown";
     }
 }

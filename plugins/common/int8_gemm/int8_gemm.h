@@ -18,9 +18,10 @@
  *   - M, N >= 1, any size; edges are predicated. D needs only 2-byte
  *     alignment (16-byte stores are used where row starts allow them).
  *
- * Device code: sm_80 and newer use mma.sync m16n8k32 (IMMA) fed by a
- * multi-stage cp.async pipeline; sm_75 runs the same kernels with m8n8k16
- * IMMA and plain loads. Nothing waits for the host; work goes on `stream`.
+ * Device code: on sm_90a, wgmma (warpgroup MMA) for large problems; sm_80
+ * and newer use mma.sync m16n8k32 (IMMA) fed by a multi-stage cp.async
+ * pipeline; sm_75 runs the same kernels with m8n8k16 IMMA and plain loads.
+ * Nothing waits for the host; work goes on `stream`.
  *
  * Functions return 0 or a qtool_status (QTOOL_ERR_*), with a one-line
  * reason in `msg` when msg_len > 0. */
@@ -43,6 +44,7 @@ typedef enum qt_i8gemm_config {
     QT_I8GEMM_64x128 = 3,  /* 4 warps, 32x64 warp tiles, 3 stages of K 64 */
     QT_I8GEMM_SKINNY = 4,  /* M <= 64: register-only, K split over 8 warps */
     QT_I8GEMM_64x64 = 5,   /* 4 warps, 32x32 warp tiles, 2 stages (fits sm_75's 64 KB) */
+    QT_I8GEMM_WGMMA = 6,   /* sm_90a only: 2 warpgroups of wgmma m64n256k32, 3 stages of K 128 */
     QT_I8GEMM_CONFIG_COUNT
 } qt_i8gemm_config;
 
@@ -87,8 +89,12 @@ int qt_i8gemm(const int8_t *A, const int8_t *B, int64_t M, int64_t N, int64_t K,
 int qt_i8gemm_ex(const qt_i8gemm_args *args, char *msg, size_t msg_len);
 
 /* Which config AUTO would run for this shape on the current device (for
- * benchmarks and logs). */
+ * benchmarks and logs), and whether a config can run M rows there. The
+ * wgmma kernel exists when this library was built for sm_90a (the build
+ * adds it wherever the CUDA targets include sm_90) and runs on compute
+ * capability 9.0; QTOOL_I8GEMM_NO_WGMMA=1 in the environment disables it. */
 int qt_i8gemm_pick_config(int64_t M, int64_t N, int64_t K);
+int qt_i8gemm_config_available(int config, int64_t M);
 const char *qt_i8gemm_config_name(int config);
 
 #ifdef __cplusplus
