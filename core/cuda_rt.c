@@ -80,17 +80,23 @@ void qt_cuda_free(void *p)
 int qt_cuda_memset(void *p, int value, size_t bytes)
 {
     CU(cudaMemset(p, value, bytes), "cudaMemset");
+    CU(cudaDeviceSynchronize(), "cudaMemset"); /* legacy stream: see qt_cuda_memcpy_h2d */
     return 0;
 }
 
 int qt_cuda_memcpy_h2d(void *dst, const void *src, size_t bytes)
 {
     CU(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy host to device");
+    /* cudaMemcpy runs on the legacy stream, which non-blocking streams do
+     * not wait for, and may return before a pageable copy has landed. */
+    CU(cudaDeviceSynchronize(), "cudaMemcpy host to device");
     return 0;
 }
 
 int qt_cuda_memcpy_d2h(void *dst, const void *src, size_t bytes)
 {
+    /* The legacy stream does not wait for non-blocking streams either:
+     * callers sync the stream that wrote `src` first. */
     CU(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy device to host");
     return 0;
 }
@@ -98,6 +104,7 @@ int qt_cuda_memcpy_d2h(void *dst, const void *src, size_t bytes)
 int qt_cuda_memcpy_d2d(void *dst, const void *src, size_t bytes)
 {
     CU(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy device to device");
+    CU(cudaDeviceSynchronize(), "cudaMemcpy device to device");
     return 0;
 }
 

@@ -169,6 +169,9 @@ static int upload_f32(const float *src, int64_t n, float **out)
     float *d = qt_alloc(QTOOL_DEVICE_CUDA, (size_t)n * sizeof(float), QTOOL_MEM_WEIGHTS);
     if (!d) return QTOOL_ERR_OUT_OF_MEMORY;
     int e = (int)cudaMemcpy(d, src, (size_t)n * sizeof(float), cudaMemcpyHostToDevice);
+    /* A pageable copy runs on the legacy stream, which the runtime's
+     * non-blocking stream does not wait for: finish it before any kernel. */
+    if (!e) e = (int)cudaDeviceSynchronize();
     if (e) {
         qt_free(QTOOL_DEVICE_CUDA, d);
         return cu_fail(e, "copying a weight to the device");
@@ -237,6 +240,7 @@ static int upload_tokens(cuda_state *st, const qtool_tensor *t, int dtype)
     int rc = 0;
     if (t->dtype == dtype) {
         int e = (int)cudaMemcpy(d, t->data, (size_t)(rows * cols) * 2, cudaMemcpyHostToDevice);
+        if (!e) e = (int)cudaDeviceSynchronize(); /* see upload_f32 */
         if (e) rc = cu_fail(e, "copying the embedding table to the device");
     } else {
         int64_t chunk = ((int64_t)8 << 20) / (cols > 0 ? cols : 1); /* 16 MiB of halves */
@@ -249,6 +253,7 @@ static int upload_tokens(cuda_state *st, const qtool_tensor *t, int dtype)
             conv_job j = {t, r, dtype, h};
             qt_parallel_for(n, 256, conv_rows, &j);
             int e = (int)cudaMemcpy((uint16_t *)d + r * cols, h, (size_t)(n * cols) * 2, cudaMemcpyHostToDevice);
+            if (!e) e = (int)cudaDeviceSynchronize(); /* see upload_f32 */
             if (e) rc = cu_fail(e, "copying the embedding table to the device");
         }
         qt_free(QTOOL_DEVICE_CPU, h);

