@@ -353,10 +353,26 @@ int simt_launch(const void *q, int64_t ldq, const void *k, int64_t ldk, const vo
 
 } // namespace
 
+// An empty kernel of this file: its attributes say which virtual
+// architecture this file's code was compiled for (a compute_75-PTX build
+// running on an sm_90 card has no bf16 tensor-core path, whatever the card).
+__global__ void arch_probe_kernel() {}
+
+static int compiled_major(void)
+{
+    static int cached = -1;
+    if (cached < 0) {
+        cudaFuncAttributes a;
+        cached = cudaFuncGetAttributes(&a, arch_probe_kernel) == cudaSuccess ? a.ptxVersion / 10 : 0;
+    }
+    return cached;
+}
+
 extern "C" int qtk_attention_uses_mma(int dt, int head_dim, int cc_major)
 {
     if (head_dim < 1 || head_dim > 128) return 0;
-    return dt == QTK_BF16 ? cc_major >= 8 : cc_major >= 7;
+    int cc = cc_major < compiled_major() ? cc_major : compiled_major();
+    return dt == QTK_BF16 ? cc >= 8 : cc >= 7;
 }
 
 extern "C" int qtk_attention_simt(int dt, const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v,
