@@ -229,6 +229,10 @@ typedef struct qt_model {
      * float weight; qt_model_load_packed (quantize.h) reads them through the
      * plugin that accepts this config. */
     char *quant_config;
+
+    /* A model read from a GGUF file (gguf_model.h): the mapping its
+     * embedding and Linears come from; NULL for a safetensors checkpoint. */
+    struct qt_gguf_model *gguf;
 } qt_model;
 
 /* Frees the model's CUDA state (qt_model_unpack calls it). */

@@ -11,6 +11,7 @@
 #include "alloc.h"
 #include "error.h"
 #include "fsutil.h"
+#include "gguf_model.h"
 #include "model.h"
 #include "quantize.h"
 #include "tensor.h"
@@ -424,12 +425,35 @@ static int open_config(const char *model_path, const char *config_path, qt_model
     return rc;
 }
 
+/* RoPE frequencies (decoders and ModernBERT). */
+static int setup_rope(qt_model *m)
+{
+    const qt_model_config *c = &m->cfg;
+    if (c->arch == QT_ARCH_BERT) return 0;
+    m->inv_freq_full = rope_inv_freq(&c->rope_full, c->head_dim);
+    m->inv_freq_sliding = rope_inv_freq(&c->rope_sliding, c->head_dim);
+    if (!m->inv_freq_full || !m->inv_freq_sliding) return QTOOL_ERR_OUT_OF_MEMORY;
+    m->rope_scaling_full = m->rope_scaling_sliding = 1.0f;
+    return 0;
+}
+
 int qt_model_open(const char *model_path, const char *config_path, qt_model **out)
 {
     *out = NULL;
     qt_model *m = calloc(1, sizeof *m);
     if (!m) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
     m->packed_device = -1;
+    if (qt_gguf_model_is_gguf(model_path)) {
+        /* A GGUF file written by `qtool quantize` (gguf_model.c). */
+        int rc = qt_gguf_model_read(m, model_path, config_path);
+        if (!rc) rc = setup_rope(m);
+        if (rc) {
+            qt_model_close(m);
+            return rc;
+        }
+        *out = m;
+        return 0;
+    }
     int rc = open_config(model_path, config_path, &m->cfg, &m->quant_config);
     if (rc) {
         free(m->quant_config);
@@ -468,16 +492,7 @@ int qt_model_open(const char *model_path, const char *config_path, qt_model **ou
         rc = load_decoder(&L);
         break;
     }
-    if (rc) goto fail;
-    if (c->arch != QT_ARCH_BERT) {
-        m->inv_freq_full = rope_inv_freq(&c->rope_full, c->head_dim);
-        m->inv_freq_sliding = rope_inv_freq(&c->rope_sliding, c->head_dim);
-        if (!m->inv_freq_full || !m->inv_freq_sliding) {
-            rc = QTOOL_ERR_OUT_OF_MEMORY;
-            goto fail;
-        }
-        m->rope_scaling_full = m->rope_scaling_sliding = 1.0f;
-    }
+    if (rc || (rc = setup_rope(m))) goto fail;
     *out = m;
     return 0;
 fail:
@@ -562,6 +577,7 @@ void qt_model_close(qt_model *m)
     qt_free(QTOOL_DEVICE_CPU, m->inv_freq_full);
     qt_free(QTOOL_DEVICE_CPU, m->inv_freq_sliding);
     if (m->ckpt) qt_ckpt_close(m->ckpt);
+    qt_gguf_model_release(m);
     qt_model_config_free(&m->cfg);
     free(m->model_path);
     free(m->quant_config);

@@ -20,6 +20,7 @@
 #include "alloc.h"
 #include "error.h"
 #include "fsutil.h"
+#include "gguf_model.h"
 #include "safetensors.h"
 
 /* ------------------------------------------------------ the config */
@@ -162,6 +163,7 @@ static int load_input_scale(const qt_model *m, qt_linear *l, const char *prefix)
 
 int qt_model_load_packed(qt_model *m, const qtool_plugin_desc *desc, qtool_instance *inst, int device)
 {
+    if (m->gguf) return qt_gguf_model_load_packed(m, desc, inst, device); /* its tensors are GGUF ones */
     if (m->desc) qt_model_unpack(m);
     if (!m->quant_config)
         return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "%s is not a quantized checkpoint (no quantization_config)",

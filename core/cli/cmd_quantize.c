@@ -17,24 +17,27 @@
 #include "plugin_host.h"
 #include "quantize.h"
 #include "fsutil.h"
+#include "gguf_model.h"
 #include "threads.h"
 #include "tokenizer.h"
 
 static void usage(FILE *out)
 {
     fprintf(out,
-            "Usage: qtool quantize --plugin NAME --model DIR|FILE.safetensors --out DIR [options]\n\n"
+            "Usage: qtool quantize --plugin NAME --model DIR|FILE.safetensors --out DIR|FILE.gguf [options]\n\n"
             "Packs every Linear of the model's blocks with the plugin and saves a checkpoint folder:\n"
             "model.safetensors (the plugin's layout for the Linears, the other tensors as they are),\n"
             "config.json with \"quantization_config\", and the tokenizer files found beside the model.\n"
             "'qtool eval --model DIR' then finds the plugin by itself. Plugins that need calibration\n"
             "see the inputs of each block's Linears, block by block, with the blocks before already\n"
-            "quantized.\n\n"
+            "quantized.\n"
+            "With --plugin gguf_cpu and --out ending in .gguf, a decoder (Qwen2, Llama) is written as one\n"
+            "GGUF v3 file that llama.cpp loads and 'qtool eval --model FILE.gguf' runs (docs/gguf.md).\n\n"
             "Options:\n"
             "  --plugin NAME|PATH     quantization plugin (see 'qtool plugins')\n"
             "  --model PATH           checkpoint folder or a .safetensors file\n"
             "  --config FILE          config.json to use (default: the one beside the model)\n"
-            "  --out DIR              output folder; written completely or not at all\n"
+            "  --out DIR|FILE.gguf    output folder (or GGUF file); written completely or not at all\n"
             "  --force                replace --out when it exists and is not empty\n"
             "  --opt KEY=VALUE        plugin option (repeatable)\n"
             "  --calib FILE.jsonl     calibration examples {\"input_ids\": [...]} or {\"text\": \"...\"} (text\n"
@@ -145,7 +148,8 @@ int cmd_quantize(int argc, char **argv)
         free(kv);
         return qt_cli_usage_error(cmd, "--plugin, --model and --out are required");
     }
-    if (qt_quant_check_out(out, model_path, force)) {
+    const int gguf_out = qt_gguf_model_path_is_gguf(out);
+    if (gguf_out ? qt_gguf_check_out(out, force) : qt_quant_check_out(out, model_path, force)) {
         free(kv);
         return qt_cli_usage_error(cmd, "%s", qt_last_error());
     }
@@ -184,6 +188,18 @@ int cmd_quantize(int argc, char **argv)
         rc = qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s cannot save packed layers (no save slot)", d->name);
         goto done;
     }
+    if (gguf_out && strcmp(d->name, QT_GGUF_EXPORT_PLUGIN)) {
+        rc = qt_fail(QTOOL_ERR_INVALID_ARGUMENT,
+                     "--out %s: a GGUF file holds llama.cpp block types: use --plugin %s (plugin %s saves a "
+                     "safetensors checkpoint folder: give --out a folder)",
+                     out, QT_GGUF_EXPORT_PLUGIN, d->name);
+        exit_code = QT_EXIT_USAGE;
+        goto done;
+    }
+    if (!gguf_out && !strcmp(d->name, QT_GGUF_EXPORT_PLUGIN))
+        fprintf(stderr, "quantize: --out %s does not end in .gguf: writing a safetensors checkpoint folder (name it "
+                        "FILE.gguf for a GGUF file llama.cpp loads)\n",
+                out);
     if ((d->flags & QTOOL_PLUGIN_NEEDS_CALIBRATION) && !calib) {
         rc = qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "plugin %s needs calibration data: pass --calib FILE.jsonl", d->name);
         exit_code = QT_EXIT_USAGE;
@@ -203,6 +219,7 @@ int cmd_quantize(int argc, char **argv)
                      qt_quant_method(m->quant_config, method, sizeof method));
         goto done;
     }
+    if (gguf_out && (rc = qt_gguf_export_check(m))) goto done; /* before the packing work */
     qtool_device_info dev;
     if (device == QTOOL_DEVICE_CUDA) {
         if ((rc = qt_cuda_device_info(0, &dev))) goto done;
@@ -266,11 +283,15 @@ int cmd_quantize(int argc, char **argv)
         explicit_scales += m->linears[i]->input_scale != NULL;
     }
     double t1 = now_s();
-    if ((rc = qt_quant_save(m, config, out, force))) goto done;
+    qt_gguf_export_info gi = {0};
+    if ((rc = gguf_out ? qt_gguf_export(m, config, out, force, &gi) : qt_quant_save(m, config, out, force))) goto done;
     printf("quantize: model=%s plugin=%s device=%s linears=%zu weights %.2f MiB -> %.2f MiB, input scales "
            "folded=%" PRId64 " explicit=%" PRId64 ", packed in %.2f s, saved in %.2f s -> %s\n",
            model_path, d->name, device == QTOOL_DEVICE_CUDA ? "cuda" : "cpu", m->n_linears,
            (double)before / (1 << 20), (double)packed / (1 << 20), folded, explicit_scales, pack_s, now_s() - t1, out);
+    if (gguf_out)
+        printf("gguf: %s: GGUF v3, %" PRId64 " tensors, %" PRId64 " keys, %.2f MiB\n%s", out, gi.n_tensors, gi.n_kv,
+               (double)gi.file_bytes / (1 << 20), gi.notes);
     exit_code = QT_EXIT_OK;
 done:
     if (exit_code != QT_EXIT_OK) {

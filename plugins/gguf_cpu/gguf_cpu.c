@@ -423,7 +423,8 @@ static int plugin_dequantize(const qtool_packed *p, float *out)
 
 /* ------------------------------------------------------------- save/load */
 
-/* Saved form: `weight` = the GGUF block bytes, PACKED [N, row bytes];
+/* Saved form: `weight` = the GGUF block bytes, PACKED [N, row bytes] (a
+ * safetensors file stores them as U8, read back the same);
  * `ggml_type` = I32 [1], the ggml type id; `bias` = F32 [N] when present. */
 static int plugin_save(const qtool_packed *p, const qtool_save_sink *sink)
 {
@@ -462,7 +463,7 @@ static int plugin_load(qtool_instance *inst, const qtool_layer_info *L, int devi
         return QTOOL_ERR_FORMAT;
     }
     const int64_t n = L->out_features, k = L->in_features;
-    if (k <= 0 || n <= 0 || k % tt->block || w.dtype != QTOOL_DTYPE_PACKED || w.ndim != 2 || w.shape[0] != n ||
+    if (k <= 0 || n <= 0 || k % tt->block || (w.dtype != QTOOL_DTYPE_PACKED && w.dtype != QTOOL_DTYPE_U8) || w.ndim != 2 || w.shape[0] != n ||
         w.shape[1] != (int64_t)gq_row_size(type, k)) {
         LOG(inst, QTOOL_LOG_ERROR, "%s: weight must be PACKED [%lld, %zu] for %s with K = %lld", name, (long long)n,
             k % tt->block ? (size_t)0 : gq_row_size(type, k), tt->name, (long long)k);
