@@ -12,6 +12,8 @@ py="$(pwd)/.venv/bin/python"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQTOOL_PYTHON="$py"
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs"
+# Why tests were skipped (e.g. "skipped: no CUDA device" without a GPU).
+grep -h "^skipped" build/Testing/Temporary/LastTest.log | sort | uniq -c || true
 
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DQTOOL_SANITIZE=ON -DQTOOL_CUDA=OFF -DQTOOL_PYTHON="$py"
 cmake --build build-asan -j "$jobs"
