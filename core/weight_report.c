@@ -127,7 +127,6 @@ static char *layer_prefix(const char *name)
  * quantization_config added. */
 static int write_config(qt_plugin *p, qtool_instance *inst, const char *model_path, const char *out_dir)
 {
-    char *src = NULL;
     json_t *cfg = NULL;
     if (qt_is_dir(model_path)) {
         char *cp = qt_path_join(model_path, "config.json");
@@ -165,7 +164,6 @@ static int write_config(qt_plugin *p, qtool_instance *inst, const char *model_pa
     int rc = text && dst ? qt_write_file_atomic(dst, text, strlen(text)) : QTOOL_ERR_OUT_OF_MEMORY;
     free(text);
     free(dst);
-    free(src);
     return rc;
 }
 
