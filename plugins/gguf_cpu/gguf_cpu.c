@@ -2,7 +2,11 @@
  * Q4_K, Q5_K, Q6_K and the Q4_K_M / Q5_K_S mixes) with a CPU matmul that
  * quantizes activations per row exactly as ggml's vec_dot pairs do (Q8_0
  * for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the k-quants) and sums
- * integer products in AVX-512 / AVX2 / scalar tiles chosen at run time. */
+ * integer products in AVX-512 / AVX2 / scalar tiles chosen at run time.
+ * Optionally (imatrix=1) the calibration pass's mean squared input per
+ * column weighs the quantizers' rounding error, as llama.cpp's importance
+ * matrix does. */
+#include <float.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -25,7 +29,21 @@ static const qtool_option_desc options[] = {
      "Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q4_K|Q5_K|Q6_K|Q4_K_M|Q5_K_S", 0, -1},
     {"isa", QTOOL_OPT_ENUM, "auto", "CPU kernel: best available (auto), or at most avx2 / scalar",
      "auto|avx2|scalar", 0, -1},
+    {"imatrix", QTOOL_OPT_BOOL, "0",
+     "weigh each input column's rounding error by its mean squared activation over the calibration data "
+     "(llama.cpp's importance matrix); needs --calib",
+     NULL, 0, -1},
 };
+
+/* Per-layer calibration statistics for the importance matrix: the sum of
+ * x_j^2 over every calibration token, per input column j, and the token
+ * count; imatrix_j = sum_sq_j / count. */
+typedef struct calib_stats {
+    char *name; /* the layer's checkpoint name */
+    int64_t k;
+    int64_t count;
+    double *sum_sq; /* [k], from the host allocator */
+} calib_stats;
 
 struct qtool_instance {
     const qtool_host_services *host;
@@ -33,6 +51,10 @@ struct qtool_instance {
     int isa;       /* GQ_ISA_*: GQ_ISA_AVX512 runs the outer-product kernel */
     gq_tile_fn tile; /* otherwise */
     const char *isa_name;
+    int imatrix;
+    int warned_unused; /* calibration data arrived with imatrix=0 */
+    calib_stats *stats;
+    size_t n_stats, cap_stats;
 };
 
 struct qtool_packed {
@@ -56,10 +78,11 @@ static int plugin_probe(const qtool_device_info *dev, char *reason, size_t reaso
 static int plugin_create(const qtool_host_services *host, const qtool_option_value *opts, uint32_t n_opts,
                          qtool_instance **out, char *msg, size_t msg_len)
 {
-    int choice = C_Q4_K_M, isa = 0;
+    int choice = C_Q4_K_M, isa = 0, imatrix = 0;
     for (uint32_t i = 0; i < n_opts; i++) {
         if (strcmp(opts[i].name, "type") == 0) choice = (int)opts[i].i;
         else if (strcmp(opts[i].name, "isa") == 0) isa = (int)opts[i].i;
+        else if (strcmp(opts[i].name, "imatrix") == 0) imatrix = opts[i].i != 0;
     }
     if (choice < 0 || choice >= C_COUNT || isa < 0 || isa > 2) {
         snprintf(msg, msg_len, "bad option value");
@@ -72,14 +95,165 @@ static int plugin_create(const qtool_host_services *host, const qtool_option_val
     }
     inst->host = host;
     inst->choice = choice;
+    inst->imatrix = imatrix;
     inst->isa = gq_select_isa(isa == 0 ? GQ_ISA_AVX512 : isa == 1 ? GQ_ISA_AVX2 : GQ_ISA_SCALAR, &inst->tile,
                               &inst->isa_name);
-    LOG(inst, QTOOL_LOG_DEBUG, "type %s, %s kernels", choice_names[choice], inst->isa_name);
+    LOG(inst, QTOOL_LOG_DEBUG, "type %s, %s kernels%s", choice_names[choice], inst->isa_name,
+        imatrix ? ", importance matrix from calibration" : "");
     *out = inst;
     return QTOOL_OK;
 }
 
-static void plugin_destroy(qtool_instance *inst) { free(inst); }
+static void plugin_destroy(qtool_instance *inst)
+{
+    if (!inst) return;
+    for (size_t i = 0; i < inst->n_stats; i++) {
+        free(inst->stats[i].name);
+        inst->host->free(inst->host->ctx, QTOOL_DEVICE_CPU, inst->stats[i].sum_sq);
+    }
+    free(inst->stats);
+    free(inst);
+}
+
+/* ----------------------------------------------------------- calibrate */
+
+static calib_stats *find_stats(qtool_instance *inst, const char *name)
+{
+    for (size_t i = 0; i < inst->n_stats; i++)
+        if (strcmp(inst->stats[i].name, name) == 0) return &inst->stats[i];
+    return NULL;
+}
+
+static calib_stats *new_stats(qtool_instance *inst, const char *name, int64_t k)
+{
+    if (inst->n_stats == inst->cap_stats) {
+        const size_t cap = inst->cap_stats ? 2 * inst->cap_stats : 64;
+        calib_stats *s = realloc(inst->stats, cap * sizeof *s);
+        if (!s) return NULL;
+        inst->stats = s;
+        inst->cap_stats = cap;
+    }
+    calib_stats *s = &inst->stats[inst->n_stats];
+    s->name = strdup(name);
+    s->sum_sq = inst->host->alloc(inst->host->ctx, QTOOL_DEVICE_CPU, (size_t)k * sizeof(double), QTOOL_MEM_WORKSPACE);
+    if (!s->name || !s->sum_sq) {
+        free(s->name);
+        if (s->sum_sq) inst->host->free(inst->host->ctx, QTOOL_DEVICE_CPU, s->sum_sq);
+        return NULL;
+    }
+    memset(s->sum_sq, 0, (size_t)k * sizeof(double));
+    s->k = k;
+    s->count = 0;
+    inst->n_stats++;
+    return s;
+}
+
+typedef struct sq_job {
+    const float *x;
+    int64_t t, k;
+    double *acc;       /* [k] this call's sums */
+    atomic_int bad_row; /* first row with a non-finite value + 1 */
+} sq_job;
+
+/* Columns [c0, c1) of every row: sums of squares, in double so that long
+ * calibration runs do not lose the small terms. */
+static void sum_squares(void *arg, int64_t begin, int64_t end)
+{
+    sq_job *job = arg;
+    const int64_t c0 = begin * 64, c1 = end * 64 < job->k ? end * 64 : job->k;
+    for (int64_t r = 0; r < job->t; r++) {
+        const float *row = job->x + r * job->k;
+        int finite = 1;
+        for (int64_t c = c0; c < c1; c++) {
+            finite &= isfinite(row[c]) != 0;
+            job->acc[c] += (double)row[c] * (double)row[c];
+        }
+        if (!finite) {
+            int expected = 0;
+            atomic_compare_exchange_strong(&job->bad_row, &expected, (int)(r < INT32_MAX - 1 ? r + 1 : INT32_MAX));
+        }
+    }
+}
+
+/* Accumulates the layer's sum of x_j^2 and its token count when the
+ * importance matrix is on; otherwise the data is not needed (said once). */
+static int plugin_calibrate(qtool_instance *inst, const qtool_layer_info *L, const qtool_tensor *x)
+{
+    const char *name = L && L->name ? L->name : "layer";
+    if (!L || !L->name || !x || !x->data || x->dtype != QTOOL_DTYPE_F32 || x->device != QTOOL_DEVICE_CPU ||
+        x->ndim < 1 || L->in_features < 1 || x->shape[x->ndim - 1] != L->in_features) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: calibrate needs a named layer and input [T, K] F32 on the CPU with K = %lld",
+            name, L ? (long long)L->in_features : 0LL);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    if (!inst->imatrix) {
+        if (!inst->warned_unused)
+            LOG(inst, QTOOL_LOG_WARN, "calibration data is not used: the importance matrix is off (imatrix=0)");
+        inst->warned_unused = 1;
+        return QTOOL_OK;
+    }
+    const int64_t k = L->in_features, t = qtool_tensor_numel(x) / k;
+    if (t == 0) return QTOOL_OK;
+    calib_stats *s = find_stats(inst, L->name);
+    if (s && s->k != k) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: calibrated with K = %lld before, now K = %lld", name, (long long)s->k,
+            (long long)k);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    const qtool_host_services *host = inst->host;
+    double *acc = host->alloc(host->ctx, QTOOL_DEVICE_CPU, (size_t)k * sizeof(double), QTOOL_MEM_WORKSPACE);
+    if (!acc) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: out of memory for calibration statistics", name);
+        return QTOOL_ERR_OUT_OF_MEMORY;
+    }
+    memset(acc, 0, (size_t)k * sizeof(double));
+    sq_job job = {.x = x->data, .t = t, .k = k, .acc = acc};
+    atomic_init(&job.bad_row, 0);
+    host->parallel_for(host->ctx, (k + 63) / 64, 4, sum_squares, &job);
+    int rc = QTOOL_OK;
+    if (atomic_load(&job.bad_row)) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: calibration input row %d has a non-finite value", name,
+            atomic_load(&job.bad_row) - 1);
+        rc = QTOOL_ERR_INVALID_ARGUMENT;
+    } else if (!s && !(s = new_stats(inst, L->name, k))) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: out of memory for calibration statistics", name);
+        rc = QTOOL_ERR_OUT_OF_MEMORY;
+    } else {
+        for (int64_t c = 0; c < k; c++) s->sum_sq[c] += acc[c];
+        s->count += t;
+    }
+    host->free(host->ctx, QTOOL_DEVICE_CPU, acc);
+    return rc;
+}
+
+/* The layer's importance matrix (mean of x_j^2) into qw[k]; an error when
+ * the layer saw no calibration data, since quantizing it without would
+ * silently drop the weighting the user asked for. */
+static int layer_imatrix(qtool_instance *inst, const qtool_layer_info *L, float *qw)
+{
+    const char *name = L->name ? L->name : "layer";
+    const calib_stats *s = L->name ? find_stats(inst, L->name) : NULL;
+    if (!s || s->count == 0) {
+        LOG(inst, QTOOL_LOG_ERROR,
+            "%s: imatrix=1 but no calibration data reached this layer (pass --calib FILE.jsonl)", name);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    if (s->k != L->in_features) {
+        LOG(inst, QTOOL_LOG_ERROR, "%s: calibrated with K = %lld, packed with K = %lld", name, (long long)s->k,
+            (long long)L->in_features);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    for (int64_t c = 0; c < s->k; c++) {
+        const double m = s->sum_sq[c] / (double)s->count;
+        if (!(m <= FLT_MAX)) {
+            LOG(inst, QTOOL_LOG_ERROR, "%s: mean squared calibration input of column %lld (%g) overflows a float",
+                name, (long long)c, m);
+            return QTOOL_ERR_INVALID_ARGUMENT;
+        }
+        qw[c] = (float)m;
+    }
+    return QTOOL_OK;
+}
 
 /* llama.cpp's use_more_bits: the first and last eighth of the blocks and
  * every third block in between get more bits. */
@@ -118,6 +292,7 @@ static int layer_type(int choice, const qtool_layer_info *L)
 typedef struct pack_job {
     qtool_packed *p;
     const qtool_tensor *w;
+    const float *qw; /* importance weights [k], or NULL */
     atomic_int bad_row; /* first non-finite row + 1, 0 when none */
     atomic_int oom;
 } pack_job;
@@ -156,7 +331,8 @@ static void pack_rows(void *arg, int64_t begin, int64_t end)
             atomic_compare_exchange_strong(&job->bad_row, &expected, (int)r + 1);
             continue;
         }
-        t->quantize(row, p->data + (size_t)r * p->row_bytes, p->k);
+        if (job->qw) t->quantize_imatrix(row, p->data + (size_t)r * p->row_bytes, p->k, job->qw);
+        else t->quantize(row, p->data + (size_t)r * p->row_bytes, p->k);
     }
     host->free(host->ctx, QTOOL_DEVICE_CPU, row);
 }
@@ -225,16 +401,32 @@ static int plugin_pack(qtool_instance *inst, const qtool_pack_args *args, qtool_
     if (type != choice_types[inst->choice] && inst->choice < C_Q4_K_M)
         LOG(inst, QTOOL_LOG_INFO, "%s: K = %lld is not a multiple of 256: %s instead of %s", name,
             (long long)L->in_features, gq_type_traits(type)->name, choice_names[inst->choice]);
+    const qtool_host_services *host = inst->host;
+    float *qw = NULL;
+    if (inst->imatrix) {
+        qw = host->alloc(host->ctx, QTOOL_DEVICE_CPU, (size_t)w->shape[1] * sizeof(float), QTOOL_MEM_WORKSPACE);
+        if (!qw) {
+            LOG(inst, QTOOL_LOG_ERROR, "%s: out of memory", name);
+            return QTOOL_ERR_OUT_OF_MEMORY;
+        }
+        int rc = layer_imatrix(inst, L, qw);
+        if (rc) {
+            host->free(host->ctx, QTOOL_DEVICE_CPU, qw);
+            return rc;
+        }
+    }
     qtool_packed *p;
     int rc = new_packed(inst, type, w->shape[0], w->shape[1], b != NULL, &p);
     if (rc) {
+        if (qw) host->free(host->ctx, QTOOL_DEVICE_CPU, qw);
         LOG(inst, QTOOL_LOG_ERROR, "%s: out of memory", name);
         return rc;
     }
-    pack_job job = {.p = p, .w = w};
+    pack_job job = {.p = p, .w = w, .qw = qw};
     atomic_init(&job.bad_row, 0);
     atomic_init(&job.oom, 0);
-    inst->host->parallel_for(inst->host->ctx, p->n, 4, pack_rows, &job);
+    host->parallel_for(host->ctx, p->n, 4, pack_rows, &job);
+    if (qw) host->free(host->ctx, QTOOL_DEVICE_CPU, qw);
     if (atomic_load(&job.oom)) {
         free_packed(p);
         LOG(inst, QTOOL_LOG_ERROR, "%s: out of memory", name);
@@ -247,7 +439,7 @@ static int plugin_pack(qtool_instance *inst, const qtool_pack_args *args, qtool_
         return QTOOL_ERR_INVALID_ARGUMENT;
     }
     if (b) to_f32(p->bias, b->data, b->dtype, p->n);
-    LOG(inst, QTOOL_LOG_DEBUG, "%s: %s", name, gq_type_traits(type)->name);
+    LOG(inst, QTOOL_LOG_DEBUG, "%s: %s%s", name, gq_type_traits(type)->name, qw ? " (importance matrix)" : "");
     *out = p;
     return QTOOL_OK;
 }
@@ -487,7 +679,8 @@ static int plugin_load(qtool_instance *inst, const qtool_layer_info *L, int devi
 
 static int plugin_quant_config_json(const qtool_instance *inst, char *buf, size_t buf_len)
 {
-    int n = snprintf(buf, buf_len, "{\"quant_method\": \"gguf\", \"type\": \"%s\"}", choice_names[inst->choice]);
+    int n = snprintf(buf, buf_len, "{\"quant_method\": \"gguf\", \"type\": \"%s\"%s}", choice_names[inst->choice],
+                     inst->imatrix ? ", \"imatrix\": true" : "");
     return n < 0 || (size_t)n >= buf_len ? QTOOL_ERR_INVALID_ARGUMENT : QTOOL_OK;
 }
 
@@ -507,7 +700,7 @@ static const qtool_plugin_desc desc = {
     .abi_version = QTOOL_ABI_VERSION,
     .struct_size = sizeof(qtool_plugin_desc),
     .name = "gguf_cpu",
-    .version = "1.0.0",
+    .version = "1.1.0",
     .summary = "llama.cpp GGUF block types (Q8_0 ... Q6_K, Q4_K_M, Q5_K_S), integer CPU matmul",
     .devices = QTOOL_DEVMASK_CPU,
     .flags = QTOOL_PLUGIN_THREAD_SAFE_MATMUL,
@@ -518,6 +711,7 @@ static const qtool_plugin_desc desc = {
     .probe = plugin_probe,
     .create = plugin_create,
     .destroy = plugin_destroy,
+    .calibrate = plugin_calibrate,
     .pack = plugin_pack,
     .free_packed = free_packed,
     .matmul_cpu = plugin_matmul_cpu,

@@ -1,9 +1,10 @@
 /* Block quantizers, dequantizers and scalar kernels of the gguf_cpu plugin.
  *
- * The quantizers follow ggml's reference quantizers (ggml-quants.c,
- * quantize_row_*_ref) operation for operation, in the same float order, so
- * the bytes are identical: this file is built with -ffp-contract=off so no
- * multiply-add is fused where the reference rounds twice. */
+ * The quantizers follow ggml's (ggml-quants.c: quantize_row_*_ref, and
+ * quantize_* with importance weights) operation for operation, in the same
+ * float order, so the bytes are identical: this file is built with
+ * -ffp-contract=off so no multiply-add is fused where the reference rounds
+ * twice. */
 #include "gguf_quants.h"
 
 #include <float.h>
@@ -289,9 +290,9 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint
     return scale;
 }
 
-/* Symmetric codes -nmax..nmax-1 with a scale search weighted by x^2
- * (ggml's make_qx_quants, rmse_type 1, no importance weights). */
-static float fit_scale_sym(int n, int nmax, const float *x, int8_t *L)
+/* Symmetric codes -nmax..nmax-1 with a weighted scale search (ggml's
+ * make_qx_quants, rmse_type 1): weights qw, or x^2 when qw is NULL. */
+static float fit_scale_sym(int n, int nmax, const float *x, int8_t *L, const float *qw)
 {
     float max = 0, amax = 0;
     for (int i = 0; i < n; i++) {
@@ -307,7 +308,7 @@ static float fit_scale_sym(int n, int nmax, const float *x, int8_t *L)
     for (int i = 0; i < n; i++) {
         const int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
         L[i] = (int8_t)(l + nmax);
-        const float w = x[i] * x[i];
+        const float w = qw ? qw[i] : x[i] * x[i];
         sumlx += w * x[i] * l;
         suml2 += w * l * l;
     }
@@ -319,7 +320,7 @@ static float fit_scale_sym(int n, int nmax, const float *x, int8_t *L)
         sumlx = suml2 = 0;
         for (int i = 0; i < n; i++) {
             const int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
-            const float w = x[i] * x[i];
+            const float w = qw ? qw[i] : x[i] * x[i];
             sumlx += w * x[i] * l;
             suml2 += w * l * l;
         }
@@ -342,6 +343,35 @@ static inline void scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m
     } else {
         *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
         *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+/* Sub-block j's 6-bit scale and min into a Q4_K/Q5_K scales array (j in
+ * increasing order: entries j >= 4 add their high bits to earlier bytes). */
+static void store_k_scale(int j, uint8_t ls, uint8_t lm, uint8_t scales[12])
+{
+    if (j < 4) {
+        scales[j] = ls;
+        scales[j + 4] = lm;
+    } else {
+        scales[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
+        scales[j - 4] |= (uint8_t)((ls >> 4) << 6);
+        scales[j] |= (uint8_t)((lm >> 4) << 6);
+    }
+}
+
+/* The codes L (0..nmax) for the final fp16 d, dmin and 6-bit scales. */
+static void requantize_k(const float *x, int nmax, uint16_t d16, uint16_t dmin16, const uint8_t scales[12],
+                         uint8_t L[GQ_QK_K])
+{
+    for (int j = 0; j < 8; j++) {
+        uint8_t s, m;
+        scale_min_k4(j, scales, &s, &m);
+        const float d = h2f(d16) * s;
+        if (d == 0.0f) continue;
+        const float dm = h2f(dmin16) * m;
+        for (int i = 0; i < 32; i++)
+            L[32 * j + i] = (uint8_t)imax(0, imin(nmax, nearest_int((x[32 * j + i] + dm) / d)));
     }
 }
 
@@ -369,25 +399,32 @@ static void quantize_k_scales(const float *x, int nmax, float rmin, float rdelta
         uint8_t lm = (uint8_t)nearest_int(inv_min * mins[j]);
         if (ls > 63) ls = 63;
         if (lm > 63) lm = 63;
-        if (j < 4) {
-            scales[j] = ls;
-            scales[j + 4] = lm;
-        } else {
-            scales[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
-            scales[j - 4] |= (uint8_t)((ls >> 4) << 6);
-            scales[j] |= (uint8_t)((lm >> 4) << 6);
-        }
+        store_k_scale(j, ls, lm, scales);
     }
     *d16 = f2h(max_scale / 63.f);
     *dmin16 = f2h(max_min / 63.f);
-    for (int j = 0; j < 8; j++) {
-        uint8_t s, m;
-        scale_min_k4(j, scales, &s, &m);
-        const float d = h2f(*d16) * s;
-        if (d == 0.0f) continue;
-        const float dm = h2f(*dmin16) * m;
-        for (int i = 0; i < 32; i++)
-            L[32 * j + i] = (uint8_t)imax(0, imin(nmax, nearest_int((x[32 * j + i] + dm) / d)));
+    requantize_k(x, nmax, *d16, *dmin16, scales, L);
+}
+
+static void pack_q4_K_codes(const uint8_t L[GQ_QK_K], uint8_t qs[128])
+{
+    for (int j = 0; j < GQ_QK_K; j += 64, qs += 32)
+        for (int l = 0; l < 32; l++) qs[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+}
+
+static void pack_q5_K_codes(const uint8_t L[GQ_QK_K], uint8_t qh[32], uint8_t ql[128])
+{
+    memset(qh, 0, 32);
+    uint8_t m1 = 1, m2 = 2;
+    for (int n = 0; n < GQ_QK_K; n += 64, ql += 32) {
+        for (int j = 0; j < 32; j++) {
+            int l1 = L[n + j], l2 = L[n + j + 32];
+            if (l1 > 15) { l1 -= 16; qh[j] |= m1; }
+            if (l2 > 15) { l2 -= 16; qh[j] |= m2; }
+            ql[j] = (uint8_t)(l1 | (l2 << 4));
+        }
+        m1 = (uint8_t)(m1 << 2);
+        m2 = (uint8_t)(m2 << 2);
     }
 }
 
@@ -397,9 +434,7 @@ void gq_quantize_row_q4_K(const float *x, void *vy, int64_t k)
     uint8_t L[GQ_QK_K];
     for (int64_t b = 0; b < k / GQ_QK_K; b++, x += GQ_QK_K) {
         quantize_k_scales(x, 15, -1.f, 0.1f, 20, &y[b].d, &y[b].dmin, y[b].scales, L);
-        uint8_t *q = y[b].qs;
-        for (int j = 0; j < GQ_QK_K; j += 64, q += 32)
-            for (int l = 0; l < 32; l++) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+        pack_q4_K_codes(L, y[b].qs);
     }
 }
 
@@ -409,31 +444,22 @@ void gq_quantize_row_q5_K(const float *x, void *vy, int64_t k)
     uint8_t L[GQ_QK_K];
     for (int64_t b = 0; b < k / GQ_QK_K; b++, x += GQ_QK_K) {
         quantize_k_scales(x, 31, -0.5f, 0.1f, 15, &y[b].d, &y[b].dmin, y[b].scales, L);
-        uint8_t *qh = y[b].qh, *ql = y[b].qs;
-        memset(qh, 0, 32);
-        uint8_t m1 = 1, m2 = 2;
-        for (int n = 0; n < GQ_QK_K; n += 64, ql += 32) {
-            for (int j = 0; j < 32; j++) {
-                int l1 = L[n + j], l2 = L[n + j + 32];
-                if (l1 > 15) { l1 -= 16; qh[j] |= m1; }
-                if (l2 > 15) { l2 -= 16; qh[j] |= m2; }
-                ql[j] = (uint8_t)(l1 | (l2 << 4));
-            }
-            m1 = (uint8_t)(m1 << 2);
-            m2 = (uint8_t)(m2 << 2);
-        }
+        pack_q5_K_codes(L, y[b].qh, y[b].qs);
     }
 }
 
-void gq_quantize_row_q6_K(const float *x, void *vy, int64_t k)
+/* Q6_K with sub-block fits weighted by qw (per element of the row), or by
+ * x^2 when qw is NULL: ggml's quantize_row_q6_K_impl, whose NULL case is
+ * quantize_row_q6_K_ref. */
+static void quantize_q6_K_weighted(const float *x, void *vy, int64_t k, const float *qw)
 {
     gq_block_q6_K *y = vy;
     int8_t L[GQ_QK_K];
     float scales[16];
-    for (int64_t b = 0; b < k / GQ_QK_K; b++, x += GQ_QK_K) {
+    for (int64_t b = 0; b < k / GQ_QK_K; b++, x += GQ_QK_K, qw = qw ? qw + GQ_QK_K : NULL) {
         float max_scale = 0, max_abs_scale = 0;
         for (int ib = 0; ib < 16; ib++) {
-            scales[ib] = fit_scale_sym(16, 32, x + 16 * ib, L + 16 * ib);
+            scales[ib] = fit_scale_sym(16, 32, x + 16 * ib, L + 16 * ib, qw ? qw + 16 * ib : NULL);
             if (fabsf(scales[ib]) > max_abs_scale) {
                 max_abs_scale = fabsf(scales[ib]);
                 max_scale = scales[ib];
@@ -464,6 +490,306 @@ void gq_quantize_row_q6_K(const float *x, void *vy, int64_t k)
             }
         }
     }
+}
+
+void gq_quantize_row_q6_K(const float *x, void *y, int64_t k) { quantize_q6_K_weighted(x, y, k, NULL); }
+
+/* ------------------------------------- importance-weighted quantization */
+
+/* ggml's quantize_<type>(src, dst, nrow, n_per_row, quant_weights) with
+ * quant_weights set, one row at a time: the searches below weigh each
+ * element's squared error by its column's importance qw (llama.cpp's
+ * imatrix: the mean of x_j^2 over calibration tokens). Same float order as
+ * ggml-quants.c, so the bytes are identical. */
+
+/* ggml's make_qkx3_quants (use_mad false, weights given): codes 0..nmax
+ * with a minimum, the scale and minimum refitted by weighted least squares
+ * over nstep + 1 candidate scales. */
+static float fit_scale_min_x3(int n, int nmax, const float *x, const float *w, uint8_t *L, float *neg_min,
+                              uint8_t *Laux, float rmin, float rdelta, int nstep)
+{
+    float min = x[0], max = x[0];
+    float sum_w = w[0];
+    float sum_x = sum_w * x[0];
+    for (int i = 1; i < n; i++) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max <= min) {
+        memset(L, 0, (size_t)n);
+        *neg_min = -min;
+        return 0.f;
+    }
+    float iscale = nmax / (max - min);
+    float scale = 1 / iscale;
+    float best = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = nearest_int(iscale * (x[i] - min));
+        L[i] = (uint8_t)imax(0, imin(nmax, l));
+        float diff = scale * L[i] + min - x[i];
+        diff = diff * diff;
+        best += w[i] * diff;
+    }
+    for (int is = 0; is <= nstep; is++) {
+        iscale = (rmin + rdelta * is + nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; i++) {
+            /* min is the best fit so far and may sit at or near max: clamp
+             * before rounding, as ggml does (v may be huge, inf or nan) */
+            const float v = iscale * (x[i] - min);
+            const int l = v > 0 ? nearest_int(v < nmax ? v : (float)nmax) : 0;
+            Laux[i] = (uint8_t)l;
+            sum_l += w[i] * l;
+            sum_l2 += w[i] * l * l;
+            sum_xl += w[i] * l * x[i];
+        }
+        const float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float cur = 0;
+            for (int i = 0; i < n; i++) {
+                float diff = this_scale * Laux[i] + this_min - x[i];
+                diff = diff * diff;
+                cur += w[i] * diff;
+            }
+            if (cur < best) {
+                memcpy(L, Laux, (size_t)n);
+                best = cur;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *neg_min = -min;
+    return scale;
+}
+
+/* ggml's make_qp_quants: codes 0..nmax for non-negative x (the sub-block
+ * scales and minima of Q4_K/Q5_K) under weights qw, a scale search then
+ * coordinate-wise code refinement. */
+static float fit_scale_pos(int n, int nmax, const float *x, uint8_t *L, const float *qw)
+{
+    float max = 0;
+    for (int i = 0; i < n; i++) max = max > x[i] ? max : x[i]; /* ggml's MAX */
+    if (max < GROUP_MAX_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.f;
+    }
+    float iscale = nmax / max;
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)nearest_int(iscale * x[i]);
+    const float scale = 1 / iscale;
+    float best_mse = 0;
+    for (int i = 0; i < n; i++) {
+        const float diff = x[i] - scale * L[i];
+        best_mse += qw[i] * diff * diff;
+    }
+    for (int is = -4; is <= 4; is++) {
+        if (is == 0) continue;
+        const float iscale_is = (0.1f * is + nmax) / max;
+        const float scale_is = 1 / iscale_is;
+        float mse = 0;
+        for (int i = 0; i < n; i++) {
+            const int l = imin(nmax, nearest_int(iscale_is * x[i]));
+            const float diff = x[i] - scale_is * l;
+            mse += qw[i] * diff * diff;
+        }
+        if (mse < best_mse) {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = imin(nmax, nearest_int(iscale * x[i]));
+        L[i] = (uint8_t)l;
+        sumlx += qw[i] * x[i] * l;
+        suml2 += qw[i] * l * l;
+    }
+    for (int itry = 0; itry < 5; itry++) {
+        int n_changed = 0;
+        for (int i = 0; i < n; i++) {
+            const float w = qw[i];
+            float slx = sumlx - w * x[i] * L[i];
+            float sl2 = suml2 - w * L[i] * L[i];
+            if (slx > 0 && sl2 > 0) {
+                const int new_l = imin(nmax, nearest_int(x[i] * sl2 / slx));
+                if (new_l != L[i]) {
+                    slx += w * x[i] * new_l;
+                    sl2 += w * new_l * new_l;
+                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (uint8_t)new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed++;
+                    }
+                }
+            }
+        }
+        if (!n_changed) break;
+    }
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+/* Q4_K / Q5_K super-block (quantize_row_q4_K_impl / q5_K_impl): element
+ * weights qw * sqrt(sigma2 + x^2), sub-block fits, then the 6-bit scales
+ * and minima fitted under the sub-blocks' total weights. Q5_K clamps the
+ * 6-bit values to 63, Q4_K does not (as in ggml; they only differ if a fit
+ * goes negative). */
+static void quantize_k_scales_imatrix(const float *x, const float *qw, int nmax, int clamp63, uint16_t *d16,
+                                      uint16_t *dmin16, uint8_t scales[12], uint8_t L[GQ_QK_K])
+{
+    uint8_t Laux[32], Ls[8], Lm[8];
+    float weights[32], sw[8], mins[8], sc[8];
+    float sum_x2 = 0;
+    for (int l = 0; l < GQ_QK_K; l++) sum_x2 += x[l] * x[l];
+    const float sigma2 = 2 * sum_x2 / GQ_QK_K;
+    for (int j = 0; j < 8; j++) {
+        for (int l = 0; l < 32; l++) weights[l] = qw[32 * j + l] * sqrtf(sigma2 + x[32 * j + l] * x[32 * j + l]);
+        float sumw = 0;
+        for (int l = 0; l < 32; l++) sumw += weights[l];
+        sw[j] = sumw;
+        sc[j] = fit_scale_min_x3(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36);
+    }
+    const float d_block = fit_scale_pos(8, 63, sc, Ls, sw);
+    const float m_block = fit_scale_pos(8, 63, mins, Lm, sw);
+    for (int j = 0; j < 8; j++) {
+        uint8_t ls = Ls[j], lm = Lm[j];
+        if (clamp63) {
+            if (ls > 63) ls = 63;
+            if (lm > 63) lm = 63;
+        }
+        store_k_scale(j, ls, lm, scales);
+    }
+    *d16 = f2h(d_block);
+    *dmin16 = f2h(m_block);
+    requantize_k(x, nmax, *d16, *dmin16, scales, L);
+}
+
+void gq_quantize_imatrix_q4_K(const float *x, void *vy, int64_t k, const float *qw)
+{
+    gq_block_q4_K *y = vy;
+    uint8_t L[GQ_QK_K];
+    for (int64_t b = 0; b < k / GQ_QK_K; b++, x += GQ_QK_K, qw += GQ_QK_K) {
+        quantize_k_scales_imatrix(x, qw, 15, 0, &y[b].d, &y[b].dmin, y[b].scales, L);
+        pack_q4_K_codes(L, y[b].qs);
+    }
+}
+
+void gq_quantize_imatrix_q5_K(const float *x, void *vy, int64_t k, const float *qw)
+{
+    gq_block_q5_K *y = vy;
+    uint8_t L[GQ_QK_K];
+    for (int64_t b = 0; b < k / GQ_QK_K; b++, x += GQ_QK_K, qw += GQ_QK_K) {
+        quantize_k_scales_imatrix(x, qw, 31, 1, &y[b].d, &y[b].dmin, y[b].scales, L);
+        pack_q5_K_codes(L, y[b].qh, y[b].qs);
+    }
+}
+
+/* Q6_K weighs its 16-element fits by qw directly (ggml keeps the
+ * sigma2 variant commented out). */
+void gq_quantize_imatrix_q6_K(const float *x, void *y, int64_t k, const float *qw)
+{
+    quantize_q6_K_weighted(x, y, k, qw);
+}
+
+/* The 32-element types share one row variance: element weights
+ * qw * sqrt(sigma2 + x^2) with sigma2 the row's mean of x^2. */
+static float row_sigma2(const float *x, int64_t k)
+{
+    float sum_x2 = 0;
+    for (int64_t j = 0; j < k; j++) sum_x2 += x[j] * x[j];
+    return sum_x2 / k;
+}
+
+static void block_weights(const float *xb, const float *qw, float sigma2, float w[GQ_QK])
+{
+    for (int j = 0; j < GQ_QK; j++) w[j] = qw[j] * sqrtf(sigma2 + xb[j] * xb[j]);
+}
+
+void gq_quantize_imatrix_q4_0(const float *x, void *vy, int64_t k, const float *qw)
+{
+    gq_block_q4_0 *y = vy;
+    const float sigma2 = row_sigma2(x, k);
+    float w[GQ_QK];
+    int8_t L[GQ_QK];
+    for (int64_t b = 0; b < k / GQ_QK; b++, x += GQ_QK, qw += GQ_QK) {
+        block_weights(x, qw, sigma2, w);
+        y[b].d = f2h(fit_scale_sym(GQ_QK, 8, x, L, w));
+        for (int j = 0; j < 16; j++) y[b].qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+    }
+}
+
+void gq_quantize_imatrix_q5_0(const float *x, void *vy, int64_t k, const float *qw)
+{
+    gq_block_q5_0 *y = vy;
+    const float sigma2 = row_sigma2(x, k);
+    float w[GQ_QK];
+    int8_t L[GQ_QK];
+    for (int64_t b = 0; b < k / GQ_QK; b++, x += GQ_QK, qw += GQ_QK) {
+        block_weights(x, qw, sigma2, w);
+        y[b].d = f2h(fit_scale_sym(GQ_QK, 16, x, L, w));
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; j++) {
+            const uint8_t q0 = (uint8_t)L[j], q1 = (uint8_t)L[j + 16];
+            y[b].qs[j] = (uint8_t)((q0 & 0xF) | ((q1 & 0xF) << 4));
+            qh |= ((q0 & 0x10u) >> 4) << j;
+            qh |= ((q1 & 0x10u) >> 4) << (j + 16);
+        }
+        memcpy(y[b].qh, &qh, 4);
+    }
+}
+
+void gq_quantize_imatrix_q4_1(const float *x, void *vy, int64_t k, const float *qw)
+{
+    gq_block_q4_1 *y = vy;
+    const float sigma2 = row_sigma2(x, k);
+    float w[GQ_QK];
+    uint8_t L[GQ_QK], Laux[GQ_QK];
+    for (int64_t b = 0; b < k / GQ_QK; b++, x += GQ_QK, qw += GQ_QK) {
+        block_weights(x, qw, sigma2, w);
+        float neg_min;
+        const float d = fit_scale_min_x3(GQ_QK, 15, x, w, L, &neg_min, Laux, -0.9f, 0.05f, 36);
+        y[b].d = f2h(d);
+        y[b].m = f2h(-neg_min);
+        for (int j = 0; j < 16; j++) y[b].qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+    }
+}
+
+void gq_quantize_imatrix_q5_1(const float *x, void *vy, int64_t k, const float *qw)
+{
+    gq_block_q5_1 *y = vy;
+    const float sigma2 = row_sigma2(x, k);
+    float w[GQ_QK];
+    uint8_t L[GQ_QK], Laux[GQ_QK];
+    for (int64_t b = 0; b < k / GQ_QK; b++, x += GQ_QK, qw += GQ_QK) {
+        block_weights(x, qw, sigma2, w);
+        float neg_min;
+        const float d = fit_scale_min_x3(GQ_QK, 31, x, w, L, &neg_min, Laux, -0.9f, 0.05f, 36);
+        y[b].d = f2h(d);
+        y[b].m = f2h(-neg_min);
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; j++) {
+            y[b].qs[j] = (uint8_t)((L[j] & 0xF) | ((L[j + 16] & 0xF) << 4));
+            qh |= ((L[j] & 0x10u) >> 4) << j;
+            qh |= ((L[j + 16] & 0x10u) >> 4) << (j + 16);
+        }
+        memcpy(y[b].qh, &qh, 4);
+    }
+}
+
+/* ggml's quantize_q8_0 ignores the importance weights. */
+void gq_quantize_imatrix_q8_0(const float *x, void *y, int64_t k, const float *qw)
+{
+    (void)qw;
+    gq_quantize_row_q8_0(x, y, k);
 }
 
 void gq_quantize_row_q8_K(const float *x, void *vy, int64_t k)
@@ -677,16 +1003,24 @@ static float vec_dot_q6_K(int64_t n, const void *vw, const void *va)
 }
 
 static const gq_type types[] = {
-    {GQ_Q4_0, "Q4_0", GQ_QK, 18, GQ_Q8_0, gq_quantize_row_q4_0, gq_dequantize_row_q4_0, vec_dot_q4_0},
-    {GQ_Q4_1, "Q4_1", GQ_QK, 20, GQ_Q8_1, gq_quantize_row_q4_1, gq_dequantize_row_q4_1, vec_dot_q4_1},
-    {GQ_Q5_0, "Q5_0", GQ_QK, 22, GQ_Q8_0, gq_quantize_row_q5_0, gq_dequantize_row_q5_0, vec_dot_q5_0},
-    {GQ_Q5_1, "Q5_1", GQ_QK, 24, GQ_Q8_1, gq_quantize_row_q5_1, gq_dequantize_row_q5_1, vec_dot_q5_1},
-    {GQ_Q8_0, "Q8_0", GQ_QK, 34, GQ_Q8_0, gq_quantize_row_q8_0, gq_dequantize_row_q8_0, vec_dot_q8_0},
-    {GQ_Q8_1, "Q8_1", GQ_QK, 36, -1, gq_quantize_row_q8_1, NULL, NULL},
-    {GQ_Q4_K, "Q4_K", GQ_QK_K, 144, GQ_Q8_K, gq_quantize_row_q4_K, gq_dequantize_row_q4_K, vec_dot_q4_K},
-    {GQ_Q5_K, "Q5_K", GQ_QK_K, 176, GQ_Q8_K, gq_quantize_row_q5_K, gq_dequantize_row_q5_K, vec_dot_q5_K},
-    {GQ_Q6_K, "Q6_K", GQ_QK_K, 210, GQ_Q8_K, gq_quantize_row_q6_K, gq_dequantize_row_q6_K, vec_dot_q6_K},
-    {GQ_Q8_K, "Q8_K", GQ_QK_K, 292, -1, gq_quantize_row_q8_K, NULL, NULL},
+    {GQ_Q4_0, "Q4_0", GQ_QK, 18, GQ_Q8_0, gq_quantize_row_q4_0, gq_dequantize_row_q4_0, vec_dot_q4_0,
+     gq_quantize_imatrix_q4_0},
+    {GQ_Q4_1, "Q4_1", GQ_QK, 20, GQ_Q8_1, gq_quantize_row_q4_1, gq_dequantize_row_q4_1, vec_dot_q4_1,
+     gq_quantize_imatrix_q4_1},
+    {GQ_Q5_0, "Q5_0", GQ_QK, 22, GQ_Q8_0, gq_quantize_row_q5_0, gq_dequantize_row_q5_0, vec_dot_q5_0,
+     gq_quantize_imatrix_q5_0},
+    {GQ_Q5_1, "Q5_1", GQ_QK, 24, GQ_Q8_1, gq_quantize_row_q5_1, gq_dequantize_row_q5_1, vec_dot_q5_1,
+     gq_quantize_imatrix_q5_1},
+    {GQ_Q8_0, "Q8_0", GQ_QK, 34, GQ_Q8_0, gq_quantize_row_q8_0, gq_dequantize_row_q8_0, vec_dot_q8_0,
+     gq_quantize_imatrix_q8_0},
+    {GQ_Q8_1, "Q8_1", GQ_QK, 36, -1, gq_quantize_row_q8_1, NULL, NULL, NULL},
+    {GQ_Q4_K, "Q4_K", GQ_QK_K, 144, GQ_Q8_K, gq_quantize_row_q4_K, gq_dequantize_row_q4_K, vec_dot_q4_K,
+     gq_quantize_imatrix_q4_K},
+    {GQ_Q5_K, "Q5_K", GQ_QK_K, 176, GQ_Q8_K, gq_quantize_row_q5_K, gq_dequantize_row_q5_K, vec_dot_q5_K,
+     gq_quantize_imatrix_q5_K},
+    {GQ_Q6_K, "Q6_K", GQ_QK_K, 210, GQ_Q8_K, gq_quantize_row_q6_K, gq_dequantize_row_q6_K, vec_dot_q6_K,
+     gq_quantize_imatrix_q6_K},
+    {GQ_Q8_K, "Q8_K", GQ_QK_K, 292, -1, gq_quantize_row_q8_K, NULL, NULL, NULL},
 };
 
 const gq_type *gq_type_traits(int type)

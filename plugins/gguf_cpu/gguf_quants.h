@@ -1,6 +1,7 @@
 /* GGUF block formats of the gguf_cpu plugin: quantizers that reproduce
  * ggml's reference quantizers byte for byte (quantize_row_*_ref in
- * ggml-quants.c), dequantizers, the activation formats the matmul pairs
+ * ggml-quants.c) and its importance-weighted ones (quantize_* with
+ * quant_weights), dequantizers, the activation formats the matmul pairs
  * with each weight type (Q8_0, Q8_1, Q8_K, as ggml's vec_dot does) and the
  * dot-product kernels (scalar, AVX2, AVX-512). */
 #ifndef GGUF_QUANTS_H
@@ -54,6 +55,9 @@ _Static_assert(sizeof(gq_block_q6_K) == 210, "q6_K");
 _Static_assert(sizeof(gq_block_q8_K) == 292, "q8_K");
 
 typedef void (*gq_quantize_fn)(const float *x, void *y, int64_t k);
+/* Quantizes with per-element importance weights qw (k of them, all >= 0):
+ * ggml's quantize_<type> with quant_weights, for one row. */
+typedef void (*gq_quantize_imatrix_fn)(const float *x, void *y, int64_t k, const float *qw);
 typedef void (*gq_dequantize_fn)(const void *x, float *y, int64_t k);
 /* Dot product of one weight row and one activation row (in the weight
  * type's activation format), n elements. */
@@ -68,6 +72,7 @@ typedef struct gq_type {
     gq_quantize_fn quantize;
     gq_dequantize_fn dequantize;
     gq_vec_dot_fn vec_dot; /* scalar reference */
+    gq_quantize_imatrix_fn quantize_imatrix; /* weight types only */
 } gq_type;
 
 /* Traits of a weight type this plugin quantizes (Q8_0, Q4_0, Q4_1, Q5_0,
@@ -87,6 +92,18 @@ void gq_quantize_row_q4_K(const float *x, void *y, int64_t k);
 void gq_quantize_row_q5_K(const float *x, void *y, int64_t k);
 void gq_quantize_row_q6_K(const float *x, void *y, int64_t k);
 void gq_quantize_row_q8_K(const float *x, void *y, int64_t k);
+
+/* Importance-weighted quantizers: byte for byte what ggml's
+ * ggml_quantize_chunk(type, x, y, 0, 1, k, qw) writes (quantize_q4_0 ...
+ * quantize_q6_K with quant_weights; Q8_0 ignores qw, as ggml does). */
+void gq_quantize_imatrix_q4_0(const float *x, void *y, int64_t k, const float *qw);
+void gq_quantize_imatrix_q4_1(const float *x, void *y, int64_t k, const float *qw);
+void gq_quantize_imatrix_q5_0(const float *x, void *y, int64_t k, const float *qw);
+void gq_quantize_imatrix_q5_1(const float *x, void *y, int64_t k, const float *qw);
+void gq_quantize_imatrix_q8_0(const float *x, void *y, int64_t k, const float *qw);
+void gq_quantize_imatrix_q4_K(const float *x, void *y, int64_t k, const float *qw);
+void gq_quantize_imatrix_q5_K(const float *x, void *y, int64_t k, const float *qw);
+void gq_quantize_imatrix_q6_K(const float *x, void *y, int64_t k, const float *qw);
 
 void gq_dequantize_row_q4_0(const void *x, float *y, int64_t k);
 void gq_dequantize_row_q4_1(const void *x, float *y, int64_t k);

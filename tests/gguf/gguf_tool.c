@@ -1,8 +1,8 @@
 /* Helper for the GGUF reference tests (test_gguf_reference.py):
- *   gguf_tool quant TYPE ROWS COLS IN.f32 OUT.gguf
+ *   gguf_tool quant TYPE ROWS COLS IN.f32 OUT.gguf [IMATRIX.f32]
  *       quantizes a raw float32 matrix row by row with the plugin's
- *       quantizer; writes tensor "w" (TYPE) and "deq" (F32, our
- *       dequantization of w).
+ *       quantizer (with COLS importance weights: the imatrix quantizer);
+ *       writes tensor "w" (TYPE) and "deq" (F32, our dequantization of w).
  *   gguf_tool dump FILE      prints the file as JSON (keys, values, tensors)
  *   gguf_tool write FILE     writes a file with every key type and array
  *                            kind through the writer
@@ -23,7 +23,7 @@ static int fail(void)
     return 1;
 }
 
-static int cmd_quant(char **argv)
+static int cmd_quant(char **argv, const char *imatrix_path)
 {
     const int type = qt_ggml_type_from_name(argv[0]);
     const gq_type *t = gq_type_traits(type);
@@ -40,12 +40,29 @@ static int cmd_quant(char **argv)
         free(raw);
         return 1;
     }
+    float *qw = NULL;
+    if (imatrix_path) {
+        char *qraw;
+        size_t qlen;
+        if (qt_read_file(imatrix_path, (size_t)cols * 4 + 1, &qraw, &qlen)) {
+            free(raw);
+            return fail();
+        }
+        if (qlen != (size_t)cols * 4) {
+            fprintf(stderr, "%s: expected %ld floats\n", imatrix_path, cols);
+            free(qraw);
+            free(raw);
+            return 1;
+        }
+        qw = (float *)qraw;
+    }
     const size_t rb = gq_row_size(type, cols);
     uint8_t *q = malloc(rb * (size_t)rows);
     float *deq = malloc((size_t)rows * (size_t)cols * 4);
     const float *x = (const float *)raw;
     for (long r = 0; r < rows; r++) {
-        t->quantize(x + r * cols, q + (size_t)r * rb, cols);
+        if (qw) t->quantize_imatrix(x + r * cols, q + (size_t)r * rb, cols, qw);
+        else t->quantize(x + r * cols, q + (size_t)r * rb, cols);
         t->dequantize(q + (size_t)r * rb, deq + r * cols, cols);
     }
     qt_gguf_writer *w = qt_gguf_writer_new();
@@ -58,6 +75,7 @@ static int cmd_quant(char **argv)
     free(q);
     free(deq);
     free(raw);
+    free(qw);
     return rc ? fail() : 0;
 }
 
@@ -226,9 +244,9 @@ static int cmd_write(const char *path)
 
 int main(int argc, char **argv)
 {
-    if (argc == 7 && strcmp(argv[1], "quant") == 0) return cmd_quant(argv + 2);
+    if ((argc == 7 || argc == 8) && strcmp(argv[1], "quant") == 0) return cmd_quant(argv + 2, argc == 8 ? argv[7] : NULL);
     if (argc == 3 && strcmp(argv[1], "dump") == 0) return cmd_dump(argv[2]);
     if (argc == 3 && strcmp(argv[1], "write") == 0) return cmd_write(argv[2]);
-    fprintf(stderr, "usage: gguf_tool quant TYPE ROWS COLS IN.f32 OUT.gguf | dump FILE | write FILE\n");
+    fprintf(stderr, "usage: gguf_tool quant TYPE ROWS COLS IN.f32 OUT.gguf [IMATRIX.f32] | dump FILE | write FILE\n");
     return 2;
 }

@@ -7,9 +7,14 @@ usage: test_gguf_reference.py GGUF_TOOL
    gives; where gguf.quants can quantize the type (Q8_0, Q4_0, Q4_1, Q5_0,
    Q5_1) the bytes are identical to its quantizer; the reconstruction error
    is within a per-type bound. When ggml's own library is found
-   (QTOOL_GGML_LIB, or the llama-cpp-python venv bench/gguf/llamacpp_compare.sh
-   installs under the build folder), every type, the k-quants included, is
-   also byte-compared with ggml's quantize_row_*_ref.
+   (QTOOL_GGML_LIB; the llama_cpp package of QTOOL_LLAMACPP_PYTHON; or the
+   llama-cpp-python venv bench/gguf/llamacpp_compare.sh installs under the
+   build folder), every type, the k-quants included, is also byte-compared
+   with ggml's quantize_row_*_ref, and the importance-weighted quantizers
+   (imatrix) with ggml_quantize_chunk(type, x, y, 0, rows, cols, imatrix)
+   on random matrices and random positive importance vectors (with exact
+   zeros and a wide dynamic range); without the library that check is
+   skipped with a message.
 2. Files written by gguf.GGUFWriter (every key type, arrays of every kind,
    a nested array, F32/F16/Q8_0/Q4_K tensors) read the same through our
    reader as through gguf.GGUFReader.
@@ -54,8 +59,19 @@ def run(*args):
     return r.stdout
 
 
+def llamacpp_python_lib():
+    """libggml-base.so of the llama_cpp package that QTOOL_LLAMACPP_PYTHON imports."""
+    py = os.environ.get("QTOOL_LLAMACPP_PYTHON")
+    if not py:
+        return None
+    r = subprocess.run([py, "-c", "import llama_cpp, os; print(os.path.dirname(llama_cpp.__file__))"],
+                       capture_output=True, text=True)
+    path = os.path.join(r.stdout.strip(), "lib", "libggml-base.so") if r.returncode == 0 else ""
+    return path if os.path.exists(path) else None
+
+
 def find_ggml():
-    lib = os.environ.get("QTOOL_GGML_LIB")
+    lib = os.environ.get("QTOOL_GGML_LIB") or llamacpp_python_lib()
     if not lib:
         build = os.environ.get("QTOOL_BUILD_DIR", "")
         hits = glob.glob(os.path.join(build, "llamacpp-venv/lib/python*/site-packages/llama_cpp/lib/libggml-base.so"))
@@ -115,6 +131,57 @@ def test_blocks(tmp, rng, ggml):
                 rel = np.sqrt(np.mean((ours - x) ** 2) / np.mean(x ** 2))
                 check(rel < REL_RMSE[name], f"{name}: relative RMS error {rel:.4f} >= {REL_RMSE[name]}")
         print(f"{name}: ok")
+
+
+GGML_IDS = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+
+
+def importance(rng, cols, kind):
+    """A random positive per-column importance vector (mean x_j^2 in llama.cpp's imatrix)."""
+    if kind == "lognormal":
+        return np.exp(rng.standard_normal(cols) * 1.5).astype(np.float32)
+    if kind == "wide":  # 12 decades, as dead and outlier channels give
+        return (10.0 ** rng.uniform(-6, 6, cols)).astype(np.float32)
+    q = rng.uniform(0.0, 2.0, cols).astype(np.float32)  # "zeros": unused columns, whole blocks among them
+    q[rng.random(cols) < 0.2] = 0
+    q[32:64] = 0
+    return q
+
+
+def test_imatrix(tmp, rng, ggml):
+    """Our imatrix quantizers against ggml_quantize_chunk with an imatrix, byte for byte."""
+    if ggml is None:
+        print("imatrix: skipped: ggml library not found (set QTOOL_GGML_LIB or QTOOL_LLAMACPP_PYTHON, or run "
+              "bench/gguf/llamacpp_compare.sh to install llama-cpp-python under the build folder)")
+        return
+    ggml.ggml_quantize_chunk.restype = ctypes.c_size_t
+    ggml.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    for name in TYPES:
+        block = 256 if name.endswith("_K") else 32
+        n_cases = same = 0
+        for cols in sorted({512, 96 if block == 32 else 768}):
+            for case, x in cases(rng, cols):
+                for kind in ("lognormal", "wide", "zeros"):
+                    qw = importance(rng, cols, kind)
+                    src, qsrc = os.path.join(tmp, "x.f32"), os.path.join(tmp, "qw.f32")
+                    out = os.path.join(tmp, f"{name}.imatrix.gguf")
+                    xc = np.ascontiguousarray(x[:, :cols])
+                    xc.tofile(src)
+                    qw.tofile(qsrc)
+                    run("quant", name, str(xc.shape[0]), str(cols), src, out, qsrc)
+                    t = {t.name: t for t in gguf.GGUFReader(out).tensors}
+                    codes = np.asarray(t["w"].data).ravel()
+                    ref = np.zeros(codes.size, np.uint8)
+                    n = ggml.ggml_quantize_chunk(GGML_IDS[name], xc.ctypes.data, ref.ctypes.data, 0, xc.shape[0], cols,
+                                                 qw.ctypes.data)
+                    check(n == codes.size, f"{name} imatrix: ggml wrote {n} bytes, we {codes.size}")
+                    same += int(np.array_equal(ref, codes))
+                    check(np.array_equal(ref, codes),
+                          f"{name}/{case}/{kind} K={cols}: imatrix bytes differ from ggml_quantize_chunk "
+                          f"({np.count_nonzero(ref != codes)} of {codes.size} bytes)")
+                    n_cases += 1
+        print(f"{name} imatrix: {same} of {n_cases} cases identical to ggml_quantize_chunk")
 
 
 def reader_value(field):
@@ -236,6 +303,7 @@ def main():
     print("ggml reference library:", "found" if ggml else "not found (k-quant byte check against ggml skipped)")
     with tempfile.TemporaryDirectory() as tmp:
         test_blocks(tmp, rng, ggml)
+        test_imatrix(tmp, rng, ggml)
         test_python_writer(tmp, rng)
         test_our_writer(tmp)
     if failures:
