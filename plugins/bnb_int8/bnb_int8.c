@@ -148,14 +148,8 @@ static float load_elem(const void *data, int dtype, int64_t i)
 
 static int check_tensor(const qtool_host_services *host, const qtool_tensor *t, const char *what)
 {
-    if (!t || !t->data) return fail(host, QTOOL_ERR_INVALID_ARGUMENT, "%s: missing tensor", what);
-    if (t->ndim < 1 || t->ndim > QTOOL_MAX_DIMS)
-        return fail(host, QTOOL_ERR_INVALID_ARGUMENT, "%s: bad rank %d", what, t->ndim);
-    for (int i = 0; i < t->ndim; i++)
-        if (t->shape[i] <= 0)
-            return fail(host, QTOOL_ERR_INVALID_ARGUMENT, "%s: empty or negative dimension %lld", what,
-                        (long long)t->shape[i]);
-    return QTOOL_OK;
+    char msg[256];
+    return qtool_check_tensor(t, what, msg, sizeof msg) ? fail(host, QTOOL_ERR_INVALID_ARGUMENT, "%s", msg) : QTOOL_OK;
 }
 
 #ifdef QTOOL_HAVE_CUDA
@@ -486,27 +480,9 @@ static void cpu_gemm_tiles(void *arg, int64_t t0, int64_t t1)
 
 static int check_io(const qtool_packed *p, const qtool_matmul_args *a, int device, int64_t *M)
 {
-    const qtool_host_services *h = p->inst->host;
-    if (!a || !a->x || !a->y) return fail(h, QTOOL_ERR_INVALID_ARGUMENT, "bnb_int8 matmul: missing x or y");
-    int rc = check_tensor(h, a->x, "bnb_int8 matmul: x");
-    if (!rc) rc = check_tensor(h, a->y, "bnb_int8 matmul: y");
-    if (rc) return rc;
-    const qtool_tensor *x = a->x, *y = a->y;
-    if (x->device != device || y->device != device)
-        return fail(h, QTOOL_ERR_INVALID_ARGUMENT, "bnb_int8 matmul: x and y must be on the %s",
-                    device == QTOOL_DEVICE_CPU ? "CPU" : "CUDA device");
-    if (x->shape[x->ndim - 1] != p->K)
-        return fail(h, QTOOL_ERR_INVALID_ARGUMENT, "bnb_int8 matmul: x has %lld input features, the layer %lld",
-                    (long long)x->shape[x->ndim - 1], (long long)p->K);
-    if (y->shape[y->ndim - 1] != p->N)
-        return fail(h, QTOOL_ERR_INVALID_ARGUMENT, "bnb_int8 matmul: y has %lld output features, the layer %lld",
-                    (long long)y->shape[y->ndim - 1], (long long)p->N);
-    int64_t mx = qtool_tensor_numel(x) / p->K, my = qtool_tensor_numel(y) / p->N;
-    if (mx != my)
-        return fail(h, QTOOL_ERR_INVALID_ARGUMENT, "bnb_int8 matmul: x has %lld rows, y %lld", (long long)mx,
-                    (long long)my);
-    *M = mx;
-    return QTOOL_OK;
+    char msg[256];
+    int rc = qtool_check_matmul_args("bnb_int8", a, device, p->K, p->N, M, msg, sizeof msg);
+    return rc ? fail(p->inst->host, rc, "%s", msg) : QTOOL_OK;
 }
 
 static int i8_matmul_cpu(qtool_packed *p, const qtool_matmul_args *a)

@@ -266,14 +266,8 @@ static void double_quantize(const float *absmax, int64_t nblocks, uint8_t *q, fl
 
 static int check_tensor(const qtool_host_services *host, const qtool_tensor *t, const char *what)
 {
-    if (!t || !t->data) return fail(host, QTOOL_ERR_INVALID_ARGUMENT, "%s: missing tensor", what);
-    if (t->ndim < 1 || t->ndim > QTOOL_MAX_DIMS)
-        return fail(host, QTOOL_ERR_INVALID_ARGUMENT, "%s: bad rank %d", what, t->ndim);
-    for (int i = 0; i < t->ndim; i++)
-        if (t->shape[i] <= 0)
-            return fail(host, QTOOL_ERR_INVALID_ARGUMENT, "%s: empty or negative dimension %lld", what,
-                        (long long)t->shape[i]);
-    return QTOOL_OK;
+    char msg[256];
+    return qtool_check_tensor(t, what, msg, sizeof msg) ? fail(host, QTOOL_ERR_INVALID_ARGUMENT, "%s", msg) : QTOOL_OK;
 }
 
 static qtool_packed *new_packed(nf4_instance *inst, int device, int64_t N, int64_t K, int quant_type, int blocksize,
@@ -636,27 +630,9 @@ static void mm_tiles(void *arg, int64_t t0, int64_t t1)
 /* Validates x/y against the layer; returns M through *M. */
 static int check_io(const qtool_packed *p, const qtool_matmul_args *a, int device, int64_t *M)
 {
-    const qtool_host_services *h = p->inst->host;
-    if (!a || !a->x || !a->y) return fail(h, QTOOL_ERR_INVALID_ARGUMENT, "nf4 matmul: missing x or y");
-    int rc = check_tensor(h, a->x, "nf4 matmul: x");
-    if (!rc) rc = check_tensor(h, a->y, "nf4 matmul: y");
-    if (rc) return rc;
-    const qtool_tensor *x = a->x, *y = a->y;
-    if (x->device != device || y->device != device)
-        return fail(h, QTOOL_ERR_INVALID_ARGUMENT, "nf4 matmul: x and y must be on the %s",
-                    device == QTOOL_DEVICE_CPU ? "CPU" : "CUDA device");
-    if (x->shape[x->ndim - 1] != p->K)
-        return fail(h, QTOOL_ERR_INVALID_ARGUMENT, "nf4 matmul: x has %lld input features, the layer %lld",
-                    (long long)x->shape[x->ndim - 1], (long long)p->K);
-    if (y->shape[y->ndim - 1] != p->N)
-        return fail(h, QTOOL_ERR_INVALID_ARGUMENT, "nf4 matmul: y has %lld output features, the layer %lld",
-                    (long long)y->shape[y->ndim - 1], (long long)p->N);
-    int64_t mx = qtool_tensor_numel(x) / p->K, my = qtool_tensor_numel(y) / p->N;
-    if (mx != my)
-        return fail(h, QTOOL_ERR_INVALID_ARGUMENT, "nf4 matmul: x has %lld rows, y %lld", (long long)mx,
-                    (long long)my);
-    *M = mx;
-    return QTOOL_OK;
+    char msg[256];
+    int rc = qtool_check_matmul_args("nf4", a, device, p->K, p->N, M, msg, sizeof msg);
+    return rc ? fail(p->inst->host, rc, "%s", msg) : QTOOL_OK;
 }
 
 static int nf4_matmul_cpu(qtool_packed *p, const qtool_matmul_args *a)

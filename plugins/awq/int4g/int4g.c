@@ -267,13 +267,9 @@ float int4g_load_elem(const void *data, int dtype, int64_t i)
 
 static int check_tensor(const int4g_ctx *c, const qtool_tensor *t, const char *what)
 {
-    if (!t || !t->data) return int4g_fail(c, QTOOL_ERR_INVALID_ARGUMENT, "%s: missing tensor", what);
-    if (t->ndim < 1 || t->ndim > QTOOL_MAX_DIMS)
-        return int4g_fail(c, QTOOL_ERR_INVALID_ARGUMENT, "%s: bad rank %d", what, t->ndim);
-    for (int i = 0; i < t->ndim; i++)
-        if (t->shape[i] <= 0 || t->shape[i] > ((int64_t)1 << 40))
-            return int4g_fail(c, QTOOL_ERR_INVALID_ARGUMENT, "%s: bad dimension %lld", what, (long long)t->shape[i]);
-    return QTOOL_OK;
+    char msg[256];
+    return qtool_check_tensor(t, what, msg, sizeof msg) ? int4g_fail(c, QTOOL_ERR_INVALID_ARGUMENT, "%s", msg)
+                                                        : QTOOL_OK;
 }
 
 int int4g_check_pack(const int4g_ctx *c, const qtool_pack_args *args, int64_t G, int64_t *Np, int64_t *Kp,
@@ -417,31 +413,9 @@ static void mm_tiles(void *arg, int64_t t0, int64_t t1)
 /* Validates x/y against the layer; returns M through *M. */
 static int check_io(const qtool_packed *p, const qtool_matmul_args *a, int device, int64_t *M)
 {
-    const int4g_ctx *c = p->ctx;
-    const char *pl = c->plugin;
-    if (!a || !a->x || !a->y) return int4g_fail(c, QTOOL_ERR_INVALID_ARGUMENT, "%s matmul: missing x or y", pl);
-    char what[48];
-    snprintf(what, sizeof what, "%s matmul: x", pl);
-    int rc = check_tensor(c, a->x, what);
-    snprintf(what, sizeof what, "%s matmul: y", pl);
-    if (!rc) rc = check_tensor(c, a->y, what);
-    if (rc) return rc;
-    const qtool_tensor *x = a->x, *y = a->y;
-    if (x->device != device || y->device != device)
-        return int4g_fail(c, QTOOL_ERR_INVALID_ARGUMENT, "%s matmul: x and y must be on the %s", pl,
-                          device == QTOOL_DEVICE_CPU ? "CPU" : "CUDA device");
-    if (x->shape[x->ndim - 1] != p->K)
-        return int4g_fail(c, QTOOL_ERR_INVALID_ARGUMENT, "%s matmul: x has %lld input features, the layer %lld", pl,
-                          (long long)x->shape[x->ndim - 1], (long long)p->K);
-    if (y->shape[y->ndim - 1] != p->N)
-        return int4g_fail(c, QTOOL_ERR_INVALID_ARGUMENT, "%s matmul: y has %lld output features, the layer %lld", pl,
-                          (long long)y->shape[y->ndim - 1], (long long)p->N);
-    int64_t mx = qtool_tensor_numel(x) / p->K, my = qtool_tensor_numel(y) / p->N;
-    if (mx != my)
-        return int4g_fail(c, QTOOL_ERR_INVALID_ARGUMENT, "%s matmul: x has %lld rows, y %lld", pl, (long long)mx,
-                          (long long)my);
-    *M = mx;
-    return QTOOL_OK;
+    char msg[256];
+    int rc = qtool_check_matmul_args(p->ctx->plugin, a, device, p->K, p->N, M, msg, sizeof msg);
+    return rc ? int4g_fail(p->ctx, rc, "%s", msg) : QTOOL_OK;
 }
 
 int int4g_matmul_cpu(qtool_packed *p, const qtool_matmul_args *a)

@@ -41,6 +41,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -461,6 +462,66 @@ static inline uint16_t qtool_f32_to_bf16(float f)
     if ((v.u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((v.u >> 16) | 0x40u); /* quiet nan */
     uint32_t rounding = 0x7FFFu + ((v.u >> 16) & 1u);
     return (uint16_t)((v.u + rounding) >> 16);
+}
+
+/* Argument checks every plugin needs, so all refuse bad input alike. Each
+ * returns QTOOL_OK, or QTOOL_ERR_INVALID_ARGUMENT with a one-line message in
+ * `msg` for the plugin to log. */
+static inline int qtool_check_tensor(const qtool_tensor *t, const char *what, char *msg, size_t msg_len)
+{
+    if (!t || !t->data) {
+        snprintf(msg, msg_len, "%s: missing tensor", what);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    if (t->ndim < 1 || t->ndim > QTOOL_MAX_DIMS) {
+        snprintf(msg, msg_len, "%s: bad rank %d", what, t->ndim);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] <= 0 || t->shape[i] > ((int64_t)1 << 40)) {
+            snprintf(msg, msg_len, "%s: bad dimension %lld", what, (long long)t->shape[i]);
+            return QTOOL_ERR_INVALID_ARGUMENT;
+        }
+    return QTOOL_OK;
+}
+
+/* x [..., K] and y [..., N] for a layer of K inputs and N outputs, both on
+ * `device` with the same number of rows, which goes to *M. */
+static inline int qtool_check_matmul_args(const char *plugin, const qtool_matmul_args *a, int device, int64_t K,
+                                          int64_t N, int64_t *M, char *msg, size_t msg_len)
+{
+    char what[96];
+    if (!a || !a->x || !a->y) {
+        snprintf(msg, msg_len, "%s matmul: missing x or y", plugin);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    snprintf(what, sizeof what, "%s matmul: x", plugin);
+    if (qtool_check_tensor(a->x, what, msg, msg_len)) return QTOOL_ERR_INVALID_ARGUMENT;
+    snprintf(what, sizeof what, "%s matmul: y", plugin);
+    if (qtool_check_tensor(a->y, what, msg, msg_len)) return QTOOL_ERR_INVALID_ARGUMENT;
+    const qtool_tensor *x = a->x, *y = a->y;
+    if (x->device != device || y->device != device) {
+        snprintf(msg, msg_len, "%s matmul: x and y must be on the %s", plugin,
+                 device == QTOOL_DEVICE_CPU ? "CPU" : "CUDA device");
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    if (x->shape[x->ndim - 1] != K) {
+        snprintf(msg, msg_len, "%s matmul: x has %lld input features, the layer %lld", plugin,
+                 (long long)x->shape[x->ndim - 1], (long long)K);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    if (y->shape[y->ndim - 1] != N) {
+        snprintf(msg, msg_len, "%s matmul: y has %lld output features, the layer %lld", plugin,
+                 (long long)y->shape[y->ndim - 1], (long long)N);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    int64_t mx = qtool_tensor_numel(x) / K, my = qtool_tensor_numel(y) / N;
+    if (mx != my) {
+        snprintf(msg, msg_len, "%s matmul: x has %lld rows, y %lld", plugin, (long long)mx, (long long)my);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    *M = mx;
+    return QTOOL_OK;
 }
 
 #ifdef __cplusplus
