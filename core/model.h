@@ -237,6 +237,10 @@ typedef struct qt_model {
 
 /* Frees the model's CUDA state (qt_model_unpack calls it). */
 void qt_model_cuda_release(qt_model *m);
+/* The host-side weights changed while the CUDA state lives (calibration
+ * packed a block and folded input scales into its norms): re-uploads the
+ * norms and drops the float copies of unpacked Linears. */
+int qt_model_cuda_weights_changed(qt_model *m);
 
 /* Opens a checkpoint: `model_path` is a folder (config.json +
  * model.safetensors or a sharded index) or one .safetensors file; then

@@ -89,6 +89,8 @@ typedef struct qt_backend_ops {
                 float *out);
     /* Copies a whole matrix to host float32 [rows, cols]. */
     int (*read)(qt_backend *be, const qt_mat *x, float *out);
+    /* out = x (same shape and dtype, both the backend's). */
+    int (*copy)(qt_backend *be, const qt_mat *x, qt_mat *out);
     /* Optional (NULL: `pool`, then the head on the host): pools as `pool`
      * does into `pooled` (host float32 [n, H]) and, when `logits` is not
      * NULL, runs the float32 head on the device into `logits` [n, labels]. */
@@ -107,13 +109,16 @@ extern const qt_backend_ops qt_cpu_backend_ops;
 /* The CUDA backend (model_cuda.c); built without CUDA, its begin fails. */
 extern const qt_backend_ops qt_cuda_backend_ops;
 
-/* One batch through the model a block at a time, on the CPU (calibration):
- * begin runs the embeddings; each block call runs one block on the batch's
- * hidden state, in place when `advance`, else on a copy (the state stays the
- * block's input; the Linears' inputs still reach the model's linear_hook).
- * An unpacked Linear multiplies by the checkpoint's float32 weights. */
+/* One batch through the model a block at a time (calibration): begin runs
+ * the embeddings; each block call runs one block on the batch's hidden
+ * state, in place when `advance`, else on a copy (the state stays the
+ * block's input; the Linears' inputs still reach the model's linear_hook as
+ * host float32). An unpacked Linear multiplies by the checkpoint's weights:
+ * float32 on the CPU; on CUDA a copy in the activation type, kept until
+ * qt_model_cuda_weights_changed. Each call is one backend pass (begin ...
+ * end), so several batches can step through the same model in turn. */
 typedef struct qt_model_steps qt_model_steps;
-int qt_model_steps_begin(qt_model *m, const qt_batch *b, qt_model_steps **out);
+int qt_model_steps_begin(qt_model *m, const qt_batch *b, int device, void *stream, qt_model_steps **out);
 int qt_model_steps_block(qt_model_steps *st, int64_t block, int advance);
 int64_t qt_model_steps_tokens(const qt_model_steps *st);
 void qt_model_steps_end(qt_model_steps *st);

@@ -1,7 +1,6 @@
 /* Calibration and packing of a model's block Linears: the layer-sequential
  * calibration pass, packing one block at a time with the plugins' input
- * scales folded into the preceding norm or Linear where the graph allows,
- * and moving packed layers between devices through a plugin's save/load.
+ * scales folded into the preceding norm or Linear where the graph allows.
  * docs/quantize.md describes the folding rules and the calibration order. */
 #include <inttypes.h>
 #include <math.h>
@@ -10,6 +9,7 @@
 #include <time.h>
 
 #include "alloc.h"
+#include "cuda_rt.h"
 #include "error.h"
 #include "model_backend.h"
 #include "tensor.h"
@@ -286,91 +286,6 @@ void qt_model_unfold(qt_model *m)
     }
 }
 
-/* ------------------------------------- moving packed layers (save/load) */
-
-/* The tensors one packed layer saved, held on the host. */
-typedef struct bag {
-    char *suffix[64];
-    qtool_tensor t[64];
-    int n;
-} bag;
-
-static void bag_free(bag *b)
-{
-    for (int i = 0; i < b->n; i++) {
-        free(b->suffix[i]);
-        qt_free(QTOOL_DEVICE_CPU, b->t[i].data);
-    }
-    b->n = 0;
-}
-
-static int bag_put(void *ctx, const char *suffix, const qtool_tensor *t)
-{
-    bag *b = ctx;
-    if (!suffix || !t || t->ndim < 0 || t->ndim > QTOOL_MAX_DIMS || !qtool_dtype_size(t->dtype))
-        return QTOOL_ERR_INVALID_ARGUMENT;
-    if (t->device != QTOOL_DEVICE_CPU || b->n == 64) return QTOOL_ERR_UNSUPPORTED;
-    for (int i = 0; i < b->n; i++)
-        if (!strcmp(b->suffix[i], suffix)) return QTOOL_ERR_INVALID_ARGUMENT;
-    size_t bytes = (size_t)qtool_tensor_numel(t) * qtool_dtype_size(t->dtype);
-    void *data = qt_alloc(QTOOL_DEVICE_CPU, bytes, QTOOL_MEM_WORKSPACE);
-    char *s = strdup(suffix);
-    if (!data || !s) {
-        qt_free(QTOOL_DEVICE_CPU, data);
-        free(s);
-        return QTOOL_ERR_OUT_OF_MEMORY;
-    }
-    if (bytes) memcpy(data, t->data, bytes);
-    b->suffix[b->n] = s;
-    b->t[b->n] = *t;
-    b->t[b->n].data = data;
-    b->n++;
-    return QTOOL_OK;
-}
-
-static int bag_get(void *ctx, const char *suffix, qtool_tensor *out)
-{
-    bag *b = ctx;
-    for (int i = 0; i < b->n; i++)
-        if (!strcmp(b->suffix[i], suffix)) {
-            *out = b->t[i];
-            return QTOOL_OK;
-        }
-    return QTOOL_ERR_FORMAT;
-}
-
-static int bag_has(void *ctx, const char *suffix)
-{
-    qtool_tensor t;
-    return bag_get(ctx, suffix, &t) == QTOOL_OK;
-}
-
-/* CPU-packed layers to `device` through save and load. */
-static int move_packed(qt_model *m, int device)
-{
-    const qtool_plugin_desc *d = m->desc;
-    for (size_t i = 0; i < m->n_linears; i++) {
-        qt_linear *l = m->linears[i];
-        bag b = {0};
-        qtool_save_sink sink = {&b, bag_put};
-        qtool_load_source src = {&b, bag_get, bag_has};
-        qtool_packed *p = NULL;
-        qt_clear_error();
-        int rc = d->save(l->packed, &sink);
-        if (!rc) rc = d->load(m->inst, &l->info, device, &src, &p);
-        bag_free(&b);
-        if (rc || !p) {
-            if (!rc) rc = QTOOL_ERR_INTERNAL;
-            return qt_fail(rc, "%s: plugin %s could not move it to the %s (%s)", l->name, d->name,
-                           device == QTOOL_DEVICE_CUDA ? "GPU" : "CPU", qt_status_name(rc));
-        }
-        d->free_packed(l->packed);
-        l->packed = p;
-    }
-    m->packed_device = device;
-    return 0;
-}
-
 /* --------------------------------------------------------- calibration */
 
 typedef struct calib_ctx {
@@ -428,46 +343,47 @@ int qt_model_calibrate_pack(qt_model *m, const qtool_plugin_desc *desc, qtool_in
         if (rc) qt_model_unpack(m);
         return rc;
     }
-    /* The batches go on through the packed block when it runs on the CPU
-     * here; otherwise through the float block (the same pass that feeds
-     * calibration), and the block is packed for the device directly. */
-    int through_packed = desc->matmul_cpu && (device == QTOOL_DEVICE_CPU || (desc->save && desc->load));
-    int pack_device = through_packed ? QTOOL_DEVICE_CPU : device;
-    if (!through_packed)
-        qt_log(QTOOL_LOG_INFO,
-               "plugin %s: %s, so each block calibrates on the float outputs of the blocks before it",
-               desc->name, desc->matmul_cpu ? "no save/load to move CPU-packed layers to the GPU" : "no CPU matmul");
-
+    /* Every pass runs on `device`: block l with its checkpoint weights
+     * (calibration), then packed (the hidden state entering block l+1). */
+    void *stream = NULL;
+    if (device == QTOOL_DEVICE_CUDA) {
+        int e = qt_cuda_stream_create(&stream);
+        if (e) return e;
+    }
     size_t nb = n_batches;
     qt_model_steps **st = calloc(nb, sizeof *st);
-    if (!st) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
+    if (!st) {
+        qt_cuda_stream_destroy(stream);
+        return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
+    }
     calib_ctx cc = {desc, inst};
     int64_t tokens = 0;
     int rc = 0;
     m->desc = desc;
     m->inst = inst;
-    m->packed_device = pack_device;
+    m->packed_device = device;
     for (size_t j = 0; j < nb && !rc; j++) {
-        rc = qt_model_steps_begin(m, &batches[j], &st[j]);
+        rc = qt_model_steps_begin(m, &batches[j], device, stream, &st[j]);
         if (!rc) tokens += qt_model_steps_tokens(st[j]);
     }
     for (int64_t l = 0; l < m->cfg.n_layers && !rc; l++) {
         double t0 = now_s();
         m->linear_hook = calib_hook;
         m->linear_hook_ctx = &cc;
-        for (size_t j = 0; j < nb && !rc; j++) rc = qt_model_steps_block(st[j], l, !through_packed);
+        for (size_t j = 0; j < nb && !rc; j++) rc = qt_model_steps_block(st[j], l, 0);
         m->linear_hook = NULL;
         m->linear_hook_ctx = NULL;
-        if (!rc) rc = qt_model_pack_block(m, l, pack_device);
-        for (size_t j = 0; j < nb && !rc && through_packed && l + 1 < m->cfg.n_layers; j++)
-            rc = qt_model_steps_block(st[j], l, 1);
+        if (!rc) rc = qt_model_pack_block(m, l, device);
+        /* Norms may have taken input scales; the float copies are done. */
+        if (!rc && device == QTOOL_DEVICE_CUDA) rc = qt_model_cuda_weights_changed(m);
+        for (size_t j = 0; j < nb && !rc && l + 1 < m->cfg.n_layers; j++) rc = qt_model_steps_block(st[j], l, 1);
         if (!rc && o && o->progress) o->progress(o->progress_ctx, l, m->cfg.n_layers, tokens, now_s() - t0);
     }
     for (size_t j = 0; j < nb; j++) qt_model_steps_end(st[j]);
     free(st);
     m->linear_hook = NULL;
     m->linear_hook_ctx = NULL;
-    if (!rc && pack_device != device) rc = move_packed(m, device);
     if (rc) qt_model_unpack(m);
+    qt_cuda_stream_destroy(stream);
     return rc;
 }

@@ -527,6 +527,15 @@ static int cpu_read(qt_backend *be, const qt_mat *x, float *out)
     return 0;
 }
 
+static int cpu_copy(qt_backend *be, const qt_mat *x, qt_mat *out)
+{
+    (void)be;
+    if (out->rows != x->rows || out->cols != x->cols)
+        return qt_fail(QTOOL_ERR_INTERNAL, "CPU backend: copy between shapes that differ");
+    for (int64_t r = 0; r < x->rows; r++) memcpy(row_ptr(out, r), row_ptr(x, r), (size_t)x->cols * sizeof(float));
+    return 0;
+}
+
 const qt_backend_ops qt_cpu_backend_ops = {
     .name = "cpu",
     .device = QTOOL_DEVICE_CPU,
@@ -544,4 +553,5 @@ const qt_backend_ops qt_cpu_backend_ops = {
     .add = cpu_add,
     .pool = cpu_pool,
     .read = cpu_read,
+    .copy = cpu_copy,
 };

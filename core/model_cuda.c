@@ -16,7 +16,8 @@
  *     nothing fits, the idle buffers are freed before a new allocation so
  *     that the cache never holds more than one batch's working set plus
  *     what is in use;
- *   - one buffer for the batch description and the head's scratch.
+ *   - one buffer for the batch description and the head's scratch;
+ *   - during calibration, copies of the unpacked Linears' weights.
  *
  * Fusion: `add` is deferred; when the next operation is the norm of the
  * same matrix (every pre-norm block, BERT's post-norm), one kernel adds the
@@ -39,6 +40,7 @@
 
 #ifdef QTOOL_HAVE_CUDA
 
+#include <cublasLt.h>
 #include <cuda_runtime_api.h>
 
 #include "cuda/model_kernels.h"
@@ -81,6 +83,13 @@ typedef struct cuda_state {
     float *inv_full, *inv_sliding;
     float *pre_w, *pre_b, *cls_w, *cls_b;
     float **in_scale; /* per Linear, uploaded on first use */
+
+    /* Calibration: unpacked Linears multiply by the checkpoint's weights,
+     * copied in the activation type on first use (QTOOL_MEM_WEIGHTS) and
+     * dropped by qt_model_cuda_weights_changed, with cuBLASLt's handle and
+     * workspace. */
+    void **fw; /* per Linear: weight [N, K] and then bias [N] */
+    void *lt, *lt_ws;
 
     /* Activation cache. */
     cache_block *cache;
@@ -285,6 +294,16 @@ static void free_norm(dev_norm *d)
 
 static void cache_free_all(cuda_state *st);
 
+static void float_weights_free(cuda_state *st, const qt_model *m)
+{
+    for (size_t i = 0; st->fw && i < m->n_linears; i++) {
+        qt_free(QTOOL_DEVICE_CUDA, st->fw[i]);
+        st->fw[i] = NULL;
+    }
+    qt_free(QTOOL_DEVICE_CUDA, st->lt_ws);
+    st->lt_ws = NULL;
+}
+
 static void state_free(cuda_state *st, const qt_model *m)
 {
     if (!st) return;
@@ -309,6 +328,9 @@ static void state_free(cuda_state *st, const qt_model *m)
         for (size_t i = 0; i < m->n_linears; i++) qt_free(QTOOL_DEVICE_CUDA, st->in_scale[i]);
         free(st->in_scale);
     }
+    float_weights_free(st, m);
+    free(st->fw);
+    if (st->lt) cublasLtDestroy((cublasLtHandle_t)st->lt);
     cache_free_all(st);
     free(st->cache);
     qt_free(QTOOL_DEVICE_CUDA, st->meta);
@@ -332,8 +354,10 @@ static int state_create(const qt_model *m, cuda_state **out)
         return cu_fail(rc, "querying the device");
     }
     st->blk = calloc((size_t)(2 * c->n_layers), sizeof *st->blk);
-    st->in_scale = calloc(m->n_linears ? m->n_linears : 1, sizeof *st->in_scale);
-    if (!st->blk || !st->in_scale) {
+    size_t nl = m->n_linears ? m->n_linears : 1;
+    st->in_scale = calloc(nl, sizeof *st->in_scale);
+    st->fw = calloc(nl, sizeof *st->fw);
+    if (!st->blk || !st->in_scale || !st->fw) {
         state_free(st, m);
         return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
     }
@@ -376,6 +400,28 @@ void qt_model_cuda_release(qt_model *m)
     if (!m || !m->cuda) return;
     state_free(m->cuda, m);
     m->cuda = NULL;
+}
+
+int qt_model_cuda_weights_changed(qt_model *m)
+{
+    cuda_state *st = m ? m->cuda : NULL;
+    if (!st) return 0; /* nothing uploaded yet */
+    CK(cudaDeviceSynchronize(), "waiting for the device");
+    float_weights_free(st, m);
+    dev_norm *all[3] = {&st->emb_norm, &st->final_norm, &st->head_norm};
+    const qt_norm *src[3] = {&m->emb_norm, &m->final_norm, &m->head_norm};
+    int rc = 0;
+    for (int i = 0; i < 3 && !rc; i++) {
+        free_norm(all[i]);
+        rc = upload_norm(src[i], all[i]);
+    }
+    for (int64_t i = 0; !rc && i < m->cfg.n_layers; i++) {
+        free_norm(&st->blk[2 * i]);
+        free_norm(&st->blk[2 * i + 1]);
+        rc = upload_norm(&m->blocks[i].norm1, &st->blk[2 * i]);
+        if (!rc) rc = upload_norm(&m->blocks[i].norm2, &st->blk[2 * i + 1]);
+    }
+    return rc;
 }
 
 /* -------------------------------------------------------------- cache */
@@ -458,8 +504,6 @@ static int cu_begin(qt_backend *be, const qt_model *m, qt_seqs *s)
 {
     if (!m->desc || m->packed_device != QTOOL_DEVICE_CUDA || !m->desc->matmul_cuda)
         return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "the CUDA forward pass needs a model packed for CUDA");
-    if (m->linear_hook)
-        return qt_fail(QTOOL_ERR_UNSUPPORTED, "calibration runs on the CPU, not through the CUDA backend");
     /* The state belongs to the model (it outlives this pass). */
     qt_model *mm = (qt_model *)m;
     cuda_state *st = mm->cuda;
@@ -626,6 +670,113 @@ static int cu_norm(qt_backend *be, const qt_norm *n, const qt_mat *x, qt_mat *ou
     return 0;
 }
 
+static size_t linear_index(const qt_model *m, const qt_linear *l)
+{
+    size_t li = 0;
+    while (li < m->n_linears && m->linears[li] != l) li++;
+    return li;
+}
+
+/* Calibration's float Linear: the checkpoint's weight and bias in the
+ * activation type (converted on the host, like the token table). */
+static int upload_float_linear(cuda_state *st, const qt_linear *l, size_t li)
+{
+    int64_t N = l->info.out_features, K = l->info.in_features;
+    const qtool_tensor *w = l->weight, *b = l->bias;
+    if (!w || w->ndim != 2 || w->shape[0] != N || w->shape[1] != K || !w->data)
+        return qt_fail(QTOOL_ERR_INTERNAL, "%s: no checkpoint weight to run unpacked", l->name);
+    if (w->dtype != QTOOL_DTYPE_F32 && w->dtype != QTOOL_DTYPE_F16 && w->dtype != QTOOL_DTYPE_BF16 &&
+        w->dtype != QTOOL_DTYPE_F64)
+        return qt_fail(QTOOL_ERR_UNSUPPORTED, "%s: weight of type %s", l->name, qt_dtype_name(w->dtype));
+    size_t wbytes = (size_t)(N * K) * 2, bbytes = b ? (size_t)N * 2 : 0;
+    uint16_t *h = qt_alloc(QTOOL_DEVICE_CPU, wbytes + bbytes, QTOOL_MEM_OTHER);
+    float *bf = b ? qt_alloc(QTOOL_DEVICE_CPU, (size_t)N * sizeof(float), QTOOL_MEM_OTHER) : NULL;
+    int rc = !h || (b && !bf) ? QTOOL_ERR_OUT_OF_MEMORY : 0;
+    if (!rc) {
+        conv_job j = {w, 0, st->dtype, h};
+        qt_parallel_for(N, 64, conv_rows, &j);
+    }
+    if (!rc && b) {
+        rc = qt_convert_to_f32(bf, b->data, b->dtype, N);
+        uint16_t *hb = h + N * K;
+        for (int64_t n = 0; !rc && n < N; n++)
+            hb[n] = st->dtype == QTOOL_DTYPE_BF16 ? qtool_f32_to_bf16(bf[n]) : qtool_f32_to_f16(bf[n]);
+    }
+    void *d = rc ? NULL : qt_alloc(QTOOL_DEVICE_CUDA, wbytes + bbytes, QTOOL_MEM_WEIGHTS);
+    if (!rc && !d) rc = QTOOL_ERR_OUT_OF_MEMORY;
+    if (!rc) {
+        int e = (int)cudaMemcpy(d, h, wbytes + bbytes, cudaMemcpyHostToDevice);
+        if (!e) e = (int)cudaDeviceSynchronize(); /* see upload_f32 */
+        if (e) rc = cu_fail(e, "copying a weight to the device");
+    }
+    qt_free(QTOOL_DEVICE_CPU, h);
+    qt_free(QTOOL_DEVICE_CPU, bf);
+    if (rc) {
+        qt_free(QTOOL_DEVICE_CUDA, d);
+        return rc;
+    }
+    st->fw[li] = d;
+    return 0;
+}
+
+static int lt_fail(cublasStatus_t s, const char *what)
+{
+    return qt_fail(s == CUBLAS_STATUS_ALLOC_FAILED ? QTOOL_ERR_OUT_OF_MEMORY : QTOOL_ERR_DEVICE, "cuBLASLt %s: %s",
+                   what, cublasLtGetStatusString(s));
+}
+
+/* y[M, N] = x[M, K] w[N, K]^T (+ b), half precision, float32 accumulation. */
+static int float_gemm(cuda_state *st, void *stream, const void *x, const void *w, const void *b, void *y, int64_t M,
+                      int64_t K, int64_t N)
+{
+    enum { WS_BYTES = 32 << 20 };
+    if (!st->lt) {
+        cublasLtHandle_t h;
+        cublasStatus_t s = cublasLtCreate(&h);
+        if (s != CUBLAS_STATUS_SUCCESS) return lt_fail(s, "create");
+        st->lt = h;
+    }
+    if (!st->lt_ws && !(st->lt_ws = qt_alloc(QTOOL_DEVICE_CUDA, WS_BYTES, QTOOL_MEM_WORKSPACE)))
+        return QTOOL_ERR_OUT_OF_MEMORY;
+    cudaDataType_t t = st->dtype == QTOOL_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    cublasLtMatmulDesc_t desc = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    uint64_t ws = WS_BYTES;
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    const float one = 1.0f, zero = 0.0f;
+    const char *what = "matmul description";
+    cublasStatus_t s = cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (!s) s = cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    if (!s) s = cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    if (!s && b) s = cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+    if (!s && b) s = cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b);
+    if (!s) s = cublasLtMatrixLayoutCreate(&la, t, (uint64_t)K, (uint64_t)N, K);
+    if (!s) s = cublasLtMatrixLayoutCreate(&lb, t, (uint64_t)K, (uint64_t)M, K);
+    if (!s) s = cublasLtMatrixLayoutCreate(&ld, t, (uint64_t)N, (uint64_t)M, N);
+    if (!s) s = cublasLtMatmulPreferenceCreate(&pref);
+    if (!s) s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    if (!s) {
+        what = "algorithm search";
+        s = cublasLtMatmulAlgoGetHeuristic((cublasLtHandle_t)st->lt, desc, la, lb, ld, ld, pref, 1, &res, &found);
+        if (!s && !found) s = CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    if (!s) {
+        what = "matmul";
+        s = cublasLtMatmul((cublasLtHandle_t)st->lt, desc, &one, w, la, x, lb, &zero, y, ld, y, ld, &res.algo,
+                           st->lt_ws, WS_BYTES, (cudaStream_t)stream);
+    }
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (ld) cublasLtMatrixLayoutDestroy(ld);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+    return s ? lt_fail(s, what) : 0;
+}
+
 static int cu_linear(qt_backend *be, const qt_model *m, qt_linear *l, const qt_mat *x, qt_mat *y)
 {
     cuda_state *st = STATE(be);
@@ -636,13 +787,21 @@ static int cu_linear(qt_backend *be, const qt_model *m, qt_linear *l, const qt_m
     if (x->cols != K || y->cols != N || x->ld != K || y->ld != N || x->rows != y->rows)
         return qt_fail(QTOOL_ERR_INTERNAL, "%s: linear called with [%lld, %lld] -> [%lld, %lld]", l->name,
                        (long long)x->rows, (long long)x->cols, (long long)y->rows, (long long)y->cols);
+    if (!l->packed && m->linear_hook) {
+        /* Calibration: a Linear not packed yet runs with its float weights. */
+        size_t li = linear_index(m, l);
+        if (li == m->n_linears) return qt_fail(QTOOL_ERR_INTERNAL, "%s: not a Linear of the model", l->name);
+        if (x->dtype != st->dtype) return qt_fail(QTOOL_ERR_INTERNAL, "%s: activation type changed", l->name);
+        if (!st->fw[li] && (rc = upload_float_linear(st, l, li))) return rc;
+        const void *bias = l->bias ? (const uint16_t *)st->fw[li] + N * K : NULL;
+        return float_gemm(st, be->stream, x->data, st->fw[li], bias, y->data, x->rows, K, N);
+    }
     if (!l->packed || m->packed_device != QTOOL_DEVICE_CUDA)
         return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "%s: not packed for CUDA", l->name);
     void *xin = x->data, *scaled = NULL;
     if (l->input_scale) {
         /* The plugin packed W * s; the input must be x / s. */
-        size_t li = 0;
-        while (li < m->n_linears && m->linears[li] != l) li++;
+        size_t li = linear_index(m, l);
         if (li == m->n_linears) return qt_fail(QTOOL_ERR_INTERNAL, "%s: not a Linear of the model", l->name);
         if (!st->in_scale[li] && (rc = upload_f32(l->input_scale, K, &st->in_scale[li]))) return rc;
         scaled = cache_get(st, (size_t)(x->rows * K) * 2);
@@ -827,21 +986,29 @@ static int cu_read(qt_backend *be, const qt_mat *x, float *out)
     prof_mark(st, P_READ);
     int rc = flush(st);
     if (rc) return rc;
-    size_t row_bytes = (size_t)x->cols * 2;
-    uint16_t *h = qt_alloc(QTOOL_DEVICE_CPU, row_bytes * (size_t)x->rows, QTOOL_MEM_ACTIVATIONS);
-    if (!h) return QTOOL_ERR_OUT_OF_MEMORY;
-    int e = (int)cudaMemcpy2DAsync(h, row_bytes, x->data, (size_t)x->ld * 2, row_bytes, (size_t)x->rows,
-                                   cudaMemcpyDeviceToHost, (cudaStream_t)be->stream);
+    /* Converted on the device: the host only copies (calibration reads
+     * every Linear input of a block, gigabytes per model). */
+    size_t bytes = (size_t)(x->rows * x->cols) * sizeof(float);
+    float *d = cache_get(st, bytes ? bytes : 4);
+    if (!d) return QTOOL_ERR_OUT_OF_MEMORY;
+    int e = qtk_to_f32(kdt(x->dtype), x->data, x->ld, x->rows, x->cols, d, be->stream);
+    if (!e && bytes) e = (int)cudaMemcpyAsync(out, d, bytes, cudaMemcpyDeviceToHost, (cudaStream_t)be->stream);
     if (!e) e = (int)cudaStreamSynchronize((cudaStream_t)be->stream);
-    if (!e) {
-        int64_t n = x->rows * x->cols;
-        if (x->dtype == QTOOL_DTYPE_BF16)
-            for (int64_t i = 0; i < n; i++) out[i] = qtool_bf16_to_f32(h[i]);
-        else
-            for (int64_t i = 0; i < n; i++) out[i] = qtool_f16_to_f32(h[i]);
-    }
-    qt_free(QTOOL_DEVICE_CPU, h);
+    cache_put(st, d);
     return e ? cu_fail(e, "copying activations to the host") : 0;
+}
+
+static int cu_copy(qt_backend *be, const qt_mat *x, qt_mat *out)
+{
+    cuda_state *st = STATE(be);
+    int rc = flush(st);
+    if (rc || (rc = check_mat(x, "copy input")) || (rc = check_mat(out, "copy output"))) return rc;
+    if (out->rows != x->rows || out->cols != x->cols || out->dtype != x->dtype)
+        return qt_fail(QTOOL_ERR_INTERNAL, "CUDA backend: copy between shapes that differ");
+    CK(cudaMemcpy2DAsync(out->data, (size_t)out->ld * 2, x->data, (size_t)x->ld * 2, (size_t)x->cols * 2,
+                         (size_t)x->rows, cudaMemcpyDeviceToDevice, (cudaStream_t)be->stream),
+       "copying activations");
+    return 0;
 }
 
 const qt_backend_ops qt_cuda_backend_ops = {
@@ -861,6 +1028,7 @@ const qt_backend_ops qt_cuda_backend_ops = {
     .add = cu_add,
     .pool = cu_pool,
     .read = cu_read,
+    .copy = cu_copy,
     .pool_head = cu_pool_head,
 };
 
@@ -898,6 +1066,12 @@ const qt_backend_ops qt_cuda_backend_ops = {
 void qt_model_cuda_release(qt_model *m)
 {
     (void)m;
+}
+
+int qt_model_cuda_weights_changed(qt_model *m)
+{
+    (void)m;
+    return 0;
 }
 
 #endif

@@ -426,28 +426,34 @@ struct qt_model_steps {
     qt_backend be;
     qt_seqs s;
     char *meta;
-    qt_mat x; /* the hidden state entering the next block */
-    int begun;
+    qt_mat x;      /* the hidden state entering the next block */
+    int allocated; /* the backend began once: its state exists for release */
 };
 
-int qt_model_steps_begin(qt_model *m, const qt_batch *b, qt_model_steps **out)
+int qt_model_steps_begin(qt_model *m, const qt_batch *b, int device, void *stream, qt_model_steps **out)
 {
     *out = NULL;
     int64_t total = 0, max_len = 0;
     int rc = check_runnable(m);
     if (!rc) rc = check_batch(m, b, &total, &max_len);
     if (rc) return rc;
+    if (device != QTOOL_DEVICE_CPU && device != QTOOL_DEVICE_CUDA)
+        return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "unknown device %d", device);
     qt_model_steps *st = calloc(1, sizeof *st);
     if (!st) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
     st->m = m;
-    st->be.ops = &qt_cpu_backend_ops;
+    st->be.ops = device == QTOOL_DEVICE_CUDA ? &qt_cuda_backend_ops : &qt_cpu_backend_ops;
+    st->be.stream = stream;
     int64_t *rows;
     if ((rc = batch_meta(m, b, total, max_len, &st->meta, &rows, &st->s))) goto fail;
     if ((rc = st->be.ops->begin(&st->be, m, &st->s))) goto fail;
-    st->begun = 1;
-    if ((rc = st->be.ops->alloc(&st->be, &st->x, total, m->cfg.hidden_size))) goto fail;
-    run R = {&st->be, st->be.ops, m, &st->s};
-    if ((rc = embed_stage(&R, &st->x))) goto fail;
+    st->allocated = 1;
+    if (!(rc = st->be.ops->alloc(&st->be, &st->x, total, m->cfg.hidden_size))) {
+        run R = {&st->be, st->be.ops, m, &st->s};
+        rc = embed_stage(&R, &st->x);
+    }
+    st->be.ops->end(&st->be, &st->s);
+    if (rc) goto fail;
     *out = st;
     return 0;
 fail:
@@ -465,18 +471,19 @@ int qt_model_steps_block(qt_model_steps *st, int64_t block, int advance)
     run R = {&st->be, op, m, &st->s};
     qt_mat copy = {0}, *x = &st->x;
     block_bufs B;
-    int rc;
+    int rc = op->begin(&st->be, m, &st->s);
+    if (rc) return rc;
     if (!advance) {
         /* Runs on a copy so that x stays the block's input. */
-        if ((rc = op->alloc(&st->be, &copy, x->rows, x->cols))) return rc;
-        memcpy(copy.data, x->data, (size_t)(x->rows * x->cols) * sizeof(float));
+        if (!(rc = op->alloc(&st->be, &copy, x->rows, x->cols))) rc = op->copy(&st->be, x, &copy);
         x = &copy;
     }
-    if (!(rc = bufs_alloc(&R, &B))) {
+    if (!rc && !(rc = bufs_alloc(&R, &B))) {
         rc = block_stage(&R, &m->blocks[block], x, &B);
         bufs_release(&R, &B);
     }
     op->release(&st->be, &copy);
+    op->end(&st->be, &st->s);
     return rc;
 }
 
@@ -488,8 +495,7 @@ int64_t qt_model_steps_tokens(const qt_model_steps *st)
 void qt_model_steps_end(qt_model_steps *st)
 {
     if (!st) return;
-    st->be.ops->release(&st->be, &st->x);
-    if (st->begun) st->be.ops->end(&st->be, &st->s);
+    if (st->allocated) st->be.ops->release(&st->be, &st->x);
     qt_free(QTOOL_DEVICE_CPU, st->meta);
     free(st);
 }
