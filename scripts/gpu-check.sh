@@ -1,11 +1,12 @@
 #!/bin/bash
 # Builds qtool with CUDA on a machine with a GPU and runs what needs one.
-#   scripts/gpu-check.sh [tests|bench|all]     (default all)
+#   scripts/gpu-check.sh [tests|bench|calib|all]     (default all)
 # tests: the whole test suite (GPU tests included), the conformance suite on
 #        CUDA for every plugin, the probe, a compute_75-PTX-only build whose
 #        GPU tests exercise the Turing code paths, and the demo on CUDA;
 # bench: GEMM benchmarks (against cuBLAS fp16 and, where importable,
-#        bitsandbytes) and the end-to-end model benchmarks.
+#        bitsandbytes), the end-to-end model benchmarks and calibration times;
+# calib: the calibration tests and benchmark only.
 # Logs go to $OUT (default ./gpu-logs), packed into logs.tgz at the end.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,16 @@ step build
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQTOOL_PYTHON="$py" >"$L/configure.log" 2>&1 || { tail -40 "$L/configure.log"; exit 1; }
 cmake --build build-gpu -j"$jobs" >"$L/build.log" 2>&1 || { grep -E "error|Error" "$L/build.log" | head -40; exit 1; }
 
+if [ "$what" = calib ]; then
+    step calibration tests
+    ctest --test-dir build-gpu --output-on-failure -R "quantize|calib|model_cuda|awq|gptq|smoothquant|fp8" --timeout 300 \
+        >"$L/ctest.log" 2>&1
+    grep -E "tests passed|\*\*\*Failed|\*\*\*Skipped|Timeout|Not Run" "$L/ctest.log" | tail -40
+    step calibration benchmark
+    PYTHON="$py" sh bench/calib/run.sh build-gpu /tmp/qtool-bench-calib 2>&1 | tee "$L/bench_calib.log"
+    cp /tmp/qtool-bench-calib/*.log "$L/" 2>/dev/null
+    exit 0
+fi
 if [ "$what" != bench ]; then
     step tests
     ctest --test-dir build-gpu --output-on-failure -j4 --timeout 300 >"$L/ctest.log" 2>&1
@@ -59,5 +70,6 @@ if [ "$what" != tests ]; then
     "$py" bench/gemm/bnb_reference.py >"$L/bnb_reference.log" 2>&1 && grep -E "^[0-9]" "$L/bnb_reference.log"
     PYTHON="$py" sh bench/model/run.sh build-gpu /tmp/qtool-bench-model 2>&1 | tee "$L/bench_model.log" | tail -12
     PYTHON="$py" sh bench/model/plugins.sh build-gpu /tmp/qtool-bench-model 2>&1 | tee "$L/bench_plugins.log"
+    PYTHON="$py" sh bench/calib/run.sh build-gpu /tmp/qtool-bench-calib 2>&1 | tee "$L/bench_calib.log"
 fi
 exit 0
