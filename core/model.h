@@ -216,6 +216,10 @@ typedef struct qt_model {
     /* Called with each Linear's input before its matmul (calibration). */
     int (*linear_hook)(void *ctx, qt_linear *l, const qtool_tensor *x);
     void *linear_hook_ctx;
+    /* Host copy of the hooked Linear's input (model_graph.c), kept for the
+     * next pass; freed with the model and after calibration. */
+    float *hook_input;
+    size_t hook_input_bytes;
 
     /* CUDA forward pass (model_cuda.c): activation type, QTOOL_DTYPE_BF16
      * or fp16 (any other value); and the device state the first CUDA pass

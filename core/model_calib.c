@@ -293,6 +293,13 @@ typedef struct calib_ctx {
     qtool_instance *inst;
 } calib_ctx;
 
+static void hook_input_free(qt_model *m)
+{
+    qt_free(QTOOL_DEVICE_CPU, m->hook_input);
+    m->hook_input = NULL;
+    m->hook_input_bytes = 0;
+}
+
 static int calib_hook(void *ctx, qt_linear *l, const qtool_tensor *x)
 {
     calib_ctx *cc = ctx;
@@ -313,6 +320,7 @@ int qt_model_calibrate(qt_model *m, const qtool_plugin_desc *desc, qtool_instanc
     int rc = qt_model_forward(m, b, QTOOL_DEVICE_CPU, NULL, &none);
     m->linear_hook = NULL;
     m->linear_hook_ctx = NULL;
+    hook_input_free(m);
     return rc;
 }
 
@@ -383,6 +391,7 @@ int qt_model_calibrate_pack(qt_model *m, const qtool_plugin_desc *desc, qtool_in
     free(st);
     m->linear_hook = NULL;
     m->linear_hook_ctx = NULL;
+    hook_input_free(m);
     if (rc) qt_model_unpack(m);
     qt_cuda_stream_destroy(stream);
     return rc;

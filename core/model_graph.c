@@ -14,6 +14,7 @@ typedef struct run {
     const qt_backend_ops *ops;
     qt_model *m;
     qt_seqs *s;
+    int hook_input_ready; /* m->hook_input holds the last hooked Linear's input */
 } run;
 
 /* A column slice of a matrix (q, k, v inside a fused qkv; halves of Wi). */
@@ -25,35 +26,57 @@ static qt_mat cols_of(const qt_mat *a, int64_t first, int64_t n)
     return v;
 }
 
-static int linear(run *R, qt_linear *l, const qt_mat *x, qt_mat *y)
+/* Calibration sees each Linear's input as float32 host rows. Linears that
+ * read the same matrix (q, k, v; gate, up) pass `same_input` and share one
+ * copy; the host buffer stays with the model between passes, so a
+ * calibration run does not fault in fresh pages for every Linear. */
+static int hook_linear(run *R, qt_linear *l, const qt_mat *x, int same_input)
 {
     qt_model *m = R->m;
-    if (m->linear_hook) {
-        /* Calibration sees the input as float32 host rows. */
-        qtool_tensor t = {0};
-        float *host = NULL;
-        if (x->device == QTOOL_DEVICE_CPU && x->dtype == QTOOL_DTYPE_F32 && x->ld == x->cols) {
-            t.data = x->data;
-        } else {
-            host = qt_alloc(QTOOL_DEVICE_CPU, (size_t)(x->rows * x->cols) * sizeof(float), QTOOL_MEM_ACTIVATIONS);
-            if (!host) return QTOOL_ERR_OUT_OF_MEMORY;
-            int rc = R->ops->read(R->be, x, host);
-            if (rc) {
-                qt_free(QTOOL_DEVICE_CPU, host);
-                return rc;
+    qtool_tensor t = {0};
+    if (x->device == QTOOL_DEVICE_CPU && x->dtype == QTOOL_DTYPE_F32 && x->ld == x->cols) {
+        t.data = x->data;
+    } else {
+        size_t bytes = (size_t)(x->rows * x->cols) * sizeof(float);
+        if (!(same_input && R->hook_input_ready)) {
+            R->hook_input_ready = 0;
+            if (bytes > m->hook_input_bytes) {
+                qt_free(QTOOL_DEVICE_CPU, m->hook_input);
+                m->hook_input_bytes = 0;
+                if (!(m->hook_input = qt_alloc(QTOOL_DEVICE_CPU, bytes, QTOOL_MEM_ACTIVATIONS)))
+                    return QTOOL_ERR_OUT_OF_MEMORY;
+                m->hook_input_bytes = bytes;
             }
-            t.data = host;
+            int rc = R->ops->read(R->be, x, m->hook_input);
+            if (rc) return rc;
+            R->hook_input_ready = 1;
         }
-        t.dtype = QTOOL_DTYPE_F32;
-        t.device = QTOOL_DEVICE_CPU;
-        t.ndim = 2;
-        t.shape[0] = x->rows;
-        t.shape[1] = x->cols;
-        int rc = m->linear_hook(m->linear_hook_ctx, l, &t);
-        qt_free(QTOOL_DEVICE_CPU, host);
-        if (rc) return rc;
+        t.data = m->hook_input;
     }
-    return R->ops->linear(R->be, m, l, x, y);
+    t.dtype = QTOOL_DTYPE_F32;
+    t.device = QTOOL_DEVICE_CPU;
+    t.ndim = 2;
+    t.shape[0] = x->rows;
+    t.shape[1] = x->cols;
+    return m->linear_hook(m->linear_hook_ctx, l, &t);
+}
+
+static int linear_in(run *R, qt_linear *l, const qt_mat *x, qt_mat *y, int same_input)
+{
+    int rc;
+    if (R->m->linear_hook && (rc = hook_linear(R, l, x, same_input))) return rc;
+    return R->ops->linear(R->be, R->m, l, x, y);
+}
+
+static int linear(run *R, qt_linear *l, const qt_mat *x, qt_mat *y)
+{
+    return linear_in(R, l, x, y, 0);
+}
+
+/* The input of the previous linear() call, unchanged since. */
+static int linear_again(run *R, qt_linear *l, const qt_mat *x, qt_mat *y)
+{
+    return linear_in(R, l, x, y, 1);
 }
 
 static qt_rope_params rope_of(const qt_model *m, const qt_block *b)
@@ -140,8 +163,8 @@ static int block_bert(run *R, qt_block *b, qt_mat *x, block_bufs *B)
     int rc;
     qt_attn_params ap = {c->n_heads, c->n_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, -1};
     TRY(linear(R, &b->q, x, q));
-    TRY(linear(R, &b->k, x, k));
-    TRY(linear(R, &b->v, x, v));
+    TRY(linear_again(R, &b->k, x, k));
+    TRY(linear_again(R, &b->v, x, v));
     TRY(op->attention(be, &ap, R->s, q, k, v, ctx));
     TRY(linear(R, &b->o, ctx, tmp));
     TRY(op->add(be, tmp, x));
@@ -201,8 +224,8 @@ static int block_decoder(run *R, qt_block *b, qt_mat *x, block_bufs *B)
     qt_rope_params rp = rope_of(R->m, b);
     TRY(op->norm(be, &b->norm1, x, h));
     TRY(linear(R, &b->q, h, q));
-    TRY(linear(R, &b->k, h, k));
-    TRY(linear(R, &b->v, h, v));
+    TRY(linear_again(R, &b->k, h, k));
+    TRY(linear_again(R, &b->v, h, v));
     TRY(op->rope(be, &rp, R->s, q));
     rp.n_heads = c->n_kv_heads;
     TRY(op->rope(be, &rp, R->s, k));
@@ -211,7 +234,7 @@ static int block_decoder(run *R, qt_block *b, qt_mat *x, block_bufs *B)
     TRY(op->add(be, x, tmp));
     TRY(op->norm(be, &b->norm2, x, h));
     TRY(linear(R, &b->gate, h, g));
-    TRY(linear(R, &b->up, h, u));
+    TRY(linear_again(R, &b->up, h, u));
     TRY(op->glu(be, c->hidden_act, g, u, g));
     TRY(linear(R, &b->down, g, tmp));
     TRY(op->add(be, x, tmp));
@@ -394,7 +417,7 @@ int qt_model_forward(qt_model *m, const qt_batch *b, int device, void *stream, q
         qt_free(QTOOL_DEVICE_CPU, meta);
         return QTOOL_ERR_OUT_OF_MEMORY;
     }
-    run R = {&be, op, m, &s};
+    run R = {&be, op, m, &s, 0};
     qt_mat x = {0};
     int begun = 0;
     if ((rc = op->begin(&be, m, &s))) goto out;
@@ -449,7 +472,7 @@ int qt_model_steps_begin(qt_model *m, const qt_batch *b, int device, void *strea
     if ((rc = st->be.ops->begin(&st->be, m, &st->s))) goto fail;
     st->allocated = 1;
     if (!(rc = st->be.ops->alloc(&st->be, &st->x, total, m->cfg.hidden_size))) {
-        run R = {&st->be, st->be.ops, m, &st->s};
+        run R = {&st->be, st->be.ops, m, &st->s, 0};
         rc = embed_stage(&R, &st->x);
     }
     st->be.ops->end(&st->be, &st->s);
@@ -468,7 +491,7 @@ int qt_model_steps_block(qt_model_steps *st, int64_t block, int advance)
         return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "block %lld outside [0, %lld)", (long long)block,
                        (long long)m->cfg.n_layers);
     const qt_backend_ops *op = st->be.ops;
-    run R = {&st->be, op, m, &st->s};
+    run R = {&st->be, op, m, &st->s, 0};
     qt_mat copy = {0}, *x = &st->x;
     block_bufs B;
     int rc = op->begin(&st->be, m, &st->s);

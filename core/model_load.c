@@ -560,6 +560,7 @@ void qt_model_close(qt_model *m)
 {
     if (!m) return;
     qt_model_unpack(m);
+    qt_free(QTOOL_DEVICE_CPU, m->hook_input);
     for (size_t i = 0; i < m->n_linears; i++) free(m->linears[i]->name);
     if (m->blocks) {
         for (int64_t i = 0; i < m->cfg.n_layers; i++) {

@@ -16,6 +16,9 @@
 
 #include "int4g/int4g.h"
 #include "int4g/int4g_dense.h"
+#ifdef QTOOL_HAVE_CUDA
+#include "awq_search_cuda.h"
+#endif
 
 #define AWQ_GRID 20       /* scale search: alpha = i / 20, i = 0..19 */
 #define AWQ_CLIP_STEPS 10 /* clipping: max * (1 - i / 20), i = 0..9 */
@@ -25,6 +28,8 @@
  * WQLinear_GEMM.from_linear) */
 static const int awq_order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
 
+enum { AWQ_SEARCH_AUTO = 0, AWQ_SEARCH_CPU = 1, AWQ_SEARCH_CUDA = 2 };
+
 typedef struct awq_instance {
     int4g_ctx c;
     int64_t group_size; /* -1: one group per row */
@@ -32,6 +37,8 @@ typedef struct awq_instance {
     int clip;
     int64_t calib_rows;
     int share_scale;
+    int search_device; /* AWQ_SEARCH_* */
+    void *blas;        /* cuBLAS handle of the CUDA searches, created on first use */
     int4g_store store;
     struct shared_scale *shared; /* share_scale: one scale per (block, input group) */
 } awq_instance;
@@ -72,6 +79,9 @@ static const qtool_option_desc awq_options[] = {
     {"cuda_kernel", QTOOL_OPT_ENUM, "auto",
      "CUDA kernel: auto, gemv (fused dequantize), dequant_gemm (fp16 workspace + cuBLASLt)", "auto|gemv|dequant_gemm", 0,
      -1},
+    {"search_device", QTOOL_OPT_ENUM, "auto",
+     "where the scale and clipping searches run: auto (the GPU when the instance has one), cpu, cuda", "auto|cpu|cuda",
+     0, -1},
 };
 
 /* Input groups: Linears that read the same activations. */
@@ -162,6 +172,24 @@ static uint64_t name_seed(const char *name)
     return h ^ 0x617771u;
 }
 
+typedef struct abs_sum_job {
+    const float *x; /* [T, K] */
+    int64_t T, K;
+    double *sum; /* [K] */
+} abs_sum_job;
+
+static void abs_sum_cols(void *arg, int64_t b0, int64_t b1)
+{
+    abs_sum_job *j = arg;
+    int64_t k0 = b0 * 64, k1 = b1 * 64 < j->K ? b1 * 64 : j->K;
+    for (int64_t t = 0; t < j->T; t++) {
+        const float *r = j->x + t * j->K;
+        for (int64_t k = k0; k < k1; k++) j->sum[k] += fabsf(r[k]);
+    }
+}
+
+static void par(const int4g_ctx *c, int64_t n, qtool_parallel_fn fn, void *arg);
+
 static int awq_calibrate(qtool_instance *qi, const qtool_layer_info *layer, const qtool_tensor *x)
 {
     awq_instance *inst = (awq_instance *)qi;
@@ -211,9 +239,13 @@ static int awq_calibrate(qtool_instance *qi, const qtool_layer_info *layer, cons
         return int4g_fail(c, QTOOL_ERR_INVALID_ARGUMENT, "awq calibrate: %s: input has %lld features, earlier %lld",
                           e->name, (long long)K, (long long)st->K);
     }
+    /* Column sums on the host's threads, columns split between them: each
+     * column still adds its rows in order, so the sums do not depend on the
+     * thread count. */
+    abs_sum_job aj = {xv, T, K, st->abs_sum};
+    par(c, (K + 63) / 64, abs_sum_cols, &aj);
     for (int64_t t = 0; t < T; t++) {
         const float *r = xv + t * K;
-        for (int64_t k = 0; k < K; k++) st->abs_sum[k] += fabsf(r[k]);
         /* Algorithm R: after c rows every row is in the sample with
          * probability cap / c. */
         int64_t slot = -1;
@@ -351,6 +383,93 @@ static int role_skips_clip(int role)
     return role == QTOOL_ROLE_ATTN_Q || role == QTOOL_ROLE_ATTN_K || role == QTOOL_ROLE_ATTN_QKV;
 }
 
+/* Whether the searches run on the GPU: search_device=cuda, or auto with
+ * an instance created for a CUDA device. Creates the cuBLAS handle. */
+static int search_on_cuda(awq_instance *inst, int *on_cuda)
+{
+    *on_cuda = 0;
+#ifdef QTOOL_HAVE_CUDA
+    const qtool_host_services *h = inst->c.host;
+    if (inst->search_device == AWQ_SEARCH_CPU || (inst->search_device == AWQ_SEARCH_AUTO && h->cuda_device < 0))
+        return QTOOL_OK;
+    if (!inst->blas) {
+        char msg[256] = "";
+        int rc = awqcu_blas_create(h->cuda_device < 0 ? 0 : h->cuda_device, &inst->blas, msg, sizeof msg);
+        if (rc) return int4g_fail(&inst->c, rc, "%s", msg);
+    }
+    *on_cuda = 1;
+#else
+    (void)inst;
+#endif
+    return QTOOL_OK;
+}
+
+/* Output error of each candidate scale (S: AWQ_GRID x K) on the sample. */
+static int scale_errors(awq_instance *inst, int on_cuda, const float *W, const float *X, const float *S, int64_t N,
+                        int64_t K, int64_t G, int64_t T, double *err)
+{
+    int4g_ctx *c = &inst->c;
+#ifdef QTOOL_HAVE_CUDA
+    if (on_cuda) {
+        char msg[256] = "";
+        int rc = awqcu_scale_errors(inst->blas, W, X, S, AWQ_GRID, N, K, T, G, err, c->host->cuda_stream, msg,
+                                    sizeof msg);
+        return rc ? int4g_fail(c, rc, "%s", msg) : QTOOL_OK;
+    }
+#else
+    (void)on_cuda;
+#endif
+    int64_t nchunks = (N + AWQ_ROW_CHUNK - 1) / AWQ_ROW_CHUNK;
+    double *partial = int4g_tmp_alloc(c, (size_t)nchunks * sizeof(double));
+    if (!partial) return int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "awq pack: out of memory");
+    int rc = QTOOL_OK;
+    for (int i = 0; i < AWQ_GRID && !rc; i++) {
+        search_job job = {W, X, S + (size_t)i * (size_t)K, N, K, G, T, partial, 0, c};
+        par(c, nchunks, search_chunks, &job);
+        if (job.failed) rc = int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "awq pack: out of memory in the scale search");
+        err[i] = 0;
+        for (int64_t ch = 0; ch < nchunks; ch++) err[i] += partial[ch];
+    }
+    int4g_tmp_free(c, partial);
+    return rc;
+}
+
+/* Clips W (already W * s) in place, per row and group. */
+static int clip_search(awq_instance *inst, int on_cuda, float *W, const float *X, const float *s, int64_t N, int64_t K,
+                       int64_t G, int64_t T)
+{
+    int4g_ctx *c = &inst->c;
+#ifdef QTOOL_HAVE_CUDA
+    if (on_cuda && G <= 1024) {
+        char msg[256] = "";
+        int rc = awqcu_clip(inst->blas, W, X, s, N, K, T, G, AWQ_CLIP_STEPS, AWQ_GRID, c->host->cuda_stream, msg,
+                            sizeof msg);
+        return rc ? int4g_fail(c, rc, "%s", msg) : QTOOL_OK;
+    }
+#else
+    (void)on_cuda;
+#endif
+    int64_t ng = K / G;
+    float *XT = int4g_tmp_alloc(c, (size_t)(K * T) * sizeof(float));
+    float *gram = int4g_tmp_alloc(c, (size_t)(ng * G * G) * sizeof(float));
+    int rc = QTOOL_OK;
+    if (!XT || !gram) {
+        rc = int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "awq pack: out of memory for the clipping search");
+    } else {
+        /* the scaled layer sees x / s */
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t k = 0; k < K; k++) XT[k * T + t] = X[t * K + k] / s[k];
+        gram_job gj = {XT, gram, K, G, T};
+        par(c, ng, gram_groups, &gj);
+        clip_job cj = {W, gram, N, K, G, c, 0};
+        par(c, N, clip_rows, &cj);
+        if (cj.failed) rc = int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "awq pack: out of memory in the clipping search");
+    }
+    int4g_tmp_free(c, XT);
+    int4g_tmp_free(c, gram);
+    return rc;
+}
+
 /* Chooses the scale s (has_scale) and clips W * s in place. W is [N, K]
  * and becomes the weight to quantize. */
 static int awq_search(awq_instance *inst, const qtool_layer_info *layer, const awq_stats *st, float *W, int64_t N,
@@ -359,14 +478,15 @@ static int awq_search(awq_instance *inst, const qtool_layer_info *layer, const a
     int4g_ctx *c = &inst->c;
     const int64_t T = st->nrows;
     const float *X = st->rows;
+    int on_cuda = 0;
+    int rc = search_on_cuda(inst, &on_cuda);
+    if (rc) return rc;
     float *x_mean = int4g_tmp_alloc(c, (size_t)K * sizeof(float));
     float *w_mean = int4g_tmp_alloc(c, (size_t)K * sizeof(float));
-    float *s = int4g_tmp_alloc(c, (size_t)K * sizeof(float));
-    int64_t nchunks = (N + AWQ_ROW_CHUNK - 1) / AWQ_ROW_CHUNK;
-    double *partial = int4g_tmp_alloc(c, (size_t)nchunks * sizeof(double));
+    float *S = int4g_tmp_alloc(c, (size_t)AWQ_GRID * (size_t)K * sizeof(float));
+    double *err = int4g_tmp_alloc(c, (size_t)AWQ_GRID * sizeof(double));
     double *wm = int4g_tmp_alloc(c, (size_t)K * sizeof(double));
-    int rc = QTOOL_OK;
-    if (!x_mean || !w_mean || !s || !partial || !wm) {
+    if (!x_mean || !w_mean || !S || !err || !wm) {
         rc = int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "awq pack: out of memory");
         goto out;
     }
@@ -382,35 +502,37 @@ static int awq_search(awq_instance *inst, const qtool_layer_info *layer, const a
         }
     for (int64_t k = 0; k < K; k++) w_mean[k] = (float)(wm[k] / (double)N);
 
-    double best_err = INFINITY;
     int best_i = s_given ? -2 : -1;
-    for (int i = 0; i < AWQ_GRID && !s_given; i++) {
-        float a = (float)i / (float)AWQ_GRID;
-        float smax = -INFINITY, smin = INFINITY;
-        for (int64_t k = 0; k < K; k++) {
-            float v = inst->duo_scaling ? powf(x_mean[k], a) / (powf(w_mean[k], 1.0f - a) + 1e-4f) : powf(x_mean[k], a);
-            v = fmaxf(v, 1e-4f);
-            s[k] = v;
-            smax = fmaxf(smax, v);
-            smin = fminf(smin, v);
+    if (!s_given) {
+        for (int i = 0; i < AWQ_GRID; i++) {
+            float a = (float)i / (float)AWQ_GRID, *s = S + (size_t)i * (size_t)K;
+            float smax = -INFINITY, smin = INFINITY;
+            for (int64_t k = 0; k < K; k++) {
+                float v = inst->duo_scaling ? powf(x_mean[k], a) / (powf(w_mean[k], 1.0f - a) + 1e-4f)
+                                            : powf(x_mean[k], a);
+                v = fmaxf(v, 1e-4f);
+                s[k] = v;
+                smax = fmaxf(smax, v);
+                smin = fminf(smin, v);
+            }
+            float norm = sqrtf(smax * smin);
+            for (int64_t k = 0; k < K; k++) {
+                float v = s[k] / norm;
+                s[k] = isfinite(v) ? v : 1.0f;
+            }
         }
-        float norm = sqrtf(smax * smin);
-        for (int64_t k = 0; k < K; k++) {
-            float v = s[k] / norm;
-            s[k] = isfinite(v) ? v : 1.0f;
-        }
-        search_job job = {W, X, s, N, K, G, T, partial, 0, c};
-        par(c, nchunks, search_chunks, &job);
-        if (job.failed) {
-            rc = int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "awq pack: out of memory in the scale search");
-            goto out;
-        }
-        double err = 0;
-        for (int64_t ch = 0; ch < nchunks; ch++) err += partial[ch];
-        if (err < best_err) {
-            best_err = err;
-            best_i = i;
-            memcpy(s_best, s, (size_t)K * sizeof(float));
+        if ((rc = scale_errors(inst, on_cuda, W, X, S, N, K, G, T, err))) goto out;
+        double best_err = INFINITY;
+        for (int i = 0; i < AWQ_GRID; i++)
+            if (err[i] < best_err) {
+                best_err = err[i];
+                best_i = i;
+            }
+        if (best_i >= 0) {
+            memcpy(s_best, S + (size_t)best_i * (size_t)K, (size_t)K * sizeof(float));
+            int4g_log(c, QTOOL_LOG_DEBUG, "awq pack: %s: alpha %.2f (output error %.4g on %lld rows, %s)",
+                      layer && layer->name ? layer->name : "layer", best_i / (double)AWQ_GRID, best_err, (long long)T,
+                      on_cuda ? "cuda" : "cpu");
         }
     }
     if (best_i == -1) { /* every candidate produced NaN: no scaling */
@@ -418,38 +540,16 @@ static int awq_search(awq_instance *inst, const qtool_layer_info *layer, const a
                   layer && layer->name ? layer->name : "layer");
         for (int64_t k = 0; k < K; k++) s_best[k] = 1.0f;
     }
-    if (best_i >= 0)
-        int4g_log(c, QTOOL_LOG_DEBUG, "awq pack: %s: alpha %.2f (output error %.4g on %lld rows)",
-                  layer && layer->name ? layer->name : "layer", best_i / (double)AWQ_GRID, best_err, (long long)T);
     for (int64_t n = 0; n < N; n++)
         for (int64_t k = 0; k < K; k++) W[n * K + k] *= s_best[k];
 
-    if (inst->clip && !(layer && role_skips_clip(layer->role))) {
-        int64_t ng = K / G;
-        float *XT = int4g_tmp_alloc(c, (size_t)(K * T) * sizeof(float));
-        float *gram = int4g_tmp_alloc(c, (size_t)(ng * G * G) * sizeof(float));
-        if (!XT || !gram) {
-            int4g_tmp_free(c, XT);
-            int4g_tmp_free(c, gram);
-            rc = int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "awq pack: out of memory for the clipping search");
-            goto out;
-        }
-        /* the scaled layer sees x / s */
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t k = 0; k < K; k++) XT[k * T + t] = X[t * K + k] / s_best[k];
-        gram_job gj = {XT, gram, K, G, T};
-        par(c, ng, gram_groups, &gj);
-        clip_job cj = {W, gram, N, K, G, c, 0};
-        par(c, N, clip_rows, &cj);
-        int4g_tmp_free(c, XT);
-        int4g_tmp_free(c, gram);
-        if (cj.failed) rc = int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "awq pack: out of memory in the clipping search");
-    }
+    if (inst->clip && !(layer && role_skips_clip(layer->role)))
+        rc = clip_search(inst, on_cuda, W, X, s_best, N, K, G, T);
 out:
     int4g_tmp_free(c, x_mean);
     int4g_tmp_free(c, w_mean);
-    int4g_tmp_free(c, s);
-    int4g_tmp_free(c, partial);
+    int4g_tmp_free(c, S);
+    int4g_tmp_free(c, err);
     int4g_tmp_free(c, wm);
     return rc;
 }
@@ -500,6 +600,15 @@ static int awq_create(const qtool_host_services *host, const qtool_option_value 
             inst->share_scale = opts[i].i != 0;
         } else if (!strcmp(name, "cuda_kernel")) {
             cuda_path = (int)(opts[i].i >= 0 && opts[i].i <= 2 ? opts[i].i : 0);
+        } else if (!strcmp(name, "search_device")) {
+            inst->search_device = (int)(opts[i].i >= 0 && opts[i].i <= 2 ? opts[i].i : 0);
+#ifndef QTOOL_HAVE_CUDA
+            if (inst->search_device == AWQ_SEARCH_CUDA) {
+                snprintf(msg, msg_len, "awq: search_device=cuda, but this build has no CUDA code");
+                free(inst);
+                return QTOOL_ERR_UNSUPPORTED;
+            }
+#endif
         } else {
             snprintf(msg, msg_len, "awq: unknown option '%s'", name);
             free(inst);
@@ -519,6 +628,9 @@ static void awq_destroy(qtool_instance *qi)
     if (!inst) return;
     int4g_store_clear(&inst->c, &inst->store);
     shared_release(&inst->shared, 0, 1);
+#ifdef QTOOL_HAVE_CUDA
+    awqcu_blas_destroy(inst->blas);
+#endif
     int4g_ctx_destroy(&inst->c);
     free(inst);
 }

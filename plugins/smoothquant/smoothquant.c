@@ -9,6 +9,7 @@
  * dequantized with the product of the scales, plus the bias. */
 #include <qtool/plugin.h>
 
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -333,6 +334,38 @@ static sq_stat *find_stat(sq_instance *inst, const char *name)
     return NULL;
 }
 
+typedef struct colmax_job {
+    const float *x;
+    int64_t T, K, nch;
+    float *part;  /* [nch, K] column maxima of |x| */
+    int64_t *bad; /* [nch] first non-finite element index, -1 if none */
+} colmax_job;
+
+static void colmax_chunks(void *arg, int64_t c0, int64_t c1)
+{
+    colmax_job *j = arg;
+    for (int64_t c = c0; c < c1; c++) {
+        int64_t t0 = j->T * c / j->nch, t1 = j->T * (c + 1) / j->nch;
+        float *m = j->part + c * j->K;
+        memset(m, 0, (size_t)j->K * sizeof(float));
+        j->bad[c] = -1;
+        int finite = 1;
+        for (int64_t t = t0; t < t1; t++) {
+            const float *r = j->x + t * j->K;
+            for (int64_t k = 0; k < j->K; k++) {
+                float a = fabsf(r[k]);
+                m[k] = a > m[k] ? a : m[k];
+                finite &= a <= FLT_MAX; /* false for inf and NaN */
+            }
+        }
+        for (int64_t i = t0 * j->K; !finite && i < t1 * j->K; i++)
+            if (!isfinite(j->x[i])) {
+                j->bad[c] = i;
+                break;
+            }
+    }
+}
+
 static int sq_calibrate(qtool_instance *qi, const qtool_layer_info *layer, const qtool_tensor *x)
 {
     sq_instance *inst = (sq_instance *)qi;
@@ -348,11 +381,30 @@ static int sq_calibrate(qtool_instance *qi, const qtool_layer_info *layer, const
     if (layer->in_features > 0 && layer->in_features != K)
         return fail(h, QTOOL_ERR_INVALID_ARGUMENT, "smoothquant calibrate: %s: x has %lld features, the layer %lld",
                     layer->name, (long long)K, (long long)layer->in_features);
-    const float *xd = x->data;
-    for (int64_t i = 0; i < T * K; i++)
-        if (!isfinite(xd[i]))
-            return fail(h, QTOOL_ERR_INVALID_ARGUMENT,
-                        "smoothquant calibrate: %s: activation %lld is not finite", layer->name, (long long)i);
+    /* One pass over x, in row chunks on the host's threads: per-chunk column
+     * maxima (merged below; a maximum is exact in any order) and the first
+     * non-finite element. */
+    int64_t nch = T < 64 ? T : 64;
+    float *part = h->alloc(h->ctx, QTOOL_DEVICE_CPU, (size_t)(nch * K) * 4, QTOOL_MEM_WORKSPACE);
+    int64_t *bad = h->alloc(h->ctx, QTOOL_DEVICE_CPU, (size_t)nch * 8, QTOOL_MEM_WORKSPACE);
+    if (!part || !bad) {
+        if (part) h->free(h->ctx, QTOOL_DEVICE_CPU, part);
+        if (bad) h->free(h->ctx, QTOOL_DEVICE_CPU, bad);
+        return fail(h, QTOOL_ERR_OUT_OF_MEMORY, "smoothquant calibrate: out of memory");
+    }
+    colmax_job cj = {x->data, T, K, nch, part, bad};
+    if (h->parallel_for)
+        h->parallel_for(h->ctx, nch, 1, colmax_chunks, &cj);
+    else
+        colmax_chunks(&cj, 0, nch);
+    int64_t first_bad = -1;
+    for (int64_t c = 0; c < nch && first_bad < 0; c++) first_bad = bad[c];
+    if (first_bad >= 0) {
+        h->free(h->ctx, QTOOL_DEVICE_CPU, part);
+        h->free(h->ctx, QTOOL_DEVICE_CPU, bad);
+        return fail(h, QTOOL_ERR_INVALID_ARGUMENT, "smoothquant calibrate: %s: activation %lld is not finite",
+                    layer->name, (long long)first_bad);
+    }
     pthread_mutex_lock(&inst->lock);
     sq_stat *s = find_stat(inst, layer->name);
     if (s && s->K != K) {
@@ -385,15 +437,13 @@ static int sq_calibrate(qtool_instance *qi, const qtool_layer_info *layer, const
         s->K = K;
         inst->n_stats++;
     }
-    for (int64_t t = 0; t < T; t++) {
-        const float *r = xd + t * K;
-        for (int64_t k = 0; k < K; k++) {
-            float a = fabsf(r[k]);
-            if (a > s->amax[k]) s->amax[k] = a;
-        }
-    }
+    for (int64_t c = 0; c < nch; c++)
+        for (int64_t k = 0; k < K; k++)
+            if (part[c * K + k] > s->amax[k]) s->amax[k] = part[c * K + k];
     s->tokens += T;
     pthread_mutex_unlock(&inst->lock);
+    h->free(h->ctx, QTOOL_DEVICE_CPU, part);
+    h->free(h->ctx, QTOOL_DEVICE_CPU, bad);
     return QTOOL_OK;
 }
 

@@ -1,7 +1,7 @@
 /* awq plugin, CUDA: CPU/CUDA agreement for both kernels, fp16 and bf16,
  * awkward shapes, inputs divided by the layer's input scale; save from and
- * load onto the device; device memory accounting. Exits 77 without a CUDA
- * device. */
+ * load onto the device; device memory accounting; the scale and clipping
+ * searches on the GPU against the CPU's. Exits 77 without a CUDA device. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -39,6 +39,67 @@ static void test_device_memory(void **state)
     check_cuda_rejects();
 }
 
+/* search_device=cuda against search_device=cpu on the same calibration
+ * rows: the same alpha (input scale) on all but near-ties, and a held-out
+ * output error within 0.5% of the CPU search's, with and without the
+ * clipping search (q has none), groups of 128, 64 and one per row. */
+static double search_run(const char *dev, const char *group, int role, const float *w, const float *xc, int64_t T,
+                         const float *xh, int64_t Th, int64_t N, int64_t K, float *s)
+{
+    const char *kv[] = {dev, group};
+    qtool_instance *inst = make_inst(&H, kv, 2);
+    qtool_layer_info li = {sizeof li, role, role == QTOOL_ROLE_ATTN_Q ? "model.layers.2.self_attn.q_proj.weight"
+                                                                       : "model.layers.2.mlp.up_proj.weight",
+                           K, N, 2, 4};
+    calibrate_rows(&H, inst, &li, xc, T, K, 300);
+    qtool_packed *p = pack_layer(&H, inst, &li, w, NULL, QTOOL_DEVICE_CUDA, s, NULL);
+    float *wf = malloc((size_t)(N * K) * 4);
+    double *what = malloc((size_t)(N * K) * 8);
+    assert_int_equal(H.desc->dequantize(p, wf), QTOOL_OK);
+    for (int64_t i = 0; i < N * K; i++) what[i] = wf[i];
+    double e = output_error(w, what, s, xh, Th, N, K);
+    free(wf);
+    free(what);
+    H.desc->free_packed(p);
+    H.desc->destroy(inst);
+    return e;
+}
+
+static void test_search_on_gpu(void **state)
+{
+    (void)state;
+    const int64_t N = 160, K = 512, T = 1200, Th = 256;
+    float *w = malloc(N * K * 4), *xc = malloc(T * K * 4), *xh = malloc(Th * K * 4);
+    float *s_cpu = malloc(K * 4), *s_gpu = malloc(K * 4);
+    const char *groups[] = {"group_size=128", "group_size=64", "group_size=-1"};
+    int same = 0, runs = 0;
+    for (int rep = 0; rep < 2; rep++) {
+        gen_weights(w, N, K);
+        act_dist d = act_dist_new(K, 32, 6, 20.0f);
+        act_sample(&d, xc, T);
+        act_sample(&d, xh, Th);
+        for (int g = 0; g < 3; g++)
+            for (int r = 0; r < 2; r++) {
+                int role = r ? QTOOL_ROLE_ATTN_Q : QTOOL_ROLE_FFN_UP;
+                double ec = search_run("search_device=cpu", groups[g], role, w, xc, T, xh, Th, N, K, s_cpu);
+                double eg = search_run("search_device=cuda", groups[g], role, w, xc, T, xh, Th, N, K, s_gpu);
+                int eq = memcmp(s_cpu, s_gpu, (size_t)K * 4) == 0;
+                printf("search %s %s: held-out error cpu %.6f cuda %.6f, %s scale\n", groups[g], r ? "q" : "up", ec,
+                       eg, eq ? "same" : "different");
+                assert_true(eg <= 1.005 * ec);
+                same += eq;
+                runs++;
+            }
+        act_dist_free(&d);
+    }
+    assert_true(same >= runs - 2);
+    free(w);
+    free(xc);
+    free(xh);
+    free(s_cpu);
+    free(s_gpu);
+}
+
 int main(void)
 {
     if (!cuda_available()) {
@@ -50,6 +111,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_agreement),
         cmocka_unit_test(test_device_memory),
+        cmocka_unit_test(test_search_on_gpu),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     harness_close(&H);
