@@ -14,7 +14,7 @@
 
 namespace {
 
-constexpr int kWarpsPerBlock = 4;
+constexpr int kGemvWarps = 8;
 constexpr int kGemvMaxRows = 16;
 constexpr size_t kLtWorkspace = 32u << 20;
 
@@ -75,19 +75,20 @@ struct Smem {
     float map[256];
 };
 
+// The code tables of nf4_codec.h are host constants; device code has its own copy.
+__constant__ float c_nf4[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+                                -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+                                0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f,
+                                0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
+                                0.7229568362236023f, 1.0f};
+__constant__ float c_fp4[8] = {0.0f, 0.0625f / 12.0f, 8.0f / 12.0f, 12.0f / 12.0f,
+                               4.0f / 12.0f, 6.0f / 12.0f, 2.0f / 12.0f, 3.0f / 12.0f};
+
 __device__ __forceinline__ void load_tables(const nf4cu_layer &L, Smem &s)
 {
-    // The code tables of nf4_codec.h are host constants; device code has its own copy.
     if (threadIdx.x < 16) {
-        const float nf4[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-                               -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-                               0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f,
-                               0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
-                               0.7229568362236023f, 1.0f};
-        const float fp4[8] = {0.0f, 0.0625f / 12.0f, 8.0f / 12.0f, 12.0f / 12.0f,
-                              4.0f / 12.0f, 6.0f / 12.0f, 2.0f / 12.0f, 3.0f / 12.0f};
         int i = threadIdx.x;
-        s.lut[i] = L.quant_type == NF4_TYPE_FP4 ? (i & 8 ? -fp4[i & 7] : fp4[i & 7]) : nf4[i];
+        s.lut[i] = L.quant_type == NF4_TYPE_FP4 ? (i & 8 ? -c_fp4[i & 7] : c_fp4[i & 7]) : c_nf4[i];
     }
     if (L.nested)
         for (int i = threadIdx.x; i < 256; i += blockDim.x) s.map[i] = L.nested_map[i];
@@ -149,19 +150,24 @@ template <typename T> __global__ void k_add_bias(T *__restrict__ y, const float 
 
 // ---------------------------------------------------------------- GEMV
 
-// One warp per R output features, MT input rows at once. FAST: K % 32 == 0
-// and aligned x, so each lane reads 16 code bytes (32 weights) per feature
-// and 64 bytes of each input row per step; an input chunk loaded once
-// serves all R features.
+// A block of kGemvWarps warps; S consecutive warps share R output
+// features and split K between them (S = 1, 2, 4 or 8; more warps where N
+// is small and K long), MT input rows at once. FAST (K % 8 == 0, aligned x
+// and codes): in step g of an iteration the warp covers 256 consecutive
+// weights, 8 a lane, so each lane reads 4 code bytes and 16 bytes of every
+// input row, and a warp's loads of a row are one contiguous 512-byte piece
+// (the fewest L1 wavefronts). The S partial sums meet in shared memory and
+// are added in slice order.
 template <typename T, int MT, int R, bool FAST>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    k_gemv(nf4cu_layer L, const T *__restrict__ x, T *__restrict__ y, int rows)
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    k_gemv(nf4cu_layer L, const T *__restrict__ x, T *__restrict__ y, int rows, int S)
 {
     __shared__ Smem s;
+    __shared__ float part[kGemvWarps][R][MT];
     load_tables(L, s);
-    const int lane = threadIdx.x & 31;
-    const int64_t n0 = ((int64_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5)) * R;
-    if (n0 >= L.N) return;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int groups = kGemvWarps / S, slice = warp % S;
+    const int64_t n0 = ((int64_t)blockIdx.x * groups + warp / S) * R;
     const int64_t K = L.K;
     float acc[R][MT];
 #pragma unroll
@@ -169,35 +175,30 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 #pragma unroll
         for (int m = 0; m < MT; m++) acc[r][m] = 0.0f;
 
-    if (FAST) {
-        for (int64_t k0 = (int64_t)lane * 32; k0 < K; k0 += 32 * 32) {
-            uint32_t qw[R][4];
-            float a[R];
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                int64_t n = n0 + r < L.N ? n0 + r : L.N - 1; // a missing last feature recomputes one
-                uint4 q = __ldg(reinterpret_cast<const uint4 *>(L.codes + n * (K >> 1) + (k0 >> 1)));
-                qw[r][0] = q.x;
-                qw[r][1] = q.y;
-                qw[r][2] = q.z;
-                qw[r][3] = q.w;
-                a[r] = block_absmax(L, s, (n * K + k0) / L.blocksize);
-            }
+    if (n0 < L.N && FAST) {
+        for (int64_t k0 = (int64_t)slice * 1024; k0 < K; k0 += (int64_t)S * 1024) {
 #pragma unroll
             for (int g = 0; g < 4; g++) {
+                const int64_t kb = k0 + g * 256 + lane * 8;
+                if (kb >= K) break; // K % 8 == 0: the lane's 8 weights are all in or all out
                 float w[R][8];
 #pragma unroll
-                for (int r = 0; r < R; r++)
+                for (int r = 0; r < R; r++) {
+                    int64_t n = n0 + r < L.N ? n0 + r : L.N - 1; // a missing last feature recomputes one
+                    int64_t e = n * K + kb;
+                    uint32_t q = __ldg(reinterpret_cast<const uint32_t *>(L.codes + (e >> 1)));
+                    float a = block_absmax(L, s, e / L.blocksize);
 #pragma unroll
                     for (int j = 0; j < 4; j++) {
-                        uint32_t byte = (qw[r][g] >> (8 * j)) & 0xFFu;
-                        w[r][2 * j] = s.lut[byte >> 4] * a[r];
-                        w[r][2 * j + 1] = s.lut[byte & 15u] * a[r];
+                        uint32_t byte = (q >> (8 * j)) & 0xFFu;
+                        w[r][2 * j] = s.lut[byte >> 4] * a;
+                        w[r][2 * j + 1] = s.lut[byte & 15u] * a;
                     }
+                }
 #pragma unroll
                 for (int m = 0; m < MT; m++) {
                     if (m < rows) {
-                        uint4 xv = __ldg(reinterpret_cast<const uint4 *>(x + (int64_t)m * K + k0 + g * 8));
+                        uint4 xv = __ldg(reinterpret_cast<const uint4 *>(x + (int64_t)m * K + kb));
                         const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
 #pragma unroll
                         for (int j = 0; j < 4; j++) {
@@ -212,8 +213,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
                 }
             }
         }
-    } else {
-        for (int64_t k = lane; k < K; k += 32) {
+    } else if (n0 < L.N) {
+        for (int64_t k = (int64_t)slice * 32 + lane; k < K; k += (int64_t)S * 32) {
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 int64_t n = n0 + r < L.N ? n0 + r : L.N - 1;
@@ -227,31 +228,50 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
         }
     }
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        const int64_t n = n0 + r;
-        const float b = (L.bias && n < L.N) ? L.bias[n] : 0.0f;
+    for (int r = 0; r < R; r++)
 #pragma unroll
         for (int m = 0; m < MT; m++) {
             float v = warp_sum(acc[r][m]);
-            if (lane == 0 && m < rows && n < L.N) y[(int64_t)m * L.N + n] = from_f<T>(v + b);
+            if (lane == 0) part[warp][r][m] = v;
         }
+    __syncthreads();
+    for (int t = threadIdx.x; t < groups * R * MT; t += blockDim.x) {
+        const int fg = t / (R * MT), r = (t / MT) % R, m = t % MT;
+        const int64_t n = ((int64_t)blockIdx.x * groups + fg) * R + r;
+        if (m >= rows || n >= L.N) continue;
+        float v = 0.0f;
+        for (int sl = 0; sl < S; sl++) v += part[fg * S + sl][r][m];
+        y[(int64_t)m * L.N + n] = from_f<T>(v + (L.bias ? L.bias[n] : 0.0f));
     }
+}
+
+// Warps per output group: split K while the grid is short of about 16
+// warps per multiprocessor and each slice keeps two or more 1024-weight
+// iterations.
+int gemv_split(const nf4cu_layer &L, int R, bool fast)
+{
+    if (!fast) return 1;
+    const int64_t groups = (L.N + R - 1) / R;
+    int S = 1;
+    while (S < kGemvWarps && groups * S < 2048 && L.K / 1024 >= 2 * S) S *= 2;
+    return S;
 }
 
 template <typename T, int MT, int R>
 void launch_gemv_mt(const nf4cu_layer &L, const T *x, T *y, int rows, bool fast, cudaStream_t st)
 {
-    const int64_t per_block = (int64_t)kWarpsPerBlock * R;
-    dim3 grid((unsigned)((L.N + per_block - 1) / per_block)), block(kWarpsPerBlock * 32);
+    const int S = gemv_split(L, R, fast);
+    const int64_t per_block = (int64_t)(kGemvWarps / S) * R;
+    dim3 grid((unsigned)((L.N + per_block - 1) / per_block)), block(kGemvWarps * 32);
     if (fast)
-        k_gemv<T, MT, R, true><<<grid, block, 0, st>>>(L, x, y, rows);
+        k_gemv<T, MT, R, true><<<grid, block, 0, st>>>(L, x, y, rows, S);
     else
-        k_gemv<T, MT, R, false><<<grid, block, 0, st>>>(L, x, y, rows);
+        k_gemv<T, MT, R, false><<<grid, block, 0, st>>>(L, x, y, rows, S);
 }
 
 template <typename T> int run_gemv(const nf4cu_layer &L, const T *x, T *y, int64_t M, cudaStream_t st)
 {
-    bool fast = (L.K % 32) == 0 && ((uintptr_t)x & 15u) == 0 && ((uintptr_t)L.codes & 15u) == 0;
+    bool fast = (L.K % 8) == 0 && ((uintptr_t)x & 15u) == 0 && ((uintptr_t)L.codes & 3u) == 0;
     for (int64_t m0 = 0; m0 < M; m0 += kGemvMaxRows) {
         int rows = (int)(M - m0 < kGemvMaxRows ? M - m0 : kGemvMaxRows);
         const T *xs = x + m0 * L.K;

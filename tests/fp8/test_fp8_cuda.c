@@ -73,13 +73,15 @@ static void check(const char *mode, const char *scaling, const char *chunk, int 
      * own order and precision (FP8 MMA keeps fewer than 24 bits between
      * promotions to fp32), cuBLASLt may apply the scales in another order
      * and adds a 16-bit copy of the bias; the output is rounded to 16 bits.
-     * One wrong activation code at K <= 67 moves an output by ~1e-3 of mag,
-     * ten times the allowance. */
+     * Hopper's FP8 accumulator keeps about 14 mantissa bits until the next
+     * promotion, so sums of K = 128 terms drift by up to a few 1e-4 of mag
+     * (1.1e-4 seen): the allowance is 4e-4 of mag. One wrong activation
+     * code at K <= 67 moves an output by ~1e-3 of mag, still above it. */
     double rel = dt == QTOOL_DTYPE_BF16 ? 8e-3 : 2e-3; /* about two half-ulps of the 16-bit output */
     for (int64_t m = 0; m < M; m++)
         for (int64_t n = 0; n < N; n++) {
             int64_t i = m * N + n;
-            double tol = rel * (fabs(ye[i]) + (bias ? 2.0 * fabs(b[n]) : 0.0)) + 1e-4 * mag[i] + 1e-6;
+            double tol = rel * (fabs(ye[i]) + (bias ? 2.0 * fabs(b[n]) : 0.0)) + 4e-4 * mag[i] + 1e-6;
             if (fabs((double)yg[i] - ye[i]) > tol) {
                 fprintf(stderr, "%s %s %s dt=%d M=%lld N=%lld K=%lld off=%d [%lld,%lld]: cuda %.7g emulation %.7g\n",
                         mode, scaling, chunk, dt, (long long)M, (long long)N, (long long)K, offset, (long long)m,
