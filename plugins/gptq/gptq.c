@@ -5,7 +5,10 @@
  * blocks of 128), group parameters recomputed at each group start, optional
  * act-order (columns by decreasing H_ii, with g_idx). 4-bit symmetric
  * (zero 8) or asymmetric; fp16 scales. Checkpoints use AutoGPTQ's layout
- * ("gptq" v1, zeros stored minus one) or gptqmodel's "gptq_v2". */
+ * ("gptq" v1, zeros stored minus one) or gptqmodel's "gptq_v2".
+ * When H was summed on the CUDA device, pack runs there too (gptq_cuda.cu):
+ * the same steps, with the factorisation in cuSOLVER and the lazy-block
+ * updates in cuBLAS. */
 #include <qtool/plugin.h>
 
 #include <math.h>
@@ -13,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "../awq/int4g/int4g.h"
 #include "../awq/int4g/int4g_dense.h"
@@ -24,6 +28,8 @@
 #define GPTQ_BLOCK 128 /* lazy batch width, as AutoGPTQ's blocksize */
 #define GPTQ_ROW_CHUNK 32
 #define GPTQ_DAMP_RETRIES 3
+/* run_gptq_cuda's answer when the device has no room: GPTQ runs on the CPU */
+#define GPTQ_ON_CPU 2
 
 enum { GPTQ_FMT_V1 = 0, GPTQ_FMT_V2 = 1 };
 enum { GPTQ_CALIB_AUTO = 0, GPTQ_CALIB_CPU = 1, GPTQ_CALIB_CUDA = 2 };
@@ -41,7 +47,8 @@ typedef struct gptq_instance {
     double shrink; /* < 0: automatic (OAS) */
     int calib_device; /* GPTQ_CALIB_*; AUTO is resolved at the first calibrate */
     int calib_auto;   /* the device was chosen automatically: fall back to the CPU on failure */
-    void *blas;       /* cuBLAS handle for the device Hessian */
+    void *blas;       /* cuBLASLt handle for the device Hessian */
+    void *solver;     /* cuSOLVER and cuBLAS handles for GPTQ on the device */
     void *staging;    /* device scratch for calibration rows */
     size_t staging_bytes;
     int4g_store store;
@@ -112,6 +119,13 @@ static inline int quant1(double w, const qparams *q)
 {
     double v = rint(w / q->s) + q->zero;
     return v < 0 ? 0 : v > 15 ? 15 : (int)v;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 /* ------------------------------------------------------------ calibration */
@@ -367,6 +381,24 @@ static int by_diag_desc(const void *a, const void *b)
 }
 static pthread_mutex_t g_sort_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* perm (0..K-1 on entry) by decreasing key, ties by index. */
+static void sort_by_key(const double *key, int64_t *perm, int64_t K)
+{
+    pthread_mutex_lock(&g_sort_lock);
+    g_sort_diag = key;
+    qsort(perm, (size_t)K, sizeof *perm, by_diag_desc);
+    pthread_mutex_unlock(&g_sort_lock);
+}
+
+/* The weights as double (W [N, K]); NULL when out of memory. */
+static double *load_weights(const int4g_ctx *c, const qtool_tensor *wt, int64_t n)
+{
+    double *W = int4g_tmp_alloc(c, (size_t)n * sizeof(double));
+    if (W)
+        for (int64_t i = 0; i < n; i++) W[i] = int4g_load_elem(wt->data, wt->dtype, i);
+    return W;
+}
+
 /* Shrinkage intensity toward the diagonal: the Oracle Approximating
  * Shrinkage estimate (Chen, Wiesel, Eldar, Hero 2010) applied to the
  * correlation matrix R = D^-1/2 H D^-1/2 of the p live inputs, from n
@@ -374,6 +406,16 @@ static pthread_mutex_t g_sort_lock = PTHREAD_MUTEX_INITIALIZER;
  * H estimated from few rows has noisy off-diagonals that GPTQ would fit
  * (its held-out error then exceeds round-to-nearest's); rho is near 1 when
  * the correlations look like noise and near 0 with ample data. */
+static double oas_from_trace(double tr2, int64_t p, int64_t nsamples)
+{
+    if (p < 2) return 0.0;
+    double pd = (double)p, n = (double)nsamples;
+    double den = (n + 1.0 - 2.0 / pd) * (tr2 - pd);
+    if (!(den > 0)) return 1.0;
+    double rho = ((1.0 - 2.0 / pd) * tr2 + pd * pd) / den;
+    return rho < 0 ? 0 : rho > 1 ? 1 : rho;
+}
+
 static double oas_rho(const gptq_stats *st)
 {
     const int64_t K = st->K;
@@ -390,12 +432,7 @@ static double oas_rho(const gptq_stats *st)
             if (hkk > 0) tr2 += 2.0 * H[i * K + k] * H[i * K + k] / (hii * hkk);
         }
     }
-    if (p < 2) return 0.0;
-    double pd = (double)p, n = (double)st->nsamples;
-    double den = (n + 1.0 - 2.0 / pd) * (tr2 - pd);
-    if (!(den > 0)) return 1.0;
-    double rho = ((1.0 - 2.0 / pd) * tr2 + pd * pd) / den;
-    return rho < 0 ? 0 : rho > 1 ? 1 : rho;
+    return oas_from_trace(tr2, p, st->nsamples);
 }
 
 /* Hp = H[perm][:, perm] with the off-diagonal scaled by 1 - rho, dead
@@ -450,12 +487,8 @@ static int run_gptq(gptq_instance *inst, const char *lname, const gptq_stats *st
     if (stat)
         for (int64_t n = 0; n < N; n++)
             for (int64_t g = 0; g < ng; g++) stat[n * ng + g] = find_params(W + n * K + g * G, G, inst->sym);
-    if (inst->act_order) {
-        pthread_mutex_lock(&g_sort_lock);
-        g_sort_diag = diag;
-        qsort(perm, (size_t)K, sizeof *perm, by_diag_desc);
-        pthread_mutex_unlock(&g_sort_lock);
-    }
+    if (inst->act_order) sort_by_key(diag, perm, K);
+    double t0 = now_s();
     double rho = inst->shrink < 0 ? oas_rho(st) : inst->shrink;
     int4g_log(c, QTOOL_LOG_DEBUG, "gptq pack: %s: %lld calibration rows for K = %lld; H off-diagonal shrunk by %.3f",
               lname, (long long)st->nsamples, (long long)K, rho);
@@ -484,6 +517,7 @@ static int run_gptq(gptq_instance *inst, const char *lname, const gptq_stats *st
         ret = 1;
         goto out;
     }
+    double t1 = now_s();
     for (int64_t n = 0; n < N; n++)
         for (int64_t a = 0; a < K; a++) Wp[n * K + a] = W[n * K + perm[a]];
     gptq_job job = {Wp, Ut, perm, stat, p, N, K, G, inst->sym, c, 0};
@@ -499,6 +533,8 @@ static int run_gptq(gptq_instance *inst, const char *lname, const gptq_stats *st
     }
     if (p->g_idx)
         for (int64_t a = 0; a < K; a++) p->g_idx[perm[a]] = (int32_t)(inst->static_groups ? perm[a] / G : a / G);
+    int4g_log(c, QTOOL_LOG_DEBUG, "gptq pack: %s on the CPU (K = %lld, N = %lld): H^-1 factor %.3f s, columns %.3f s",
+              lname, (long long)K, (long long)N, t1 - t0, now_s() - t1);
 out:
     int4g_tmp_free(c, perm);
     int4g_tmp_free(c, diag);
@@ -594,6 +630,7 @@ static void gptq_destroy(qtool_instance *qi)
     if (inst->staging) inst->c.host->free(inst->c.host->ctx, QTOOL_DEVICE_CUDA, inst->staging);
 #ifdef QTOOL_HAVE_CUDA
     if (inst->blas) gpcu_blas_destroy(inst->blas);
+    if (inst->solver) gpcu_solver_destroy(inst->solver);
 #endif
     int4g_ctx_destroy(&inst->c);
     free(inst);
@@ -623,29 +660,15 @@ static int download_h(gptq_instance *inst, const gptq_stats *st, double **out)
     return 0;
 }
 
-static int gptq_pack(qtool_instance *qi, const qtool_pack_args *args, qtool_packed **out)
+/* GPTQ on the host: H downloaded when it was summed on the device.
+ * Returns 0, 1 (round-to-nearest) or -status. */
+static int pack_on_cpu(gptq_instance *inst, const char *lname, const gptq_stats *st, const qtool_tensor *wt,
+                       qtool_packed *p)
 {
-    gptq_instance *inst = (gptq_instance *)qi;
-    if (!inst || !args || !out) return QTOOL_ERR_INVALID_ARGUMENT;
     int4g_ctx *c = &inst->c;
-    int64_t N, K, G;
-    int rc = int4g_check_pack(c, args, inst->group_size, &N, &K, &G);
-    if (rc) return rc;
-    if (args->has_input_scale) *args->has_input_scale = 0;
-    const qtool_layer_info *layer = args->layer;
-    const char *lname = layer && layer->name ? layer->name : "layer";
-    double *W = int4g_tmp_alloc(c, (size_t)(N * K) * sizeof(double));
-    qtool_packed *p = int4g_new(c, N, K, G, K / G, inst->act_order && !inst->static_groups, args->bias != NULL);
-    if (!W || !p) {
-        int4g_tmp_free(c, W);
-        int4g_free(p);
-        return int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "gptq pack: out of memory for %s", lname);
-    }
-    for (int64_t i = 0; i < N * K; i++) W[i] = int4g_load_elem(args->weight->data, args->weight->dtype, i);
-    pthread_mutex_lock(&inst->store.lock);
-    if (layer) int4g_store_release_before(c, &inst->store, layer->block_index);
-    int4g_stats *e = int4g_store_get(&inst->store, layer, 0);
-    const gptq_stats *st = e ? e->data : NULL;
+    const int64_t K = p->K;
+    double *W = load_weights(c, wt, p->N * K);
+    if (!W) return -int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "gptq pack: out of memory for %s", lname);
     gptq_stats host_view;
     double *Hdown = NULL;
     int r = 0;
@@ -664,9 +687,147 @@ static int gptq_pack(qtool_instance *qi, const qtool_pack_args *args, qtool_pack
     } else {
         r = run_gptq(inst, lname, st, W, p);
     }
-    pthread_mutex_unlock(&inst->store.lock);
     int4g_tmp_free(c, Hdown);
     int4g_tmp_free(c, W);
+    return r;
+}
+
+#ifdef QTOOL_HAVE_CUDA
+/* run_gptq with H on the device (st->dH): the same steps on the GPU.
+ * Returns 0, 1 (round-to-nearest), GPTQ_ON_CPU or -status. */
+static int run_gptq_cuda(gptq_instance *inst, const char *lname, const gptq_stats *st, const qtool_tensor *wt,
+                         qtool_packed *p)
+{
+    int4g_ctx *c = &inst->c;
+    const qtool_host_services *h = c->host;
+    const int64_t N = p->N, K = p->K, G = p->G;
+    char msg[256];
+    const double t0 = now_s();
+    int rc = i4cu_set_device(h->cuda_device < 0 ? 0 : h->cuda_device, msg, sizeof msg);
+    if (!rc && !inst->solver) rc = gpcu_solver_create(&inst->solver, msg, sizeof msg);
+    if (rc) return -int4g_fail(c, rc, "gptq pack: %s", msg);
+    gpcu_pack *pk = NULL;
+    rc = gpcu_pack_begin(inst->solver, h, st->dH, N, K, G, &pk, msg, sizeof msg);
+    if (rc == QTOOL_ERR_OUT_OF_MEMORY) {
+        int4g_log(c, QTOOL_LOG_WARN, "gptq pack: %s: %s; GPTQ runs on the CPU", lname, msg);
+        return GPTQ_ON_CPU;
+    }
+    if (rc) return -int4g_fail(c, rc, "gptq pack: %s: %s", lname, msg);
+    int64_t *perm = int4g_tmp_alloc(c, (size_t)K * sizeof(int64_t));
+    double *hdiag = int4g_tmp_alloc(c, (size_t)(3 * K) * sizeof(double));
+    unsigned char *dead = int4g_tmp_alloc(c, (size_t)K);
+    double *W = NULL;
+    int ret = 0;
+    if (!perm || !hdiag || !dead) {
+        ret = -int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "gptq pack: out of memory for %s (K = %lld)", lname,
+                          (long long)K);
+        goto out;
+    }
+    double *key = hdiag + K, *dvec = hdiag + 2 * K;
+    rc = gpcu_pack_diag(pk, hdiag, msg, sizeof msg);
+    if (rc) goto device_failed;
+    int64_t live = 0;
+    for (int64_t i = 0; i < K; i++) {
+        perm[i] = i;
+        dead[i] = hdiag[i] == 0; /* no signal, no weight */
+        key[i] = dead[i] ? 1 : hdiag[i];
+        live += hdiag[i] > 0;
+    }
+    if (inst->act_order) sort_by_key(key, perm, K);
+    rc = gpcu_pack_weights(pk, wt->data, wt->dtype, perm, dead, inst->sym, inst->static_groups, msg, sizeof msg);
+    if (rc) goto device_failed;
+    double rho = inst->shrink;
+    if (rho < 0) {
+        double offdiag = 0;
+        rc = gpcu_pack_offdiag_corr(pk, &offdiag, msg, sizeof msg);
+        if (rc) goto device_failed;
+        rho = oas_from_trace((double)live + offdiag, live, st->nsamples);
+    }
+    int4g_log(c, QTOOL_LOG_DEBUG, "gptq pack: %s: %lld calibration rows for K = %lld; H off-diagonal shrunk by %.3f",
+              lname, (long long)st->nsamples, (long long)K, rho);
+    /* build_h's diagonal, in processing order */
+    double mean = 0;
+    for (int64_t a = 0; a < K; a++) {
+        double v = hdiag[perm[a]];
+        dvec[a] = v == 0 ? 1 : v;
+        mean += dvec[a];
+    }
+    mean /= (double)K;
+    double damp = inst->damp;
+    int ok = 0;
+    for (int attempt = 0; attempt <= GPTQ_DAMP_RETRIES; attempt++) {
+        for (int64_t a = 0; a < K; a++) key[a] = dvec[a] + damp * mean;
+        int not_pd = 0;
+        rc = gpcu_pack_factor(pk, key, 1.0 - rho, &not_pd, msg, sizeof msg);
+        if (rc) goto device_failed;
+        if (!not_pd) {
+            ok = 1;
+            break;
+        }
+        if (damp >= 1.0) break;
+        double next = damp > 0 ? damp * 10 : 0.01;
+        int4g_log(c, QTOOL_LOG_WARN, "gptq pack: %s: H is not positive definite with damp %g; trying %g", lname, damp,
+                  next > 1.0 ? 1.0 : next);
+        damp = next > 1.0 ? 1.0 : next;
+    }
+    if (!ok) {
+        int4g_log(c, QTOOL_LOG_WARN, "gptq pack: %s: H cannot be factorised; round-to-nearest instead", lname);
+        W = load_weights(c, wt, N * K);
+        if (!W) {
+            ret = -int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "gptq pack: out of memory for %s", lname);
+            goto out;
+        }
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t k = 0; k < K; k++)
+                if (dead[k]) W[n * K + k] = 0;
+        rtn(p, W, inst->sym);
+        ret = 1;
+        goto out;
+    }
+    const double t1 = now_s();
+    rc = gpcu_pack_quantize(pk, inst->sym, inst->static_groups, p->qw, p->scales, p->zeros, msg, sizeof msg);
+    if (rc) goto device_failed;
+    if (p->g_idx)
+        for (int64_t a = 0; a < K; a++) p->g_idx[perm[a]] = (int32_t)(inst->static_groups ? perm[a] / G : a / G);
+    int4g_log(c, QTOOL_LOG_DEBUG,
+              "gptq pack: %s on the GPU (K = %lld, N = %lld): H^-1 factor %.3f s, columns %.3f s", lname,
+              (long long)K, (long long)N, t1 - t0, now_s() - t1);
+    goto out;
+device_failed:
+    ret = -int4g_fail(c, rc, "gptq pack: %s: %s", lname, msg);
+out:
+    gpcu_pack_end(pk);
+    int4g_tmp_free(c, perm);
+    int4g_tmp_free(c, hdiag);
+    int4g_tmp_free(c, dead);
+    int4g_tmp_free(c, W);
+    return ret;
+}
+#endif
+
+static int gptq_pack(qtool_instance *qi, const qtool_pack_args *args, qtool_packed **out)
+{
+    gptq_instance *inst = (gptq_instance *)qi;
+    if (!inst || !args || !out) return QTOOL_ERR_INVALID_ARGUMENT;
+    int4g_ctx *c = &inst->c;
+    int64_t N, K, G;
+    int rc = int4g_check_pack(c, args, inst->group_size, &N, &K, &G);
+    if (rc) return rc;
+    if (args->has_input_scale) *args->has_input_scale = 0;
+    const qtool_layer_info *layer = args->layer;
+    const char *lname = layer && layer->name ? layer->name : "layer";
+    qtool_packed *p = int4g_new(c, N, K, G, K / G, inst->act_order && !inst->static_groups, args->bias != NULL);
+    if (!p) return int4g_fail(c, QTOOL_ERR_OUT_OF_MEMORY, "gptq pack: out of memory for %s", lname);
+    pthread_mutex_lock(&inst->store.lock);
+    if (layer) int4g_store_release_before(c, &inst->store, layer->block_index);
+    int4g_stats *e = int4g_store_get(&inst->store, layer, 0);
+    const gptq_stats *st = e ? e->data : NULL;
+    int r = GPTQ_ON_CPU;
+#ifdef QTOOL_HAVE_CUDA
+    if (st && st->dH && st->nsamples > 0 && st->K == K) r = run_gptq_cuda(inst, lname, st, args->weight, p);
+#endif
+    if (r == GPTQ_ON_CPU) r = pack_on_cpu(inst, lname, st, args->weight, p);
+    pthread_mutex_unlock(&inst->store.lock);
     if (r < 0) {
         int4g_free(p);
         return -r;

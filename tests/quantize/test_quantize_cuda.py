@@ -71,20 +71,16 @@ def raw(folder):
             for k, v in header.items() if k != "__metadata__"}
 
 
-def ev(tmp, tag, *args):
+def ev(tmp, tag, *args, device="cuda"):
     out = os.path.join(tmp, tag + ".safetensors")
-    r = qtool("eval", *args, "--device", "cuda", "--logits-out", out, "--timed", "1", "--warmup", "0")
-    if not check(r.returncode == 0, f"{tag}: eval --device cuda ({r.stderr.strip()[-300:]})"):
+    r = qtool("eval", *args, "--device", device, "--logits-out", out, "--timed", "1", "--warmup", "0")
+    if not check(r.returncode == 0, f"{tag}: eval --device {device} ({r.stderr.strip()[-300:]})"):
         return None
     return load_file(out)["logits"]
 
 
 def ev_cpu(tmp, tag, *args):
-    out = os.path.join(tmp, tag + ".safetensors")
-    r = qtool("eval", *args, "--device", "cpu", "--logits-out", out, "--timed", "1", "--warmup", "0")
-    if not check(r.returncode == 0, f"{tag}: eval --device cpu ({r.stderr.strip()[-300:]})"):
-        return None
-    return load_file(out)["logits"]
+    return ev(tmp, tag, *args, device="cpu")
 
 
 def have(plugin):
