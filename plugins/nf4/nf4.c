@@ -63,7 +63,8 @@ static const qtool_option_desc nf4_options[] = {
     {"double_quant", QTOOL_OPT_BOOL, "1", "quantize the absmax values again (8-bit dynamic map, blocks of 256)",
      NULL, 0, -1},
     {"cuda_kernel", QTOOL_OPT_ENUM, "auto",
-     "CUDA kernel for large batches: auto, gemv (fused dequantize), dequant_gemm (fp16 workspace + cuBLASLt)",
+     "CUDA kernel: auto (fused up to 64 rows), gemv (fused dequantize: tensor cores for 2..16 rows on sm_80+, "
+     "else a GEMV), dequant_gemm (fp16 workspace + cuBLASLt)",
      "auto|gemv|dequant_gemm", 0, -1},
 };
 

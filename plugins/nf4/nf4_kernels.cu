@@ -1,5 +1,6 @@
-// CUDA kernels of the nf4 plugin: a fused dequantize-GEMV for small
-// batches, and dequantize-to-fp16/bf16 + cuBLASLt GEMM for large ones.
+// CUDA kernels of the nf4 plugin: for small batches a fused dequantize
+// kernel (tensor cores for 2..16 rows on sm_80+, a GEMV otherwise), and
+// dequantize-to-fp16/bf16 + cuBLASLt GEMM for large ones.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -245,6 +246,116 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     }
 }
 
+// ---------------------------------------------------------------- small-M tensor-core kernel (sm_80+)
+
+// 2..16 input rows (one m16 tile, rows past M read as zero), K % 64 == 0.
+// A block of 8 warps owns one n8 tile (8 output features); its warps take
+// the 64-weight chunks of K in turn. Lane (g, t) holds, for a chunk, the 16
+// weights 16t..16t+15 of feature n0 + g (8 code bytes, one absmax: a block
+// is a multiple of 16 weights) and the same 16 positions of input rows g and
+// g + 8. Step s of the four m16n8k16 MMAs takes positions 16t + 4s + {0, 1}
+// as its k-slots (2t, 2t+1) and 16t + 4s + {2, 3} as (2t+8, 2t+9), so every
+// A and B register is one contiguous pair; A and B use the same order, which
+// leaves the dot products unchanged. Weights are rounded to the activation
+// type for the MMA (as the dequantize + cuBLASLt path does), sums are fp32;
+// the eight warps' partial sums are added in warp order in shared memory.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+template <typename T> __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                              uint32_t b1);
+template <> __device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                             uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                                    uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+#endif
+
+template <typename T>
+__global__ void __launch_bounds__(256) k_mma16(nf4cu_layer L, const T *__restrict__ x, T *__restrict__ y, int rows)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    __shared__ Smem s;
+    __shared__ float part[8][32][4];
+    load_tables(L, s);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int64_t K = L.K, n0 = (int64_t)blockIdx.x * 8;
+    const int64_t n = n0 + g < L.N ? n0 + g : L.N - 1; // a missing feature recomputes the last one
+    const bool in0 = g < rows, in1 = g + 8 < rows;
+    const T *x0 = x + (int64_t)g * K, *x1 = x + (int64_t)(g + 8) * K;
+    const uint4 z = make_uint4(0, 0, 0, 0);
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t kc = (int64_t)warp * 64; kc < K; kc += 8 * 64) {
+        const int64_t k = kc + 16 * t, e = n * K + k;
+        const uint2 q = __ldg(reinterpret_cast<const uint2 *>(L.codes + (e >> 1)));
+        const float am = block_absmax(L, s, e / L.blocksize);
+        const uint4 p0 = in0 ? __ldg(reinterpret_cast<const uint4 *>(x0 + k)) : z;
+        const uint4 p1 = in0 ? __ldg(reinterpret_cast<const uint4 *>(x0 + k + 8)) : z;
+        const uint4 p2 = in1 ? __ldg(reinterpret_cast<const uint4 *>(x1 + k)) : z;
+        const uint4 p3 = in1 ? __ldg(reinterpret_cast<const uint4 *>(x1 + k + 8)) : z;
+        const uint32_t r0[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w}; // pairs 2i, 2i+1 of row g
+        const uint32_t r1[8] = {p2.x, p2.y, p2.z, p2.w, p3.x, p3.y, p3.z, p3.w}; // of row g + 8
+        const uint32_t qw[2] = {q.x, q.y};
+#pragma unroll
+        for (int st = 0; st < 4; st++) {
+            // Weights 4st..4st+3: code bytes 2st and 2st+1, high nibble first.
+            const uint32_t two = (qw[st >> 1] >> (16 * (st & 1))) & 0xFFFFu;
+            const uint32_t b0 = f2_to_pair<T>(s.lut[(two >> 4) & 15u] * am, s.lut[two & 15u] * am);
+            const uint32_t b1 = f2_to_pair<T>(s.lut[two >> 12] * am, s.lut[(two >> 8) & 15u] * am);
+            const uint32_t a[4] = {r0[2 * st], r1[2 * st], r0[2 * st + 1], r1[2 * st + 1]};
+            mma16816<T>(c, a, b0, b1);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) part[warp][lane][i] = c[i];
+    __syncthreads();
+    if (threadIdx.x < 128) {
+        // c0, c1: row g, columns 2t, 2t+1; c2, c3: row g + 8.
+        const int m = threadIdx.x >> 3, j = threadIdx.x & 7;
+        const int src = (m & 7) * 4 + (j >> 1), reg = (m >= 8 ? 2 : 0) + (j & 1);
+        const int64_t nn = n0 + j;
+        if (m < rows && nn < L.N) {
+            float v = 0.0f;
+            for (int w = 0; w < 8; w++) v += part[w][src][reg];
+            y[(int64_t)m * L.N + nn] = from_f<T>(v + (L.bias ? L.bias[nn] : 0.0f));
+        }
+    }
+#else
+    (void)L;
+    (void)x;
+    (void)y;
+    (void)rows;
+#endif
+}
+
+// Whether k_mma16<T> has a body here: compiled from PTX of sm_80 or newer
+// (a compute_75-only build running on a newer card has the empty one).
+template <typename T> bool mma16_available()
+{
+    static int cached = -1;
+    if (cached < 0) {
+        cudaFuncAttributes a;
+        cached = cudaFuncGetAttributes(&a, k_mma16<T>) == cudaSuccess && a.ptxVersion >= 80;
+        cudaGetLastError();
+    }
+    return cached == 1;
+}
+
+template <typename T> bool use_mma16(const nf4cu_layer &L, const T *x, int64_t M)
+{
+    return M >= 2 && M <= 16 && L.K % 64 == 0 && L.blocksize % 16 == 0 && ((uintptr_t)x & 15u) == 0 &&
+           ((uintptr_t)L.codes & 7u) == 0 && mma16_available<T>();
+}
+
 // Warps per output group: split K while the grid is short of about 16
 // warps per multiprocessor and each slice keeps two or more 1024-weight
 // iterations.
@@ -368,7 +479,9 @@ template <typename T>
 int matmul_t(const nf4cu_layer &L, const T *x, T *y, int64_t M, int path, void *ws, size_t ws_bytes, void *lt,
              void *lt_ws, size_t lt_ws_bytes, cudaStream_t st, cudaDataType_t dt, char *msg, size_t len)
 {
-    if (path == NF4CU_PATH_GEMV) {
+    if (path == NF4CU_PATH_GEMV && use_mma16<T>(L, x, M)) {
+        k_mma16<T><<<(unsigned)((L.N + 7) / 8), 256, 0, st>>>(L, x, y, (int)M);
+    } else if (path == NF4CU_PATH_GEMV) {
         run_gemv<T>(L, x, y, M, st);
     } else {
         size_t need = (size_t)(L.N * L.K) * sizeof(T);

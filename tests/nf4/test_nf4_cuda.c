@@ -137,13 +137,15 @@ static void test_agreement(void **state)
             check_agreement("nf4", 1, kernels[k], QTOOL_DTYPE_F16, Ms[i], 40, 256);  /* K % 32 == 0: fast path */
             check_agreement("fp4", 0, kernels[k], QTOOL_DTYPE_BF16, Ms[i], 24, 896);
         }
-    /* The GEMV with K split between warps (long K, few features), and
-     * K % 8 == 0 but not % 32 on the fast path. */
+    /* The fused kernels: the tensor-core one for 2..16 rows and K % 64 == 0
+     * (K = 4864, 192), the GEMV with K split between warps (K = 2056: long
+     * K, few features) and with K % 8 == 0 but not % 32 (K = 72). */
     static const int64_t Mg[] = {1, 2, 5, 16, 40};
     for (int i = 0; i < 5; i++) {
         check_agreement("nf4", 1, "gemv", QTOOL_DTYPE_F16, Mg[i], 40, 4864);
         check_agreement("nf4", 0, "gemv", QTOOL_DTYPE_BF16, Mg[i], 9, 2056);
         check_agreement("fp4", 1, "gemv", QTOOL_DTYPE_F16, Mg[i], 24, 72);
+        check_agreement("nf4", 1, "gemv", QTOOL_DTYPE_BF16, Mg[i], 13, 192); /* tensor cores, N % 8 != 0 */
     }
     check_agreement("nf4", 1, "auto", QTOOL_DTYPE_BF16, 300, 96, 320);
     check_agreement("nf4", 0, "auto", QTOOL_DTYPE_F16, 70, 17, 4864);
