@@ -564,22 +564,8 @@ static void test_memory(void **state)
 static double quality_run(const char *const *kv, int nkv, const float *w, const float *xc, int64_t T, const float *xh,
                           int64_t Th, int64_t N, int64_t K, int calibrated)
 {
-    qtool_instance *inst = make_inst(&H, kv, nkv);
     qtool_layer_info li = layer("model.layers.3.mlp.down_proj.weight", QTOOL_ROLE_FFN_DOWN, N, K, 3);
-    if (calibrated) calibrate_rows(&H, inst, &li, xc, T, K, 256);
-    float *s = malloc((size_t)K * 4);
-    qtool_packed *p = pack_layer(&H, inst, &li, w, NULL, QTOOL_DEVICE_CPU, s, NULL);
-    float *wf = malloc((size_t)(N * K) * 4);
-    double *what = malloc((size_t)(N * K) * 8);
-    assert_int_equal(H.desc->dequantize(p, wf), QTOOL_OK);
-    for (int64_t i = 0; i < N * K; i++) what[i] = wf[i];
-    double e = output_error(w, what, s, xh, Th, N, K);
-    free(s);
-    free(wf);
-    free(what);
-    H.desc->free_packed(p);
-    H.desc->destroy(inst);
-    return e;
+    return packed_output_error(&H, kv, nkv, &li, w, xc, calibrated ? T : 0, xh, Th, QTOOL_DEVICE_CPU, NULL);
 }
 
 static void test_quality(void **state)

@@ -47,22 +47,10 @@ static double search_run(const char *dev, const char *group, int role, const flo
                          const float *xh, int64_t Th, int64_t N, int64_t K, float *s)
 {
     const char *kv[] = {dev, group};
-    qtool_instance *inst = make_inst(&H, kv, 2);
     qtool_layer_info li = {sizeof li, role, role == QTOOL_ROLE_ATTN_Q ? "model.layers.2.self_attn.q_proj.weight"
                                                                        : "model.layers.2.mlp.up_proj.weight",
                            K, N, 2, 4};
-    calibrate_rows(&H, inst, &li, xc, T, K, 300);
-    qtool_packed *p = pack_layer(&H, inst, &li, w, NULL, QTOOL_DEVICE_CUDA, s, NULL);
-    float *wf = malloc((size_t)(N * K) * 4);
-    double *what = malloc((size_t)(N * K) * 8);
-    assert_int_equal(H.desc->dequantize(p, wf), QTOOL_OK);
-    for (int64_t i = 0; i < N * K; i++) what[i] = wf[i];
-    double e = output_error(w, what, s, xh, Th, N, K);
-    free(wf);
-    free(what);
-    H.desc->free_packed(p);
-    H.desc->destroy(inst);
-    return e;
+    return packed_output_error(&H, kv, 2, &li, w, xc, T, xh, Th, QTOOL_DEVICE_CUDA, s);
 }
 
 static void test_search_on_gpu(void **state)

@@ -244,4 +244,31 @@ static inline qtool_instance *make_inst(harness *H, const char *const *kv, int n
     return inst;
 }
 
+/* An instance from kv, calibrated on xc [T, K] (when T > 0) in batches of
+ * 256 rows, packs w for `device`; returns the held-out output error on xh
+ * [Th, K] of the dequantized weight (input divided by the plugin's scale)
+ * and the scale through s_out when non-NULL. */
+static inline double packed_output_error(harness *H, const char *const *kv, int nkv, const qtool_layer_info *li,
+                                         const float *w, const float *xc, int64_t T, const float *xh, int64_t Th,
+                                         int device, float *s_out)
+{
+    const int64_t N = li->out_features, K = li->in_features;
+    qtool_instance *inst = make_inst(H, kv, nkv);
+    if (T > 0) calibrate_rows(H, inst, li, xc, T, K, 256);
+    float *s = malloc((size_t)K * 4);
+    qtool_packed *p = pack_layer(H, inst, li, w, NULL, device, s, NULL);
+    float *wf = malloc((size_t)(N * K) * 4);
+    double *what = malloc((size_t)(N * K) * 8);
+    assert_int_equal(H->desc->dequantize(p, wf), QTOOL_OK);
+    for (int64_t i = 0; i < N * K; i++) what[i] = wf[i];
+    double e = output_error(w, what, s, xh, Th, N, K);
+    if (s_out) memcpy(s_out, s, (size_t)K * 4);
+    free(s);
+    free(wf);
+    free(what);
+    H->desc->free_packed(p);
+    H->desc->destroy(inst);
+    return e;
+}
+
 #endif
