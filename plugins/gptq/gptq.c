@@ -460,6 +460,16 @@ static void build_h(const gptq_stats *st, const int64_t *perm, double rho, doubl
 
 /* Runs GPTQ on W [N, K] (original column order, modified) into p. Returns
  * 1 when it fell back to round-to-nearest, 0 when done, or -status. */
+
+/* The next dampening after a failed factorisation (AutoGPTQ's retry:
+ * ten times larger, at most 1). */
+static double next_damp(const int4g_ctx *c, const char *lname, double damp)
+{
+    double next = damp > 0 ? damp * 10 : 0.01;
+    if (next > 1.0) next = 1.0;
+    int4g_log(c, QTOOL_LOG_WARN, "gptq pack: %s: H is not positive definite with damp %g; trying %g", lname, damp, next);
+    return next;
+}
 static int run_gptq(gptq_instance *inst, const char *lname, const gptq_stats *st, double *W, qtool_packed *p)
 {
     int4g_ctx *c = &inst->c;
@@ -506,10 +516,7 @@ static int run_gptq(gptq_instance *inst, const char *lname, const gptq_stats *st
             goto out;
         }
         if (damp >= 1.0) break;
-        double next = damp > 0 ? damp * 10 : 0.01;
-        int4g_log(c, QTOOL_LOG_WARN, "gptq pack: %s: H is not positive definite with damp %g; trying %g", lname, damp,
-                  next > 1.0 ? 1.0 : next);
-        damp = next > 1.0 ? 1.0 : next;
+        damp = next_damp(c, lname, damp);
     }
     if (!ok) {
         int4g_log(c, QTOOL_LOG_WARN, "gptq pack: %s: H cannot be factorised; round-to-nearest instead", lname);
@@ -765,10 +772,7 @@ static int run_gptq_cuda(gptq_instance *inst, const char *lname, const gptq_stat
             break;
         }
         if (damp >= 1.0) break;
-        double next = damp > 0 ? damp * 10 : 0.01;
-        int4g_log(c, QTOOL_LOG_WARN, "gptq pack: %s: H is not positive definite with damp %g; trying %g", lname, damp,
-                  next > 1.0 ? 1.0 : next);
-        damp = next > 1.0 ? 1.0 : next;
+        damp = next_damp(c, lname, damp);
     }
     if (!ok) {
         int4g_log(c, QTOOL_LOG_WARN, "gptq pack: %s: H cannot be factorised; round-to-nearest instead", lname);
