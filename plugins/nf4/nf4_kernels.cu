@@ -249,8 +249,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 // ---------------------------------------------------------------- small-M tensor-core kernel (sm_80+)
 
 // 2..16 input rows (one m16 tile, rows past M read as zero), K % 64 == 0.
-// A block of 8 warps owns one n8 tile (8 output features); its warps take
-// the 64-weight chunks of K in turn. Lane (g, t) holds, for a chunk, the 16
+// A block of 8 or 16 warps owns one n8 tile (8 output features); its warps
+// take the 64-weight chunks of K in turn. Lane (g, t) holds, for a chunk, the 16
 // weights 16t..16t+15 of feature n0 + g (8 code bytes, one absmax: a block
 // is a multiple of 16 weights) and the same 16 positions of input rows g and
 // g + 8. Step s of the four m16n8k16 MMAs takes positions 16t + 4s + {0, 1}
@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 // A and B register is one contiguous pair; A and B use the same order, which
 // leaves the dot products unchanged. Weights are rounded to the activation
 // type for the MMA (as the dequantize + cuBLASLt path does), sums are fp32;
-// the eight warps' partial sums are added in warp order in shared memory.
+// the warps' partial sums are added in warp order in shared memory.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 template <typename T> __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                                               uint32_t b1);
@@ -278,54 +278,85 @@ template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-#endif
+
+// One chunk's operands of a lane: 8 code bytes, the block's absmax, 16
+// positions of input rows g and g + 8 (pairs).
+struct Chunk {
+    uint2 q;
+    float am;
+    uint4 p0, p1, p2, p3;
+};
 
 template <typename T>
-__global__ void __launch_bounds__(256) k_mma16(nf4cu_layer L, const T *__restrict__ x, T *__restrict__ y, int rows)
+__device__ __forceinline__ Chunk load_chunk(const nf4cu_layer &L, const Smem &s, const T *x0, const T *x1, bool in0,
+                                            bool in1, int64_t n, int64_t k)
+{
+    Chunk c;
+    const int64_t e = n * L.K + k;
+    const uint4 z = make_uint4(0, 0, 0, 0);
+    c.q = __ldg(reinterpret_cast<const uint2 *>(L.codes + (e >> 1)));
+    c.am = block_absmax(L, s, e / L.blocksize);
+    c.p0 = in0 ? __ldg(reinterpret_cast<const uint4 *>(x0 + k)) : z;
+    c.p1 = in0 ? __ldg(reinterpret_cast<const uint4 *>(x0 + k + 8)) : z;
+    c.p2 = in1 ? __ldg(reinterpret_cast<const uint4 *>(x1 + k)) : z;
+    c.p3 = in1 ? __ldg(reinterpret_cast<const uint4 *>(x1 + k + 8)) : z;
+    return c;
+}
+
+template <typename T> __device__ __forceinline__ void mma_chunk(float (&acc)[4], const Chunk &c, const Smem &s)
+{
+    const uint32_t r0[8] = {c.p0.x, c.p0.y, c.p0.z, c.p0.w, c.p1.x, c.p1.y, c.p1.z, c.p1.w}; // pairs of row g
+    const uint32_t r1[8] = {c.p2.x, c.p2.y, c.p2.z, c.p2.w, c.p3.x, c.p3.y, c.p3.z, c.p3.w}; // of row g + 8
+    const uint32_t qw[2] = {c.q.x, c.q.y};
+#pragma unroll
+    for (int st = 0; st < 4; st++) {
+        // Weights 4st..4st+3: code bytes 2st and 2st+1, high nibble first.
+        const uint32_t two = (qw[st >> 1] >> (16 * (st & 1))) & 0xFFFFu;
+        const uint32_t b0 = f2_to_pair<T>(s.lut[(two >> 4) & 15u] * c.am, s.lut[two & 15u] * c.am);
+        const uint32_t b1 = f2_to_pair<T>(s.lut[two >> 12] * c.am, s.lut[(two >> 8) & 15u] * c.am);
+        const uint32_t a[4] = {r0[2 * st], r1[2 * st], r0[2 * st + 1], r1[2 * st + 1]};
+        mma16816<T>(acc, a, b0, b1);
+    }
+}
+
+#endif
+
+// WARPS warps a block (8, or 16 for long K); the next chunk's loads are
+// issued before the current chunk's MMAs.
+template <typename T, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) k_mma16(nf4cu_layer L, const T *__restrict__ x, T *__restrict__ y, int rows)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     __shared__ Smem s;
-    __shared__ float part[8][32][4];
+    __shared__ float part[WARPS][32][4];
     load_tables(L, s);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int64_t K = L.K, n0 = (int64_t)blockIdx.x * 8;
     const int64_t n = n0 + g < L.N ? n0 + g : L.N - 1; // a missing feature recomputes the last one
     const bool in0 = g < rows, in1 = g + 8 < rows;
     const T *x0 = x + (int64_t)g * K, *x1 = x + (int64_t)(g + 8) * K;
-    const uint4 z = make_uint4(0, 0, 0, 0);
-    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int64_t kc = (int64_t)warp * 64; kc < K; kc += 8 * 64) {
-        const int64_t k = kc + 16 * t, e = n * K + k;
-        const uint2 q = __ldg(reinterpret_cast<const uint2 *>(L.codes + (e >> 1)));
-        const float am = block_absmax(L, s, e / L.blocksize);
-        const uint4 p0 = in0 ? __ldg(reinterpret_cast<const uint4 *>(x0 + k)) : z;
-        const uint4 p1 = in0 ? __ldg(reinterpret_cast<const uint4 *>(x0 + k + 8)) : z;
-        const uint4 p2 = in1 ? __ldg(reinterpret_cast<const uint4 *>(x1 + k)) : z;
-        const uint4 p3 = in1 ? __ldg(reinterpret_cast<const uint4 *>(x1 + k + 8)) : z;
-        const uint32_t r0[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w}; // pairs 2i, 2i+1 of row g
-        const uint32_t r1[8] = {p2.x, p2.y, p2.z, p2.w, p3.x, p3.y, p3.z, p3.w}; // of row g + 8
-        const uint32_t qw[2] = {q.x, q.y};
-#pragma unroll
-        for (int st = 0; st < 4; st++) {
-            // Weights 4st..4st+3: code bytes 2st and 2st+1, high nibble first.
-            const uint32_t two = (qw[st >> 1] >> (16 * (st & 1))) & 0xFFFFu;
-            const uint32_t b0 = f2_to_pair<T>(s.lut[(two >> 4) & 15u] * am, s.lut[two & 15u] * am);
-            const uint32_t b1 = f2_to_pair<T>(s.lut[two >> 12] * am, s.lut[(two >> 8) & 15u] * am);
-            const uint32_t a[4] = {r0[2 * st], r1[2 * st], r0[2 * st + 1], r1[2 * st + 1]};
-            mma16816<T>(c, a, b0, b1);
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int64_t kc = (int64_t)warp * 64;
+    if (kc < K) {
+        Chunk cur = load_chunk<T>(L, s, x0, x1, in0, in1, n, kc + 16 * t);
+        for (kc += WARPS * 64; kc < K; kc += WARPS * 64) {
+            Chunk next = load_chunk<T>(L, s, x0, x1, in0, in1, n, kc + 16 * t);
+            mma_chunk<T>(acc, cur, s);
+            cur = next;
         }
+        mma_chunk<T>(acc, cur, s);
     }
 #pragma unroll
-    for (int i = 0; i < 4; i++) part[warp][lane][i] = c[i];
+    for (int i = 0; i < 4; i++) part[warp][lane][i] = acc[i];
     __syncthreads();
     if (threadIdx.x < 128) {
-        // c0, c1: row g, columns 2t, 2t+1; c2, c3: row g + 8.
+        // acc 0, 1: row g, columns 2t, 2t+1; acc 2, 3: row g + 8.
         const int m = threadIdx.x >> 3, j = threadIdx.x & 7;
         const int src = (m & 7) * 4 + (j >> 1), reg = (m >= 8 ? 2 : 0) + (j & 1);
         const int64_t nn = n0 + j;
         if (m < rows && nn < L.N) {
             float v = 0.0f;
-            for (int w = 0; w < 8; w++) v += part[w][src][reg];
+            for (int w = 0; w < WARPS; w++) v += part[w][src][reg];
             y[(int64_t)m * L.N + nn] = from_f<T>(v + (L.bias ? L.bias[nn] : 0.0f));
         }
     }
@@ -344,7 +375,7 @@ template <typename T> bool mma16_available()
     static int cached = -1;
     if (cached < 0) {
         cudaFuncAttributes a;
-        cached = cudaFuncGetAttributes(&a, k_mma16<T>) == cudaSuccess && a.ptxVersion >= 80;
+        cached = cudaFuncGetAttributes(&a, k_mma16<T, 8>) == cudaSuccess && a.ptxVersion >= 80;
         cudaGetLastError();
     }
     return cached == 1;
@@ -480,7 +511,11 @@ int matmul_t(const nf4cu_layer &L, const T *x, T *y, int64_t M, int path, void *
              void *lt_ws, size_t lt_ws_bytes, cudaStream_t st, cudaDataType_t dt, char *msg, size_t len)
 {
     if (path == NF4CU_PATH_GEMV && use_mma16<T>(L, x, M)) {
-        k_mma16<T><<<(unsigned)((L.N + 7) / 8), 256, 0, st>>>(L, x, y, (int)M);
+        // 16 warps where each of 8 would take more than four chunks.
+        if (L.K / 64 > 32)
+            k_mma16<T, 16><<<(unsigned)((L.N + 7) / 8), 512, 0, st>>>(L, x, y, (int)M);
+        else
+            k_mma16<T, 8><<<(unsigned)((L.N + 7) / 8), 256, 0, st>>>(L, x, y, (int)M);
     } else if (path == NF4CU_PATH_GEMV) {
         run_gemv<T>(L, x, y, M, st);
     } else {
