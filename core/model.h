@@ -301,11 +301,10 @@ int qt_model_calibrate(qt_model *m, const qtool_plugin_desc *desc, qtool_instanc
  * scales folded where the graph allows), and the batches go on through the
  * packed block, so block l calibrates on the outputs of the already
  * quantized blocks before it. Only the hidden states of the batches and one
- * block's scratch are held at a time. The forward passes run on the CPU;
- * for `device` CUDA the layers are packed on the CPU and then moved through
- * the plugin's save/load, or, for a plugin without a CPU matmul, packed for
- * CUDA directly while the batches go on through the float block. A plugin
- * without a calibrate slot is simply packed (qt_model_pack). */
+ * block's scratch are held at a time. The passes run on `device`: on CUDA
+ * in the activation type, unpacked Linears through a copy of the checkpoint
+ * weights, the layers packed for CUDA directly. A plugin without a
+ * calibrate slot is simply packed (qt_model_pack). */
 typedef struct qt_calib_options {
     /* Called after each block; optional. */
     void (*progress)(void *ctx, int64_t block, int64_t n_blocks, int64_t tokens, double seconds);
