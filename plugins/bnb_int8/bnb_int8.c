@@ -57,21 +57,7 @@ static const qtool_option_desc i8_options[] = {
 
 static const qtool_host_services *g_host;
 
-static int fail(const qtool_host_services *host, int status, const char *fmt, ...) QTOOL_PRINTF(3, 4);
-static int fail(const qtool_host_services *host, int status, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (!host) host = g_host;
-    if (host && host->log)
-        host->log(host->ctx, QTOOL_LOG_ERROR, "%s", buf);
-    else
-        fprintf(stderr, "bnb_int8: %s\n", buf);
-    return status;
-}
+#define fail(host, status, ...) qtool_log_status((host) ? (host) : g_host, "bnb_int8", (status), __VA_ARGS__)
 
 static void *p_alloc(qtool_packed *p, size_t bytes, int category)
 {

@@ -38,16 +38,7 @@ struct fp16_cuda_plan {
     cublasLtMatmulAlgo_t algo;
 };
 
-static void logf_(const qtool_instance *inst, int level, const char *fmt, ...) QTOOL_PRINTF(3, 4);
-static void logf_(const qtool_instance *inst, int level, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    inst->host->log(inst->host->ctx, level, "%s", buf);
-}
+#define logf_(inst, level, ...) qtool_logf((inst)->host, "fp16", (level), __VA_ARGS__)
 
 static int cuda_fail(const qtool_instance *inst, cudaError_t e, const char *what)
 {

@@ -70,32 +70,8 @@ static const qtool_option_desc nf4_options[] = {
 
 static const qtool_host_services *g_host;
 
-static void logf_(const qtool_host_services *host, int level, const char *fmt, ...) QTOOL_PRINTF(3, 4);
-static void logf_(const qtool_host_services *host, int level, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (!host) host = g_host;
-    if (host && host->log)
-        host->log(host->ctx, level, "%s", buf);
-    else
-        fprintf(stderr, "nf4: %s\n", buf);
-}
-
-static int fail(const qtool_host_services *host, int status, const char *fmt, ...) QTOOL_PRINTF(3, 4);
-static int fail(const qtool_host_services *host, int status, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    logf_(host, QTOOL_LOG_ERROR, "%s", buf);
-    return status;
-}
+#define logf_(host, level, ...) qtool_logf((host) ? (host) : g_host, "nf4", (level), __VA_ARGS__)
+#define fail(host, status, ...) qtool_log_status((host) ? (host) : g_host, "nf4", (status), __VA_ARGS__)
 
 /* ------------------------------------------------------------ memory */
 

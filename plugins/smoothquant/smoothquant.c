@@ -83,21 +83,7 @@ static const qtool_option_desc sq_options[] = {
 
 static const qtool_host_services *g_host;
 
-static void say(const qtool_host_services *host, int level, const char *fmt, ...) QTOOL_PRINTF(3, 4);
-static void say(const qtool_host_services *host, int level, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (!host) host = g_host;
-    if (host && host->log)
-        host->log(host->ctx, level, "%s", buf);
-    else
-        fprintf(stderr, "smoothquant: %s\n", buf);
-}
-
+#define say(host, level, ...) qtool_logf((host) ? (host) : g_host, "smoothquant", (level), __VA_ARGS__)
 #define fail(host, status, ...) (say((host), QTOOL_LOG_ERROR, __VA_ARGS__), (status))
 
 static void *p_alloc(qtool_packed *p, size_t bytes, int category)

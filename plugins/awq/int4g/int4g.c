@@ -15,12 +15,7 @@
 
 static void vlog_(const int4g_ctx *c, int level, const char *fmt, va_list ap)
 {
-    char buf[640];
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    if (c && c->host && c->host->log)
-        c->host->log(c->host->ctx, level, "%s", buf);
-    else
-        fprintf(stderr, "%s: %s\n", c && c->plugin ? c->plugin : "int4", buf);
+    qtool_vlogf(c ? c->host : NULL, c && c->plugin ? c->plugin : "int4", level, fmt, ap);
 }
 
 void int4g_log(const int4g_ctx *c, int level, const char *fmt, ...)

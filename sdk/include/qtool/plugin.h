@@ -39,6 +39,7 @@
 #ifndef QTOOL_PLUGIN_H
 #define QTOOL_PLUGIN_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -462,6 +463,43 @@ static inline uint16_t qtool_f32_to_bf16(float f)
     if ((v.u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((v.u >> 16) | 0x40u); /* quiet nan */
     uint32_t rounding = 0x7FFFu + ((v.u >> 16) & 1u);
     return (uint16_t)((v.u + rounding) >> 16);
+}
+
+/* Logging from a plugin: the formatted message goes to host->log at
+ * `level`; without a host (or its log) to stderr as "<plugin>: message".
+ * qtool_log_status returns `status`, so that a failure is one statement:
+ *   return qtool_log_status(host, "myplugin", QTOOL_ERR_FORMAT, "%s: bad", name); */
+static inline void qtool_vlogf(const qtool_host_services *host, const char *plugin, int level, const char *fmt,
+                               va_list ap)
+{
+    char buf[640];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    if (host && host->log)
+        host->log(host->ctx, level, "%s", buf);
+    else
+        fprintf(stderr, "%s: %s\n", plugin ? plugin : "plugin", buf);
+}
+
+static inline void qtool_logf(const qtool_host_services *host, const char *plugin, int level, const char *fmt, ...)
+    QTOOL_PRINTF(4, 5);
+static inline void qtool_logf(const qtool_host_services *host, const char *plugin, int level, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    qtool_vlogf(host, plugin, level, fmt, ap);
+    va_end(ap);
+}
+
+static inline int qtool_log_status(const qtool_host_services *host, const char *plugin, int status, const char *fmt,
+                                   ...) QTOOL_PRINTF(4, 5);
+static inline int qtool_log_status(const qtool_host_services *host, const char *plugin, int status, const char *fmt,
+                                   ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    qtool_vlogf(host, plugin, QTOOL_LOG_ERROR, fmt, ap);
+    va_end(ap);
+    return status;
 }
 
 /* Argument checks every plugin needs, so all refuse bad input alike. Each
