@@ -507,6 +507,41 @@ static void test_rejects(void **state)
         assert_int_equal(harness_create(&H, &bad_opts[i], 1, &b, msg, sizeof msg), QTOOL_ERR_INVALID_ARGUMENT);
         assert_true(strlen(msg) > 0);
     }
+    /* search_device=cuda asks for the GPU searches: a build without CUDA code
+     * refuses it at create; with it, a pack where no device answers fails
+     * (no quiet fallback to the CPU search); with a device it packs. */
+    const char *on_gpu[] = {"search_device=cuda"};
+    qtool_instance *g = NULL;
+    char msg[256] = "";
+    int rc = harness_create(&H, on_gpu, 1, &g, msg, sizeof msg);
+    if (rc != QTOOL_OK) {
+        assert_int_equal(rc, QTOOL_ERR_UNSUPPORTED);
+        assert_non_null(strstr(msg, "no CUDA code"));
+        return;
+    }
+    const int64_t N = 8, K = 128;
+    float *w = malloc((size_t)(N * K) * 4), *xc = malloc((size_t)(64 * K) * 4);
+    fill_normal(w, N * K, 0.1f);
+    fill_normal(xc, 64 * K, 1.0f);
+    qtool_layer_info lg = layer("model.layers.0.mlp.up_proj.weight", QTOOL_ROLE_FFN_UP, N, K, 0);
+    calibrate_rows(&H, g, &lg, xc, 64, K, 64);
+    qtool_tensor wt = tview(w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, N, K);
+    float scale[128];
+    int32_t has = 0;
+    qtool_pack_args pa = {sizeof pa, QTOOL_DEVICE_CPU, &lg, &wt, NULL, scale, &has};
+    qtool_packed *p = NULL;
+    rc = H.desc->pack(g, &pa, &p);
+    assert_true(rc == QTOOL_OK || rc == QTOOL_ERR_DEVICE);
+    if (rc == QTOOL_OK) {
+        assert_non_null(p);
+        assert_int_equal(has, 1);
+        H.desc->free_packed(p);
+    } else {
+        assert_null(p);
+    }
+    H.desc->destroy(g);
+    free(w);
+    free(xc);
 }
 
 /* ------------------------------------------------------------ memory */
