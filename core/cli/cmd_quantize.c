@@ -46,7 +46,8 @@ static void usage(FILE *out)
             "  --max-length N         keep the first N tokens of each (default 256, or the model's\n"
             "                         max_position_embeddings when smaller)\n"
             "  --calib-batch-tokens N tokens per calibration forward pass (default 4096)\n"
-            "  --device cpu|cuda      where the packed layers are made (default cpu)\n"
+            "  --device cpu|cuda      where the layers are packed and the calibration passes run\n"
+            "                         (default cpu; cuda: fp16 activations)\n"
             "  --threads N            CPU threads (default: all, or QTOOL_NUM_THREADS)\n"
             "  -h, --help             this text\n");
 }
