@@ -113,24 +113,12 @@ int main(int argc, char **argv)
             int64_t T = tokens - t0 < batch ? tokens - t0 : batch;
             for (int64_t r = 0; r < T; r++)
                 for (int64_t k = 0; k < s->K; k++) x[r * s->K + k] = nrand() * (k % 97 == 0 ? 20.0f : 1.0f);
-            qtool_tensor xt = {0};
-            xt.data = x;
-            xt.dtype = QTOOL_DTYPE_F32;
-            xt.device = QTOOL_DEVICE_CPU;
-            xt.ndim = 2;
-            xt.shape[0] = T;
-            xt.shape[1] = s->K;
+            qtool_tensor xt = qtool_tensor_view(x, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, T, s->K);
             double c0 = now_s();
             rc = d->calibrate(inst, &li, &xt);
             t_cal += now_s() - c0;
         }
-        qtool_tensor wt = {0};
-        wt.data = w;
-        wt.dtype = QTOOL_DTYPE_F32;
-        wt.device = QTOOL_DEVICE_CPU;
-        wt.ndim = 2;
-        wt.shape[0] = s->N;
-        wt.shape[1] = s->K;
+        qtool_tensor wt = qtool_tensor_view(w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, s->N, s->K);
         int32_t has_scale = 0;
         qtool_pack_args pa = {sizeof pa, device, &li, &wt, NULL, scale, &has_scale};
         qtool_packed *pk = NULL;

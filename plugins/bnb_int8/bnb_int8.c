@@ -190,27 +190,13 @@ static void i8_shutdown(void) { g_host = NULL; }
 
 static int i8_probe(const qtool_device_info *dev, char *reason, size_t reason_len)
 {
-    if (!dev) {
-        snprintf(reason, reason_len, "no device description");
-        return QTOOL_ERR_INVALID_ARGUMENT;
-    }
-    if (dev->kind == QTOOL_DEVICE_CPU) return QTOOL_OK;
-#ifndef QTOOL_HAVE_CUDA
-    snprintf(reason, reason_len, "this build of the bnb_int8 plugin has no CUDA code");
-    return QTOOL_ERR_UNSUPPORTED;
+#ifdef QTOOL_HAVE_CUDA
+    const int cuda_code = 1;
 #else
-    if (dev->kind != QTOOL_DEVICE_CUDA) {
-        snprintf(reason, reason_len, "unknown device kind %d", dev->kind);
-        return QTOOL_ERR_UNSUPPORTED;
-    }
-    /* int8 tensor cores (IMMA) with row/column-major cuBLASLt layouts. */
-    if (dev->cc_major < 7 || (dev->cc_major == 7 && dev->cc_minor < 5)) {
-        snprintf(reason, reason_len, "needs compute capability >= 7.5 for int8 tensor cores; found %d.%d (%s)",
-                 dev->cc_major, dev->cc_minor, dev->name);
-        return QTOOL_ERR_UNSUPPORTED;
-    }
-    return QTOOL_OK;
+    const int cuda_code = 0;
 #endif
+    /* int8 tensor cores (IMMA) with row/column-major cuBLASLt layouts. */
+    return qtool_probe_cpu_cuda(dev, "bnb_int8", cuda_code, 7, 5, " for int8 tensor cores", reason, reason_len);
 }
 
 static int i8_create(const qtool_host_services *host, const qtool_option_value *opts, uint32_t n_opts,

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "ct_config.h"
+#include "ct_layer.h"
 #include "e4m3_codec.h"
 #ifdef QTOOL_HAVE_CUDA
 #include "fp8_cuda.h"
@@ -654,44 +655,7 @@ static int f8_save(const qtool_packed *p, const qtool_save_sink *sink)
         return fail(h, QTOOL_ERR_OUT_OF_MEMORY, "fp8 save: out of memory");
     }
     for (int64_t n = 0; n < p->N; n++) memcpy(dense + n * p->K, c + n * p->Kp, (size_t)p->K);
-    qtool_tensor t;
-    memset(&t, 0, sizeof t);
-    t.data = dense;
-    t.dtype = QTOOL_DTYPE_F8_E4M3;
-    t.device = QTOOL_DEVICE_CPU;
-    t.ndim = 2;
-    t.shape[0] = p->N;
-    t.shape[1] = p->K;
-    rc = sink->put(sink->ctx, "weight", &t);
-    if (!rc) {
-        memset(&t, 0, sizeof t);
-        t.data = s;
-        t.dtype = QTOOL_DTYPE_F32;
-        t.device = QTOOL_DEVICE_CPU;
-        t.ndim = 2;
-        t.shape[0] = p->N;
-        t.shape[1] = 1;
-        rc = sink->put(sink->ctx, "weight_scale", &t);
-    }
-    if (!rc && p->static_act) {
-        float v = p->act_scale;
-        memset(&t, 0, sizeof t);
-        t.data = &v;
-        t.dtype = QTOOL_DTYPE_F32;
-        t.device = QTOOL_DEVICE_CPU;
-        t.ndim = 1;
-        t.shape[0] = 1;
-        rc = sink->put(sink->ctx, "input_scale", &t);
-    }
-    if (!rc && p->bias) {
-        memset(&t, 0, sizeof t);
-        t.data = p->bias;
-        t.dtype = QTOOL_DTYPE_F32;
-        t.device = p->device;
-        t.ndim = 1;
-        t.shape[0] = p->N;
-        rc = sink->put(sink->ctx, "bias", &t);
-    }
+    rc = ct_put_w8a8(sink, QTOOL_DTYPE_F8_E4M3, dense, p->N, p->K, s, p->static_act, p->act_scale, p->bias, p->device);
     h->free(h->ctx, QTOOL_DEVICE_CPU, dense);
     unfetch(p, c, s);
     if (rc) return fail(h, rc, "fp8 save: the host refused a tensor");

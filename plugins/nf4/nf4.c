@@ -346,26 +346,12 @@ static void nf4_shutdown(void) { g_host = NULL; }
 
 static int nf4_probe(const qtool_device_info *dev, char *reason, size_t reason_len)
 {
-    if (!dev) {
-        snprintf(reason, reason_len, "no device description");
-        return QTOOL_ERR_INVALID_ARGUMENT;
-    }
-    if (dev->kind == QTOOL_DEVICE_CPU) return QTOOL_OK;
-    if (dev->kind != QTOOL_DEVICE_CUDA) {
-        snprintf(reason, reason_len, "unknown device kind %d", dev->kind);
-        return QTOOL_ERR_UNSUPPORTED;
-    }
-#ifndef QTOOL_HAVE_CUDA
-    snprintf(reason, reason_len, "this build of the nf4 plugin has no CUDA code");
-    return QTOOL_ERR_UNSUPPORTED;
+#ifdef QTOOL_HAVE_CUDA
+    const int cuda_code = 1;
 #else
-    if (dev->cc_major < 7 || (dev->cc_major == 7 && dev->cc_minor < 5)) {
-        snprintf(reason, reason_len, "needs compute capability >= 7.5; found %d.%d (%s)", dev->cc_major,
-                 dev->cc_minor, dev->name);
-        return QTOOL_ERR_UNSUPPORTED;
-    }
-    return QTOOL_OK;
+    const int cuda_code = 0;
 #endif
+    return qtool_probe_cpu_cuda(dev, "nf4", cuda_code, 7, 5, "", reason, reason_len);
 }
 
 static int nf4_create(const qtool_host_services *host, const qtool_option_value *opts, uint32_t n_opts,

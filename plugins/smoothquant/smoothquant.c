@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "ct_config.h"
+#include "ct_layer.h"
 #include "sq_int8.h"
 #ifdef QTOOL_HAVE_CUDA
 #include "sq_cuda.h"
@@ -217,27 +218,13 @@ static void sq_shutdown(void) { g_host = NULL; }
 
 static int sq_probe(const qtool_device_info *dev, char *reason, size_t reason_len)
 {
-    if (!dev) {
-        snprintf(reason, reason_len, "no device description");
-        return QTOOL_ERR_INVALID_ARGUMENT;
-    }
-    if (dev->kind == QTOOL_DEVICE_CPU) return QTOOL_OK;
-#ifndef QTOOL_HAVE_CUDA
-    snprintf(reason, reason_len, "this build of the smoothquant plugin has no CUDA code");
-    return QTOOL_ERR_UNSUPPORTED;
+#ifdef QTOOL_HAVE_CUDA
+    const int cuda_code = 1;
 #else
-    if (dev->kind != QTOOL_DEVICE_CUDA) {
-        snprintf(reason, reason_len, "unknown device kind %d", dev->kind);
-        return QTOOL_ERR_UNSUPPORTED;
-    }
-    /* int8 tensor cores (IMMA) with row/column-major cuBLASLt layouts. */
-    if (dev->cc_major < 7 || (dev->cc_major == 7 && dev->cc_minor < 5)) {
-        snprintf(reason, reason_len, "needs compute capability >= 7.5 for int8 tensor cores; found %d.%d (%s)",
-                 dev->cc_major, dev->cc_minor, dev->name);
-        return QTOOL_ERR_UNSUPPORTED;
-    }
-    return QTOOL_OK;
+    const int cuda_code = 0;
 #endif
+    /* int8 tensor cores (IMMA) with row/column-major cuBLASLt layouts. */
+    return qtool_probe_cpu_cuda(dev, "smoothquant", cuda_code, 7, 5, " for int8 tensor cores", reason, reason_len);
 }
 
 static int sq_create(const qtool_host_services *host, const qtool_option_value *opts, uint32_t n_opts,
@@ -888,44 +875,7 @@ static int sq_save(const qtool_packed *p, const qtool_save_sink *sink)
         return fail(h, QTOOL_ERR_OUT_OF_MEMORY, "smoothquant save: out of memory");
     }
     for (int64_t n = 0; n < p->N; n++) memcpy(dense + n * p->K, c + n * p->Kp, (size_t)p->K);
-    qtool_tensor t;
-    memset(&t, 0, sizeof t);
-    t.data = dense;
-    t.dtype = QTOOL_DTYPE_I8;
-    t.device = QTOOL_DEVICE_CPU;
-    t.ndim = 2;
-    t.shape[0] = p->N;
-    t.shape[1] = p->K;
-    rc = sink->put(sink->ctx, "weight", &t);
-    if (!rc) {
-        memset(&t, 0, sizeof t);
-        t.data = s;
-        t.dtype = QTOOL_DTYPE_F32;
-        t.device = QTOOL_DEVICE_CPU;
-        t.ndim = 2;
-        t.shape[0] = p->N;
-        t.shape[1] = 1;
-        rc = sink->put(sink->ctx, "weight_scale", &t);
-    }
-    if (!rc && p->static_act) {
-        float a = p->act_scale;
-        memset(&t, 0, sizeof t);
-        t.data = &a;
-        t.dtype = QTOOL_DTYPE_F32;
-        t.device = QTOOL_DEVICE_CPU;
-        t.ndim = 1;
-        t.shape[0] = 1;
-        rc = sink->put(sink->ctx, "input_scale", &t);
-    }
-    if (!rc && p->bias) {
-        memset(&t, 0, sizeof t);
-        t.data = p->bias;
-        t.dtype = QTOOL_DTYPE_F32;
-        t.device = p->device;
-        t.ndim = 1;
-        t.shape[0] = p->N;
-        rc = sink->put(sink->ctx, "bias", &t);
-    }
+    rc = ct_put_w8a8(sink, QTOOL_DTYPE_I8, dense, p->N, p->K, s, p->static_act, p->act_scale, p->bias, p->device);
     h->free(h->ctx, QTOOL_DEVICE_CPU, dense);
     unfetch(p, c, s);
     if (rc) return fail(h, rc, "smoothquant save: the host refused a tensor");

@@ -527,27 +527,12 @@ int int4g_memory(const qtool_packed *p, uint64_t bytes[QTOOL_MEM_COUNT])
 
 int int4g_probe(const char *plugin, const qtool_device_info *dev, char *reason, size_t reason_len)
 {
-    if (!dev) {
-        snprintf(reason, reason_len, "no device description");
-        return QTOOL_ERR_INVALID_ARGUMENT;
-    }
-    if (dev->kind == QTOOL_DEVICE_CPU) return QTOOL_OK;
-    if (dev->kind != QTOOL_DEVICE_CUDA) {
-        snprintf(reason, reason_len, "unknown device kind %d", dev->kind);
-        return QTOOL_ERR_UNSUPPORTED;
-    }
-#ifndef QTOOL_HAVE_CUDA
-    snprintf(reason, reason_len, "this build of the %s plugin has no CUDA code", plugin);
-    return QTOOL_ERR_UNSUPPORTED;
+#ifdef QTOOL_HAVE_CUDA
+    const int cuda_code = 1;
 #else
-    (void)plugin;
-    if (dev->cc_major < 7 || (dev->cc_major == 7 && dev->cc_minor < 5)) {
-        snprintf(reason, reason_len, "needs compute capability >= 7.5; found %d.%d (%s)", dev->cc_major, dev->cc_minor,
-                 dev->name);
-        return QTOOL_ERR_UNSUPPORTED;
-    }
-    return QTOOL_OK;
+    const int cuda_code = 0;
 #endif
+    return qtool_probe_cpu_cuda(dev, plugin, cuda_code, 7, 5, "", reason, reason_len);
 }
 
 /* ------------------------------------------------------------ calibration store */

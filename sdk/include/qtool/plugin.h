@@ -43,6 +43,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -500,6 +501,50 @@ static inline int qtool_log_status(const qtool_host_services *host, const char *
     qtool_vlogf(host, plugin, QTOOL_LOG_ERROR, fmt, ap);
     va_end(ap);
     return status;
+}
+
+/* A tensor description over existing memory (no copy): for save sinks,
+ * calibration inputs, matmul arguments. d1 is ignored when ndim < 2. */
+static inline qtool_tensor qtool_tensor_view(void *data, int32_t dtype, int32_t device, int32_t ndim, int64_t d0,
+                                             int64_t d1)
+{
+    qtool_tensor t;
+    memset(&t, 0, sizeof t);
+    t.data = data;
+    t.dtype = dtype;
+    t.device = device;
+    t.ndim = ndim;
+    t.shape[0] = d0;
+    if (ndim > 1) t.shape[1] = d1;
+    return t;
+}
+
+/* The usual probe of a plugin that runs on the CPU and, when it was built
+ * with CUDA code (`has_cuda_code`), on cards of compute capability
+ * major.minor or newer. `why` completes "needs compute capability >= M.m"
+ * (e.g. " for int8 tensor cores", or ""). */
+static inline int qtool_probe_cpu_cuda(const qtool_device_info *dev, const char *plugin, int has_cuda_code, int major,
+                                       int minor, const char *why, char *reason, size_t reason_len)
+{
+    if (!dev) {
+        snprintf(reason, reason_len, "no device description");
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
+    if (dev->kind == QTOOL_DEVICE_CPU) return QTOOL_OK;
+    if (!has_cuda_code) {
+        snprintf(reason, reason_len, "this build of the %s plugin has no CUDA code", plugin);
+        return QTOOL_ERR_UNSUPPORTED;
+    }
+    if (dev->kind != QTOOL_DEVICE_CUDA) {
+        snprintf(reason, reason_len, "unknown device kind %d", dev->kind);
+        return QTOOL_ERR_UNSUPPORTED;
+    }
+    if (dev->cc_major < major || (dev->cc_major == major && dev->cc_minor < minor)) {
+        snprintf(reason, reason_len, "needs compute capability >= %d.%d%s; found %d.%d (%s)", major, minor,
+                 why ? why : "", dev->cc_major, dev->cc_minor, dev->name);
+        return QTOOL_ERR_UNSUPPORTED;
+    }
+    return QTOOL_OK;
 }
 
 /* Argument checks every plugin needs, so all refuse bad input alike. Each
