@@ -29,8 +29,19 @@ step() { echo "== $*"; }
 pack_logs() { tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"; }
 trap pack_logs EXIT
 
+# CUTLASS's headers: from .venv (scripts/install-deps.sh), or else from a
+# carried nvidia-cutlass wheel in .whl.
+cutlass_opt=""
+if ! ls -d .venv/lib/python3*/site-packages/cutlass_library >/dev/null 2>&1; then
+    w=$(ls .whl/nvidia_cutlass-*.whl 2>/dev/null | head -1)
+    if [ -n "$w" ]; then
+        mkdir -p /tmp/qtool-cutlass && "$py" -m zipfile -e "$w" /tmp/qtool-cutlass
+        cutlass_opt=-DQTOOL_CUTLASS_DIR=/tmp/qtool-cutlass/cutlass_library/source/include
+    fi
+fi
+
 step build
-cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQTOOL_PYTHON="$py" >"$L/configure.log" 2>&1 || { tail -40 "$L/configure.log"; exit 1; }
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQTOOL_PYTHON="$py" $cutlass_opt >"$L/configure.log" 2>&1 || { tail -40 "$L/configure.log"; exit 1; }
 cmake --build build-gpu -j"$jobs" >"$L/build.log" 2>&1 || { grep -E "error|Error" "$L/build.log" | head -40; exit 1; }
 
 if [ "$what" = calib ]; then

@@ -176,6 +176,66 @@ __global__ void __launch_bounds__(128)
     }
 }
 
+// k_quant_rows8 for rows of K <= 32 * 8 * kWarpMaxC values: one warp per
+// token, 8 tokens per block, each lane's C raw 16-byte vectors held in
+// registers; no block barrier, all of a row's loads in flight at once.
+constexpr int kWarpMaxC = 20;
+
+template <typename T, int C>
+__global__ void __launch_bounds__(256)
+    k_quant_warp8(const T *__restrict__ x, int64_t M, int64_t K, int64_t Kp, float thr, int8_t *__restrict__ qa,
+                  float *__restrict__ sa, uint8_t *__restrict__ flags)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t m = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (m >= M) return; // the whole warp leaves together
+    const uint4 *xr = reinterpret_cast<const uint4 *>(x + m * K);
+    const int64_t nv = K / 8, nvp = Kp / 8;
+    uint4 raw[C];
+#pragma unroll
+    for (int c = 0; c < C; c++) {
+        const int64_t v = lane + c * 32;
+        raw[c] = v < nv ? xr[v] : make_uint4(0, 0, 0, 0);
+    }
+    float amax = 0.0f;
+#pragma unroll
+    for (int c = 0; c < C; c++) {
+        const int64_t v = lane + c * 32;
+        const T *h = reinterpret_cast<const T *>(&raw[c]);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const float a = fabsf(to_f<T>(h[i]));
+            if (thr > 0.0f && a >= thr) {
+                if (v < nv) flags[v * 8 + i] = 1;
+                continue;
+            }
+            amax = fmaxf(amax, a);
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    if (lane == 0) sa[m] = amax;
+    const float scale = amax > 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+    uint2 *qr = reinterpret_cast<uint2 *>(qa + m * Kp);
+#pragma unroll
+    for (int c = 0; c < C; c++) {
+        const int64_t v = lane + c * 32;
+        if (v >= nv) continue;
+        const T *h = reinterpret_cast<const T *>(&raw[c]);
+        uint32_t w2[2] = {0, 0};
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const float f = to_f<T>(h[i]);
+            int q = 0;
+            if (!(thr > 0.0f && fabsf(f) >= thr)) q = __float2int_rn(__fmul_rn(f, scale));
+            q = q > 127 ? 127 : (q < -127 ? -127 : q);
+            w2[i >> 2] |= (uint32_t)(uint8_t)(int8_t)q << ((i & 3) * 8);
+        }
+        qr[v] = make_uint2(w2[0], w2[1]);
+    }
+    for (int64_t v = nv + lane; v < nvp; v += 32) qr[v] = make_uint2(0, 0);
+}
+
 // Compacts the flagged columns into cols[0..count) in increasing order and
 // clears the flags for the next call. One block.
 __global__ void __launch_bounds__(1024) k_collect(uint8_t *__restrict__ flags, int64_t K, int *__restrict__ cols,
@@ -417,6 +477,50 @@ __global__ void __launch_bounds__(kEpiThreads)
         y[m * N + n0] = from_f<T>(out[0]);
 }
 
+// After a GEMM that ran without the outlier columns (the TMA kernels take
+// none): y[m, n] += -(sum_j qa[m,c_j] w[n,c_j]) * sa[m] * scb[n] / 127^2
+//                   + sum_j x[m,c_j] * w[n,c_j] * scb[n] / 127,
+// the same correction k_epilogue applies, on the already rounded y (one more
+// rounding than the fused epilogue). Leaves at once when there are no
+// outlier columns, which is the common case; count stays on the device.
+template <typename T>
+__global__ void __launch_bounds__(kEpiThreads)
+    k_outlier_fix(int64_t M, int64_t N, const float *__restrict__ sa, const float *__restrict__ scb,
+                  const T *__restrict__ x, int64_t K, const int8_t *__restrict__ qa, const int8_t *__restrict__ w,
+                  int64_t Kp, const int *__restrict__ cols, const int *__restrict__ count, T *__restrict__ y)
+{
+    const int cnt = *count;
+    if (cnt == 0) return; // uniform: every thread of the grid reads the same count
+    __shared__ int sc[kColChunk];
+    // Grid-stride over the outputs, the same trip count for the whole block
+    // (the column chunks are staged with barriers).
+    for (int64_t base = (int64_t)blockIdx.x * kEpiThreads; base < M * N; base += (int64_t)gridDim.x * kEpiThreads) {
+        const int64_t i = base + threadIdx.x;
+        const bool live = i < M * N;
+        const int64_t m = live ? i / N : 0, n = live ? i % N : 0;
+        int corr = 0;
+        float outl = 0.0f;
+        for (int j0 = 0; j0 < cnt; j0 += kColChunk) {
+            const int nj = cnt - j0 < kColChunk ? cnt - j0 : kColChunk;
+            __syncthreads();
+            for (int j = threadIdx.x; j < nj; j += kEpiThreads) sc[j] = cols[j0 + j];
+            __syncthreads();
+            if (live)
+                for (int j = 0; j < nj; j++) {
+                    const int c = sc[j];
+                    const int wq = w[n * Kp + c];
+                    corr += qa[m * Kp + c] * wq;
+                    outl = fmaf(to_f<T>(x[m * K + c]), (float)wq, outl);
+                }
+        }
+        if (!live) continue;
+        const float sb = scb[n];
+        float r = to_f<T>(y[i]) - __fmul_rn(__fmul_rn(__fmul_rn((float)corr, sa[m]), sb), kDequant);
+        r += outl * __fmul_rn(sb, kInv127);
+        y[i] = from_f<T>(r);
+    }
+}
+
 unsigned blocks_for(int64_t work, int threads) { return (unsigned)((work + threads - 1) / threads); }
 
 template <typename T>
@@ -439,7 +543,20 @@ int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *
         e = cudaMemsetAsync(flags, 0, (size_t)L.K, st);
         if (e != cudaSuccess) return cuda_fail(e, "cudaMemsetAsync", msg, len);
     }
-    if (L.K % 8 == 0 && ((uintptr_t)x & 15u) == 0)
+    const int64_t nv = L.K / 8;
+    if (L.K % 8 == 0 && ((uintptr_t)x & 15u) == 0 && nv <= kWarpMaxC * 32) {
+        const unsigned blocks = (unsigned)((M + 7) / 8);
+        const int64_t c = (nv + 31) / 32;
+#define QW(C) k_quant_warp8<T, C><<<blocks, 256, 0, st>>>(x, M, L.K, L.Kp, thr, qa, sa, flags)
+        if (c <= 1) QW(1);
+        else if (c <= 2) QW(2);
+        else if (c <= 4) QW(4);
+        else if (c <= 8) QW(8);
+        else if (c <= 12) QW(12);
+        else if (c <= 16) QW(16);
+        else QW(kWarpMaxC);
+#undef QW
+    } else if (L.K % 8 == 0 && ((uintptr_t)x & 15u) == 0)
         k_quant_rows8<T, 8><<<(unsigned)M, 128, 0, st>>>(x, L.K, L.Kp, thr, qa, sa, flags);
     else
         k_quant_rows<T><<<(unsigned)M, 256, 0, st>>>(x, L.K, L.Kp, thr, qa, sa, flags);
@@ -471,7 +588,30 @@ int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *
         g.stream = st;
         e = cudaGetLastError();
         if (e != cudaSuccess) return cuda_fail(e, "bnb_int8 kernel launch", msg, len);
-        return qt_i8gemm_ex(&g, msg, len);
+        // Where the library would run a TMA kernel (large M on Hopper), run it
+        // without the outlier columns and correct y afterwards: the TMA
+        // kernel is so much faster than the ones that fuse the correction
+        // that the extra pass (none at all without outliers) still wins.
+        qt_i8gemm_args plain = g;
+        plain.outlier_cols = NULL;
+        plain.outlier_count = NULL;
+        plain.outlier_x = NULL;
+        plain.config = qt_i8gemm_pick_config(M, L.N, L.Kp);
+        const bool tma = dcount &&
+                         (plain.config == QT_I8GEMM_TMA_PINGPONG || plain.config == QT_I8GEMM_TMA_COOPERATIVE) &&
+                         qt_i8gemm_config_takes(plain.config, &plain);
+        if (!tma) return qt_i8gemm_ex(&g, msg, len);
+        int rc = qt_i8gemm_ex(&plain, msg, len);
+        if (rc) return rc;
+        int dev = 0, sms = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        unsigned blocks = blocks_for(M * L.N, kEpiThreads);
+        if (sms > 0 && blocks > (unsigned)sms * 8u) blocks = (unsigned)sms * 8u;
+        k_outlier_fix<T><<<blocks, kEpiThreads, 0, st>>>(M, L.N, sa, L.scb, x, L.K, qa, L.w, L.Kp, cols, dcount, y);
+        e = cudaGetLastError();
+        if (e != cudaSuccess) return cuda_fail(e, "bnb_int8 outlier correction launch", msg, len);
+        return 0;
     }
     int32_t *acc = reinterpret_cast<int32_t *>(base + align256((size_t)(M * L.Kp)) + align256((size_t)M * 4));
     const int64_t mc = chunk_rows(M, L.N, L.chunk_bytes);

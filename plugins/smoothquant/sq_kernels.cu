@@ -155,9 +155,20 @@ __global__ void __launch_bounds__(256)
     for (int64_t c = K + threadIdx.x; c < Kp; c += blockDim.x) qr[c] = 0;
 }
 
-// Short rows (K <= 1024, K % 8 == 0, 16-byte aligned): one warp per token,
-// 8 tokens per block, C vectors of 8 values per lane in registers; the
-// absmax needs only warp shuffles.
+// Rows of K <= 32 * 8 * kWarpMaxC values (K % 8 == 0, 16-byte aligned): one
+// warp per token, 8 tokens per block. Each lane keeps its C raw 16-byte
+// vectors in registers (converted to float twice rather than held as 8C
+// floats, which would spill at large C), so x is read once, all of a row's
+// loads are in flight together, and the absmax needs only warp shuffles.
+template <typename T> __device__ __forceinline__ void unpack8(const uint4 &u, float f[8])
+{
+    const T *h = reinterpret_cast<const T *>(&u);
+#pragma unroll
+    for (int i = 0; i < 8; i++) f[i] = to_f<T>(h[i]);
+}
+
+constexpr int kWarpMaxC = 20;
+
 template <typename T, int C>
 __global__ void __launch_bounds__(256)
     k_quant_warp(const T *__restrict__ x, int64_t M, int64_t K, int64_t Kp, int static_act, float act_scale,
@@ -168,19 +179,22 @@ __global__ void __launch_bounds__(256)
     if (m >= M) return; // the whole warp leaves together
     const T *xr = x + m * K;
     const int64_t nv = K / 8;
-    float v[C][8];
-    float amax = 0.0f;
+    uint4 raw[C];
 #pragma unroll
     for (int c = 0; c < C; c++) {
-        int64_t i = lane + c * 32;
-        if (i < nv) {
-            load8<T>(xr + i * 8, v[c]);
-#pragma unroll
-            for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[c][j]));
-        }
+        const int64_t i = lane + c * 32;
+        raw[c] = i < nv ? __ldcs(reinterpret_cast<const uint4 *>(xr + i * 8)) : make_uint4(0, 0, 0, 0);
     }
     float inv = act_inv;
     if (!static_act) {
+        float amax = 0.0f;
+#pragma unroll
+        for (int c = 0; c < C; c++) {
+            float v[8];
+            unpack8<T>(raw[c], v);
+#pragma unroll
+            for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[j]));
+        }
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
         inv = amax > 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
@@ -191,13 +205,15 @@ __global__ void __launch_bounds__(256)
     int8_t *qr = qa + m * Kp;
 #pragma unroll
     for (int c = 0; c < C; c++) {
-        int64_t i = lane + c * 32;
+        const int64_t i = lane + c * 32;
         if (i < nv) {
+            float v[8];
+            unpack8<T>(raw[c], v);
             uint32_t lo = 0, hi = 0;
 #pragma unroll
             for (int j = 0; j < 4; j++) {
-                lo |= ((uint32_t)(uint8_t)(int8_t)code_of(v[c][j], inv)) << (8 * j);
-                hi |= ((uint32_t)(uint8_t)(int8_t)code_of(v[c][j + 4], inv)) << (8 * j);
+                lo |= ((uint32_t)(uint8_t)(int8_t)code_of(v[j], inv)) << (8 * j);
+                hi |= ((uint32_t)(uint8_t)(int8_t)code_of(v[j + 4], inv)) << (8 * j);
             }
             *reinterpret_cast<uint2 *>(qr + i * 8) = make_uint2(lo, hi);
         }
@@ -397,15 +413,18 @@ void launch_quant(const sqcu_layer &L, const T *x, int64_t M, int8_t *qa, float 
 {
     const int64_t nv = L.K / 8;
     const bool vec = L.K % 8 == 0 && ((uintptr_t)x & 15u) == 0 && nv <= 4 * 256;
-    if (vec && nv <= 4 * 32) {
+    if (vec && nv <= kWarpMaxC * 32) {
         const unsigned blocks = (unsigned)((M + 7) / 8);
         const int c = (int)((nv + 31) / 32);
 #define QW(C) \
     k_quant_warp<T, C><<<blocks, 256, 0, st>>>(x, M, L.K, L.Kp, L.static_act, L.act_scale, L.act_inv, qa, sa)
         if (c == 1) QW(1);
         else if (c == 2) QW(2);
-        else if (c == 3) QW(3);
-        else QW(4);
+        else if (c <= 4) QW(4);
+        else if (c <= 8) QW(8);
+        else if (c <= 12) QW(12);
+        else if (c <= 16) QW(16);
+        else QW(kWarpMaxC);
 #undef QW
         return;
     }

@@ -154,6 +154,14 @@ static void test_agreement(void **state)
     check_agreement(6.0, "auto", QTOOL_DTYPE_BF16, 1, 4100, 300, 96);
     check_agreement(2.0, "auto", QTOOL_DTYPE_F16, 1, 300, 136, 1000);
     check_agreement(2.0, "auto", QTOOL_DTYPE_F16, 1, 5, 136, 1000);
+    /* Long rows: the warp-per-token quantization at its larger widths. */
+    check_agreement(6.0, "auto", QTOOL_DTYPE_F16, 1, 17, 64, 4864);
+    check_agreement(6.0, "auto", QTOOL_DTYPE_BF16, 1, 33, 40, 3000);
+    /* Sizes where Hopper runs the TMA GEMM without the outlier columns and
+     * corrects afterwards: with over 256 outlier columns (two staging
+     * chunks), and with none (the correction returns at once). */
+    check_agreement(2.0, "auto", QTOOL_DTYPE_BF16, 1, 4096, 512, 320);
+    check_agreement(6.0, "auto", QTOOL_DTYPE_F16, 0, 2560, 1024, 1024);
 }
 
 static void test_device_memory(void **state)

@@ -136,13 +136,16 @@ static void test_agreement(void **state)
 {
     (void)state;
     static const int64_t Ms[] = {1, 3, 17, 129};
-    static const int64_t shapes[][2] = {{33, 67}, {64, 256}, {48, 896}, {40, 4864}, {16, 8200}, {17, 24}};
+    /* K picks the quantization kernel: any (67), one warp a token holding
+     * 1..20 vectors a lane (256 .. 4864), one block a token (8200). */
+    static const int64_t shapes[][2] = {{33, 67},   {64, 256},  {48, 896},  {40, 4864}, {16, 8200},
+                                        {17, 24},   {24, 512},  {16, 2048}, {8, 3072},  {16, 4096}};
     static const char *gemms[] = {"gemm=auto", "gemm=cublaslt", "gemm=builtin"};
     static const char *modes[] = {"act_scale=dynamic", "act_scale=static"};
     for (int g = 0; g < 3; g++)
         for (int md = 0; md < 2; md++)
             for (int mi = 0; mi < 4; mi++)
-                for (int si = 0; si < 6; si++) {
+                for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
                     int dt = (mi + si) % 2 ? QTOOL_DTYPE_BF16 : QTOOL_DTYPE_F16;
                     check(modes[md], gemms[g], "chunk_mib=16", dt, Ms[mi], shapes[si][0], shapes[si][1], 0);
                 }
@@ -154,6 +157,9 @@ static void test_agreement(void **state)
     check("act_scale=dynamic", "gemm=auto", "chunk_mib=1", QTOOL_DTYPE_BF16, 513, 760, 1040, 0);
     check("act_scale=dynamic", "gemm=cublaslt", "chunk_mib=1", QTOOL_DTYPE_F16, 1000, 1024, 128, 0);
     check("act_scale=static", "gemm=builtin", "chunk_mib=1", QTOOL_DTYPE_BF16, 700, 520, 96, 0);
+    /* Enough tiles for Hopper's TMA kernel. */
+    check("act_scale=dynamic", "gemm=auto", "chunk_mib=16", QTOOL_DTYPE_F16, 2048, 1152, 512, 0);
+    check("act_scale=static", "gemm=auto", "chunk_mib=16", QTOOL_DTYPE_BF16, 2048, 1152, 512, 0);
 }
 
 static void test_device_memory(void **state)
