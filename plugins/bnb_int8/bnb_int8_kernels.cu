@@ -176,19 +176,62 @@ __global__ void __launch_bounds__(128)
     }
 }
 
+// Compacts the flagged columns into cols[0..count) in increasing order and
+// clears the flags for the next call; run by one whole block.
+__device__ void collect_flags(uint8_t *__restrict__ flags, int64_t K, int *__restrict__ cols,
+                              int *__restrict__ count)
+{
+    __shared__ int warp_base[32];
+    __shared__ int total;
+    if (threadIdx.x == 0) total = 0;
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    for (int64_t base = 0; base < K; base += blockDim.x) {
+        int64_t c = base + threadIdx.x;
+        int f = c < K ? flags[c] : 0;
+        if (f) flags[c] = 0;
+        unsigned ballot = __ballot_sync(0xffffffffu, f);
+        if (lane == 0) warp_base[warp] = __popc(ballot);
+        __syncthreads();
+        if (warp == 0) { // exclusive scan of the per-warp counts
+            int n = lane < nwarps ? warp_base[lane] : 0, incl = n;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                int v = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += v;
+            }
+            const int run = total;
+            if (lane < nwarps) warp_base[lane] = run + incl - n;
+            __syncwarp();
+            if (lane == 31) total = run + incl;
+        }
+        __syncthreads();
+        if (f) cols[warp_base[warp] + __popc(ballot & ((1u << lane) - 1u))] = (int)c;
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *count = total;
+}
+
+// One block.
+__global__ void __launch_bounds__(1024) k_collect(uint8_t *__restrict__ flags, int64_t K, int *__restrict__ cols,
+                                                  int *__restrict__ count)
+{
+    collect_flags(flags, K, cols, count);
+}
+
 // k_quant_rows8 for rows of K <= 32 * 8 * kWarpMaxC values: one warp per
 // token, 8 tokens per block, each lane's C raw 16-byte vectors held in
 // registers; no block barrier, all of a row's loads in flight at once.
 constexpr int kWarpMaxC = 20;
 
+
+// One token row, by one warp.
 template <typename T, int C>
-__global__ void __launch_bounds__(256)
-    k_quant_warp8(const T *__restrict__ x, int64_t M, int64_t K, int64_t Kp, float thr, int8_t *__restrict__ qa,
-                  float *__restrict__ sa, uint8_t *__restrict__ flags)
+__device__ __forceinline__ void quant_warp8_row(const T *__restrict__ x, int64_t m, int64_t K, int64_t Kp, float thr,
+                                                int8_t *__restrict__ qa, float *__restrict__ sa,
+                                                uint8_t *__restrict__ flags)
 {
     const int lane = threadIdx.x & 31;
-    const int64_t m = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (m >= M) return; // the whole warp leaves together
     const uint4 *xr = reinterpret_cast<const uint4 *>(x + m * K);
     const int64_t nv = K / 8, nvp = Kp / 8;
     uint4 raw[C];
@@ -236,40 +279,27 @@ __global__ void __launch_bounds__(256)
     for (int64_t v = nv + lane; v < nvp; v += 32) qr[v] = make_uint2(0, 0);
 }
 
-// Compacts the flagged columns into cols[0..count) in increasing order and
-// clears the flags for the next call. One block.
-__global__ void __launch_bounds__(1024) k_collect(uint8_t *__restrict__ flags, int64_t K, int *__restrict__ cols,
-                                                  int *__restrict__ count)
+// With a threshold, the last block to finish (the flags of every row are
+// set by then) compacts the outlier columns, which saves k_collect's launch:
+// `done` counts finished blocks and is reset by that last block.
+template <typename T, int C>
+__global__ void __launch_bounds__(256)
+    k_quant_warp8(const T *__restrict__ x, int64_t M, int64_t K, int64_t Kp, float thr, int8_t *__restrict__ qa,
+                  float *__restrict__ sa, uint8_t *__restrict__ flags, unsigned *__restrict__ done,
+                  int *__restrict__ cols, int *__restrict__ count)
 {
-    __shared__ int warp_base[32];
-    __shared__ int total;
-    if (threadIdx.x == 0) total = 0;
+    const int64_t m = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (m < M) quant_warp8_row<T, C>(x, m, K, Kp, thr, qa, sa, flags);
+    if (!(thr > 0.0f)) return;
+    __shared__ bool last;
+    __threadfence(); // this thread's flags are visible before the block counts itself done
     __syncthreads();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    for (int64_t base = 0; base < K; base += blockDim.x) {
-        int64_t c = base + threadIdx.x;
-        int f = c < K ? flags[c] : 0;
-        if (f) flags[c] = 0;
-        unsigned ballot = __ballot_sync(0xffffffffu, f);
-        if (lane == 0) warp_base[warp] = __popc(ballot);
-        __syncthreads();
-        if (warp == 0) { // exclusive scan of the per-warp counts
-            int n = lane < nwarps ? warp_base[lane] : 0, incl = n;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                int v = __shfl_up_sync(0xffffffffu, incl, o);
-                if (lane >= o) incl += v;
-            }
-            const int run = total;
-            if (lane < nwarps) warp_base[lane] = run + incl - n;
-            __syncwarp();
-            if (lane == 31) total = run + incl;
-        }
-        __syncthreads();
-        if (f) cols[warp_base[warp] + __popc(ballot & ((1u << lane) - 1u))] = (int)c;
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) *count = total;
+    if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    collect_flags(flags, K, cols, count);
+    if (threadIdx.x == 0) *done = 0;
 }
 
 // ---------------------------------------------------------------- GEMM
@@ -535,19 +565,25 @@ int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *
     uint8_t *base = static_cast<uint8_t *>(ws);
     int8_t *qa = reinterpret_cast<int8_t *>(base);
     float *sa = reinterpret_cast<float *>(base + align256((size_t)(M * L.Kp)));
-    uint8_t *flags = static_cast<uint8_t *>(outl);
-    int *cols = reinterpret_cast<int *>(static_cast<uint8_t *>(outl) + align256((size_t)L.K));
-    int *count = cols + L.K;
+    // One buffer serves every layer of the instance (grown to the largest):
+    // the counters first, the flags next, the columns at the end, so layers
+    // of different K never see each other's columns in their flags.
+    uint8_t *ob = static_cast<uint8_t *>(outl);
+    int *count = reinterpret_cast<int *>(ob);
+    unsigned *done = reinterpret_cast<unsigned *>(ob + 4);
+    uint8_t *flags = ob + 256;
+    int *cols = reinterpret_cast<int *>(ob + ((outl_bytes - (size_t)L.K * 4) & ~(size_t)3));
     cudaError_t e;
-    if (fresh) {
-        e = cudaMemsetAsync(flags, 0, (size_t)L.K, st);
+    if (fresh) { // counters, flags and columns
+        e = cudaMemsetAsync(outl, 0, outl_bytes, st);
         if (e != cudaSuccess) return cuda_fail(e, "cudaMemsetAsync", msg, len);
     }
     const int64_t nv = L.K / 8;
-    if (L.K % 8 == 0 && ((uintptr_t)x & 15u) == 0 && nv <= kWarpMaxC * 32) {
+    const bool warp_quant = L.K % 8 == 0 && ((uintptr_t)x & 15u) == 0 && nv <= kWarpMaxC * 32;
+    if (warp_quant) { // collects the outlier columns itself
         const unsigned blocks = (unsigned)((M + 7) / 8);
         const int64_t c = (nv + 31) / 32;
-#define QW(C) k_quant_warp8<T, C><<<blocks, 256, 0, st>>>(x, M, L.K, L.Kp, thr, qa, sa, flags)
+#define QW(C) k_quant_warp8<T, C><<<blocks, 256, 0, st>>>(x, M, L.K, L.Kp, thr, qa, sa, flags, done, cols, count)
         if (c <= 1) QW(1);
         else if (c <= 2) QW(2);
         else if (c <= 4) QW(4);
@@ -562,7 +598,7 @@ int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *
         k_quant_rows<T><<<(unsigned)M, 256, 0, st>>>(x, L.K, L.Kp, thr, qa, sa, flags);
     const int *dcount = NULL;
     if (thr > 0.0f) {
-        k_collect<<<1, 1024, 0, st>>>(flags, L.K, cols, count);
+        if (!warp_quant) k_collect<<<1, 1024, 0, st>>>(flags, L.K, cols, count);
         dcount = count;
     }
     if (gemm == I8CU_GEMM_FUSED) {
@@ -606,8 +642,9 @@ int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *
         int dev = 0, sms = 0;
         cudaGetDevice(&dev);
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        // Grid-stride: without outliers only these blocks start and leave.
         unsigned blocks = blocks_for(M * L.N, kEpiThreads);
-        if (sms > 0 && blocks > (unsigned)sms * 8u) blocks = (unsigned)sms * 8u;
+        if (sms > 0 && blocks > (unsigned)sms * 2u) blocks = (unsigned)sms * 2u;
         k_outlier_fix<T><<<blocks, kEpiThreads, 0, st>>>(M, L.N, sa, L.scb, x, L.K, qa, L.w, L.Kp, cols, dcount, y);
         e = cudaGetLastError();
         if (e != cudaSuccess) return cuda_fail(e, "bnb_int8 outlier correction launch", msg, len);
@@ -652,7 +689,8 @@ size_t i8cu_workspace_bytes(const i8cu_layer *L, int64_t M, int gemm)
     return b;
 }
 
-size_t i8cu_outlier_bytes(const i8cu_layer *L) { return align256((size_t)L->K) + (size_t)L->K * 4 + 4; }
+// count and finished-block counter (256 bytes), flags [K] (padded), cols [K]
+size_t i8cu_outlier_bytes(const i8cu_layer *L) { return 256 + align256((size_t)L->K) + (size_t)L->K * 4; }
 
 size_t i8cu_lt_workspace_bytes(void) { return kLtWorkspace; }
 

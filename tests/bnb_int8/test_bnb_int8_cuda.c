@@ -202,6 +202,44 @@ static void test_device_memory(void **state)
     free(y);
 }
 
+/* Layers of one instance share its outlier buffer (flags, columns,
+ * counters). Running a layer with another K, whose input has outliers, in
+ * between must not change a layer's next output: no column of one layer may
+ * show up as a flag of another. */
+static void test_layers_share_outlier_buffer(void **state)
+{
+    (void)state;
+    const int64_t N = 64, M = 40, Ka = 512, Kb = 96;
+    float *wa = malloc(N * Ka * 4), *wb = malloc(N * Kb * 4), *b = malloc(N * 4);
+    float *xa = malloc(M * Ka * 4), *xb = malloc(M * Kb * 4);
+    float *y1 = malloc(M * N * 4), *y2 = malloc(M * N * 4), *yb = malloc(M * N * 4);
+    fill_normal(wa, N * Ka, 0.05f);
+    fill_normal(wb, N * Kb, 0.05f);
+    fill_normal(b, N, 0.1f);
+    make_input(xa, M, Ka, 0); /* no outliers in A's input */
+    round_to_f16(xa, M * Ka);
+    make_input(xb, M, Kb, 1);
+    for (int64_t m = 0; m < M; m++) xb[m * Kb + Kb - 1] = 30.0f; /* B's last column: an outlier */
+    round_to_f16(xb, M * Kb);
+    qtool_instance *inst = make(6.0, "auto");
+    qtool_packed *pa = pack(inst, wa, N, Ka, b, QTOOL_DEVICE_CUDA), *pb = pack(inst, wb, N, Kb, b, QTOOL_DEVICE_CUDA);
+    run_cuda(pa, xa, y1, M, N, Ka, QTOOL_DTYPE_F16);
+    for (int i = 0; i < 3; i++) run_cuda(pb, xb, yb, M, N, Kb, QTOOL_DTYPE_F16);
+    run_cuda(pa, xa, y2, M, N, Ka, QTOOL_DTYPE_F16);
+    assert_memory_equal(y1, y2, (size_t)(M * N) * 4);
+    H.desc->free_packed(pa);
+    H.desc->free_packed(pb);
+    H.desc->destroy(inst);
+    free(wa);
+    free(wb);
+    free(b);
+    free(xa);
+    free(xb);
+    free(y1);
+    free(y2);
+    free(yb);
+}
+
 int main(void)
 {
     if (!cuda_available()) {
@@ -213,6 +251,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_agreement),
         cmocka_unit_test(test_device_memory),
+        cmocka_unit_test(test_layers_share_outlier_buffer),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     harness_close(&H);
