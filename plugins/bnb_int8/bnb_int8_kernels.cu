@@ -177,38 +177,48 @@ __global__ void __launch_bounds__(128)
 }
 
 // Compacts the flagged columns into cols[0..count) in increasing order and
-// clears the flags for the next call; run by one whole block.
+// clears the flags for the next call; run by one whole block (a multiple
+// of 32 threads). Each thread owns one contiguous run of columns: it counts
+// its flags, one block-wide scan gives its first slot, and it writes its
+// columns in order; no loop of barriers over K.
 __device__ void collect_flags(uint8_t *__restrict__ flags, int64_t K, int *__restrict__ cols,
                               int *__restrict__ count)
 {
     __shared__ int warp_base[32];
     __shared__ int total;
-    if (threadIdx.x == 0) total = 0;
-    __syncthreads();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    for (int64_t base = 0; base < K; base += blockDim.x) {
-        int64_t c = base + threadIdx.x;
-        int f = c < K ? flags[c] : 0;
-        if (f) flags[c] = 0;
-        unsigned ballot = __ballot_sync(0xffffffffu, f);
-        if (lane == 0) warp_base[warp] = __popc(ballot);
-        __syncthreads();
-        if (warp == 0) { // exclusive scan of the per-warp counts
-            int n = lane < nwarps ? warp_base[lane] : 0, incl = n;
+    const int64_t run = (K + blockDim.x - 1) / blockDim.x;
+    const int64_t c0 = threadIdx.x * run < K ? threadIdx.x * run : K, c1 = c0 + run < K ? c0 + run : K;
+    // Read past L1: in the quantization kernel other blocks set these flags.
+    const volatile uint8_t *vflags = flags;
+    int n = 0;
+    for (int64_t c = c0; c < c1; c++) n += vflags[c] != 0;
+    int incl = n;
 #pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                int v = __shfl_up_sync(0xffffffffu, incl, o);
-                if (lane >= o) incl += v;
-            }
-            const int run = total;
-            if (lane < nwarps) warp_base[lane] = run + incl - n;
-            __syncwarp();
-            if (lane == 31) total = run + incl;
-        }
-        __syncthreads();
-        if (f) cols[warp_base[warp] + __popc(ballot & ((1u << lane) - 1u))] = (int)c;
-        __syncthreads();
+    for (int o = 1; o < 32; o <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
     }
+    if (lane == 31) warp_base[warp] = incl;
+    __syncthreads();
+    if (warp == 0) { // exclusive scan of the per-warp sums
+        const int w = lane < nwarps ? warp_base[lane] : 0;
+        int wi = w;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int v = __shfl_up_sync(0xffffffffu, wi, o);
+            if (lane >= o) wi += v;
+        }
+        if (lane < nwarps) warp_base[lane] = wi - w;
+        if (lane == 31) total = wi;
+    }
+    __syncthreads();
+    int slot = warp_base[warp] + incl - n;
+    for (int64_t c = c0; c < c1 && n; c++)
+        if (vflags[c]) {
+            cols[slot++] = (int)c;
+            flags[c] = 0;
+        }
     if (threadIdx.x == 0) *count = total;
 }
 
@@ -225,9 +235,9 @@ __global__ void __launch_bounds__(1024) k_collect(uint8_t *__restrict__ flags, i
 constexpr int kWarpMaxC = 20;
 
 
-// One token row, by one warp.
+// One token row, by one warp; true when this lane set an outlier flag.
 template <typename T, int C>
-__device__ __forceinline__ void quant_warp8_row(const T *__restrict__ x, int64_t m, int64_t K, int64_t Kp, float thr,
+__device__ __forceinline__ bool quant_warp8_row(const T *__restrict__ x, int64_t m, int64_t K, int64_t Kp, float thr,
                                                 int8_t *__restrict__ qa, float *__restrict__ sa,
                                                 uint8_t *__restrict__ flags)
 {
@@ -240,6 +250,7 @@ __device__ __forceinline__ void quant_warp8_row(const T *__restrict__ x, int64_t
         const int64_t v = lane + c * 32;
         raw[c] = v < nv ? xr[v] : make_uint4(0, 0, 0, 0);
     }
+    bool flagged = false;
     float amax = 0.0f;
 #pragma unroll
     for (int c = 0; c < C; c++) {
@@ -249,7 +260,10 @@ __device__ __forceinline__ void quant_warp8_row(const T *__restrict__ x, int64_t
         for (int i = 0; i < 8; i++) {
             const float a = fabsf(to_f<T>(h[i]));
             if (thr > 0.0f && a >= thr) {
-                if (v < nv) flags[v * 8 + i] = 1;
+                if (v < nv) {
+                    flags[v * 8 + i] = 1;
+                    flagged = true;
+                }
                 continue;
             }
             amax = fmaxf(amax, a);
@@ -277,6 +291,7 @@ __device__ __forceinline__ void quant_warp8_row(const T *__restrict__ x, int64_t
         qr[v] = make_uint2(w2[0], w2[1]);
     }
     for (int64_t v = nv + lane; v < nvp; v += 32) qr[v] = make_uint2(0, 0);
+    return flagged;
 }
 
 // With a threshold, the last block to finish (the flags of every row are
@@ -289,10 +304,10 @@ __global__ void __launch_bounds__(256)
                   int *__restrict__ cols, int *__restrict__ count)
 {
     const int64_t m = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (m < M) quant_warp8_row<T, C>(x, m, K, Kp, thr, qa, sa, flags);
+    const bool flagged = m < M && quant_warp8_row<T, C>(x, m, K, Kp, thr, qa, sa, flags);
     if (!(thr > 0.0f)) return;
     __shared__ bool last;
-    __threadfence(); // this thread's flags are visible before the block counts itself done
+    if (flagged) __threadfence(); // its flags are visible before the block counts itself done
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
     __syncthreads();
