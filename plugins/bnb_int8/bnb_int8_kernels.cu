@@ -301,20 +301,31 @@ template <typename T, int C>
 __global__ void __launch_bounds__(256)
     k_quant_warp8(const T *__restrict__ x, int64_t M, int64_t K, int64_t Kp, float thr, int8_t *__restrict__ qa,
                   float *__restrict__ sa, uint8_t *__restrict__ flags, unsigned *__restrict__ done,
-                  int *__restrict__ cols, int *__restrict__ count)
+                  unsigned *__restrict__ any, int *__restrict__ cols, int *__restrict__ count)
 {
     const int64_t m = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
     const bool flagged = m < M && quant_warp8_row<T, C>(x, m, K, Kp, thr, qa, sa, flags);
     if (!(thr > 0.0f)) return;
     __shared__ bool last;
-    if (flagged) __threadfence(); // its flags are visible before the block counts itself done
+    if (flagged) {
+        __threadfence(); // its flags are visible before the block counts itself done
+        atomicOr(any, 1u);
+    }
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
-    collect_flags(flags, K, cols, count);
-    if (threadIdx.x == 0) *done = 0;
+    // Usually no value reaches the threshold: then there is nothing to scan.
+    if (*reinterpret_cast<volatile unsigned *>(any)) {
+        collect_flags(flags, K, cols, count);
+    } else if (threadIdx.x == 0) {
+        *count = 0;
+    }
+    if (threadIdx.x == 0) {
+        *any = 0;
+        *done = 0;
+    }
 }
 
 // ---------------------------------------------------------------- GEMM
@@ -585,7 +596,7 @@ int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *
     // of different K never see each other's columns in their flags.
     uint8_t *ob = static_cast<uint8_t *>(outl);
     int *count = reinterpret_cast<int *>(ob);
-    unsigned *done = reinterpret_cast<unsigned *>(ob + 4);
+    unsigned *done = reinterpret_cast<unsigned *>(ob + 4), *any = reinterpret_cast<unsigned *>(ob + 8);
     uint8_t *flags = ob + 256;
     int *cols = reinterpret_cast<int *>(ob + ((outl_bytes - (size_t)L.K * 4) & ~(size_t)3));
     cudaError_t e;
@@ -598,7 +609,7 @@ int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *
     if (warp_quant) { // collects the outlier columns itself
         const unsigned blocks = (unsigned)((M + 7) / 8);
         const int64_t c = (nv + 31) / 32;
-#define QW(C) k_quant_warp8<T, C><<<blocks, 256, 0, st>>>(x, M, L.K, L.Kp, thr, qa, sa, flags, done, cols, count)
+#define QW(C) k_quant_warp8<T, C><<<blocks, 256, 0, st>>>(x, M, L.K, L.Kp, thr, qa, sa, flags, done, any, cols, count)
         if (c <= 1) QW(1);
         else if (c <= 2) QW(2);
         else if (c <= 4) QW(4);
@@ -704,7 +715,7 @@ size_t i8cu_workspace_bytes(const i8cu_layer *L, int64_t M, int gemm)
     return b;
 }
 
-// count and finished-block counter (256 bytes), flags [K] (padded), cols [K]
+// count, finished-block counter, any-flag (256 bytes), flags [K] (padded), cols [K]
 size_t i8cu_outlier_bytes(const i8cu_layer *L) { return 256 + align256((size_t)L->K) + (size_t)L->K * 4; }
 
 size_t i8cu_lt_workspace_bytes(void) { return kLtWorkspace; }
