@@ -522,6 +522,102 @@ out:
     return rc;
 }
 
+/* QTOOL_PLUGIN_ROW_INDEPENDENT: a layer packed whole and its rows packed
+ * as two layers (data-free, fresh names) give the same outputs, up to the
+ * summation order of the GEMM: within a few units of the output type's
+ * rounding of sum |x w| + |b|. A plugin whose packing looks across rows
+ * (a tensor-wide statistic, groups spanning rows) differs by its
+ * quantization error instead. */
+static void check_row_independence(conf *c, int device, const char *dev_label, qtool_instance *inst,
+                                   const layer_data *L, int io)
+{
+    if (!(c->d->flags & QTOOL_PLUGIN_ROW_INDEPENDENT)) {
+        add_result(c, QT_CONF_SKIP, "row-independence", dev_label, "the plugin does not claim it");
+        return;
+    }
+    const int64_t m = 17, k = L->k, n = L->n, n1 = n / 2 > 0 ? n / 2 : 1, n2 = n - n1;
+    if (n2 < 1) {
+        add_result(c, QT_CONF_SKIP, "row-independence", dev_label, "a layer of one row");
+        return;
+    }
+    const size_t es = qtool_dtype_size(L->wdtype);
+    layer_data whole = *L, top = *L, bottom = *L; /* shallow: views into L's buffers */
+    snprintf(whole.name, sizeof whole.name, "conformance.rows.whole.weight");
+    snprintf(top.name, sizeof top.name, "conformance.rows.top.weight");
+    snprintf(bottom.name, sizeof bottom.name, "conformance.rows.bottom.weight");
+    whole.info.name = whole.name;
+    top.info.name = top.name;
+    bottom.info.name = bottom.name;
+    top.n = top.wt.shape[0] = top.info.out_features = n1;
+    bottom.n = bottom.wt.shape[0] = bottom.info.out_features = n2;
+    bottom.wt.data = (char *)L->w + (size_t)(n1 * k) * es;
+    if (L->b) {
+        top.bt.shape[0] = n1;
+        bottom.bt.shape[0] = n2;
+        bottom.bt.data = (char *)L->b + (size_t)n1 * es;
+    }
+    packed_layer pw, pt, pb;
+    memset(&pw, 0, sizeof pw);
+    memset(&pt, 0, sizeof pt);
+    memset(&pb, 0, sizeof pb);
+    float *x = malloc((size_t)(m * k) * sizeof(float)), *y = malloc((size_t)(m * n) * sizeof(float));
+    float *yt = malloc((size_t)(m * n1) * sizeof(float)), *yb = malloc((size_t)(m * n2) * sizeof(float));
+    notes bad = {{0}, 0};
+    int rc = QTOOL_OK, harness = 0;
+    double worst = 0;
+    if (!x || !y || !yt || !yb) {
+        note(&bad, "out of memory");
+        goto done;
+    }
+    if ((rc = pack_layer(c, inst, device, &whole, &pw)) || (rc = pack_layer(c, inst, device, &top, &pt)) ||
+        (rc = pack_layer(c, inst, device, &bottom, &pb))) {
+        note(&bad, "pack without calibration data: %s", status_str(rc));
+        goto done;
+    }
+    if (pw.has_scale || pt.has_scale || pb.has_scale) {
+        note(&bad, "asked for an input scale in a data-free pack");
+        goto done;
+    }
+    make_input(c, 0, 0, m, L, x);
+    round_to(x, (size_t)(m * k), io);
+    if ((rc = run_matmul(c, device, io, pw.pk, x, m, k, n, y, &harness)) || harness ||
+        (rc = run_matmul(c, device, io, pt.pk, x, m, k, n1, yt, &harness)) || harness ||
+        (rc = run_matmul(c, device, io, pb.pk, x, m, k, n2, yb, &harness)) || harness) {
+        note(&bad, "matmul: %s", harness ? "harness failure" : status_str(rc));
+        goto done;
+    }
+    const double unit = io == QTOOL_DTYPE_F16 ? 0x1p-10 : io == QTOOL_DTYPE_BF16 ? 0x1p-7 : 0x1p-20;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            const double part = j < n1 ? yt[i * n1 + j] : yb[i * n2 + (j - n1)], full = y[i * n + j];
+            double mag = fabs(L->bd[j]);
+            for (int64_t t = 0; t < k; t++) mag += fabs((double)x[i * k + t] * L->wd[j * k + t]);
+            const double d = fabs(full - part), allowed = 4.0 * unit * (mag + fabs(full));
+            if (!(d <= allowed)) {
+                if (bad.n < 3)
+                    note(&bad, "row %lld, output %lld: %.9g packed whole, %.9g packed apart", (long long)i,
+                         (long long)j, full, part);
+                else
+                    bad.n++;
+            }
+            if (mag > 0 && d / mag > worst) worst = d / mag;
+        }
+done:
+    if (bad.n)
+        add_result(c, QT_CONF_FAIL, "row-independence", dev_label, "%s", bad.text);
+    else
+        add_result(c, QT_CONF_PASS, "row-independence", dev_label,
+                   "%lldx%lld packed whole and as %lld + %lld rows: outputs within %.2e of sum |x w|", (long long)n,
+                   (long long)k, (long long)n1, (long long)n2, worst);
+    release_packed(c, &pw);
+    release_packed(c, &pt);
+    release_packed(c, &pb);
+    free(x);
+    free(y);
+    free(yt);
+    free(yb);
+}
+
 /* Squared error of y against x_eff W^T + b in double, and the squared
  * cancellation-free magnitude sum(x^2 W^2 + b^2). */
 typedef struct err_sum {
@@ -588,7 +684,8 @@ static void check_descriptor(conf *c)
     if (!d->summary || !d->summary[0]) note(&bad, "no summary");
     if (d->devices == 0 || (d->devices & ~(QTOOL_DEVMASK_CPU | QTOOL_DEVMASK_CUDA)))
         note(&bad, "devices mask 0x%x is empty or has unknown bits", d->devices);
-    uint32_t known_flags = QTOOL_PLUGIN_NEEDS_CALIBRATION | QTOOL_PLUGIN_THREAD_SAFE_MATMUL | QTOOL_PLUGIN_BASELINE;
+    uint32_t known_flags = QTOOL_PLUGIN_NEEDS_CALIBRATION | QTOOL_PLUGIN_THREAD_SAFE_MATMUL | QTOOL_PLUGIN_BASELINE |
+                           QTOOL_PLUGIN_ROW_INDEPENDENT;
     if (d->flags & ~known_flags) note(&bad, "unknown flag bits 0x%x", d->flags & ~known_flags);
     if (d->weight_bits < 1 || d->weight_bits > 32) note(&bad, "weight_bits %d outside 1..32", d->weight_bits);
     if (d->activation_bits < 1 || d->activation_bits > 32)
@@ -1284,6 +1381,7 @@ static void run_device(conf *c, int device)
         layer_data L;
         if (make_layer(c, first_ok, &L) == QTOOL_OK) {
             check_bad_arguments(c, device, dev_label, inst, &L);
+            check_row_independence(c, device, dev_label, inst, &L, io_for_checks);
             free_layer(&L);
         }
         int sl = first_bias_ok >= 0 ? first_bias_ok : first_ok;

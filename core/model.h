@@ -175,6 +175,10 @@ typedef struct qt_dense {
 typedef struct qt_block {
     int index;
     int sliding;                 /* uses the sliding window and rope_sliding */
+    /* Decoders packed for CUDA with qt_model.fuse_linears: qkv holds q|k|v
+     * and gate_up holds gate|up, packed as one Linear each (their own names,
+     * *_fused); q, k, v, gate, up stay unpacked. */
+    int fused;
     qt_norm norm1, norm2;
     qt_linear q, k, v, qkv, o;
     qt_linear gate, up, gate_up, down;
@@ -212,6 +216,11 @@ typedef struct qt_model {
     const qtool_plugin_desc *desc;
     qtool_instance *inst;
     int packed_device;
+    /* Set before packing for CUDA when the model only runs forward passes
+     * (never when it is saved): data-free packs by a plugin with
+     * QTOOL_PLUGIN_ROW_INDEPENDENT fuse the decoders' q/k/v and gate/up
+     * (qt_block.fused). */
+    int fuse_linears;
 
     /* Called with each Linear's input before its matmul (calibration). */
     int (*linear_hook)(void *ctx, qt_linear *l, const qtool_tensor *x);
@@ -318,6 +327,9 @@ int qt_model_calibrate_pack(qt_model *m, const qtool_plugin_desc *desc, qtool_in
  * them, folding the plugin's input scales (qt_model_pack does every block).
  * The model's desc/inst/packed_device must be set. */
 int qt_model_pack_block(qt_model *m, int64_t block, int device);
+/* Frees the fused q|k|v and gate|up Linears (qt_block.fused); part of
+ * qt_model_unpack. */
+void qt_model_unfuse(qt_model *m);
 /* Restores the norms changed by folding (qt_model_unpack calls it). */
 void qt_model_unfold(qt_model *m);
 

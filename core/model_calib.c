@@ -251,18 +251,136 @@ static int fold_group_scales(fold_group *g, pending_rows *pend)
     return 0;
 }
 
-int qt_model_pack_block(qt_model *m, int64_t block, int device)
+/* ------------------------------------------------ same-input Linears as one */
+
+/* Whether this block's q/k/v and gate/up can be packed as one Linear each:
+ * a decoder, packed for CUDA without calibration data by a plugin whose
+ * packing is row-independent, for a model that is not going to be saved. */
+static int fusable(const qt_model *m, const qt_block *b, int device, int data_free)
+{
+    if (!data_free || !m->fuse_linears || device != QTOOL_DEVICE_CUDA || m->linear_hook || m->quant_config ||
+        !(m->desc->flags & QTOOL_PLUGIN_ROW_INDEPENDENT))
+        return 0;
+    if (m->cfg.arch != QT_ARCH_QWEN2 && m->cfg.arch != QT_ARCH_LLAMA) return 0;
+    const qt_linear *parts[5] = {&b->q, &b->k, &b->v, &b->gate, &b->up};
+    for (int i = 0; i < 5; i++)
+        if (parts[i]->packed || !parts[i]->weight || parts[i]->input_scale) return 0;
+    return (b->q.bias != NULL) == (b->k.bias != NULL) && (b->q.bias != NULL) == (b->v.bias != NULL) &&
+           (b->gate.bias != NULL) == (b->up.bias != NULL);
+}
+
+/* Packs parts[0..n) (same K, rows stacked in this order) as `out`, named
+ * `suffix` after the first part's module (".q_proj.weight" -> ".qkv_proj_fused.weight"). */
+static int pack_stacked(qt_model *m, qt_linear *out, qt_linear *const *parts, int n, int role, const char *suffix,
+                        int device)
+{
+    const int64_t K = parts[0]->info.in_features;
+    int64_t N = 0;
+    for (int i = 0; i < n; i++) N += parts[i]->info.out_features;
+    const int has_bias = parts[0]->bias != NULL;
+    float *w = qt_alloc(QTOOL_DEVICE_CPU, (size_t)(N * K) * sizeof(float), QTOOL_MEM_WORKSPACE);
+    float *bias = has_bias ? qt_alloc(QTOOL_DEVICE_CPU, (size_t)N * sizeof(float), QTOOL_MEM_WORKSPACE) : NULL;
+    const char *first = parts[0]->name, *dot = strrchr(first, '.');
+    const size_t stem = dot ? (size_t)(dot - first) : strlen(first);
+    const char *mod = memrchr(first, '.', stem);
+    const size_t keep = mod ? (size_t)(mod - first) + 1 : 0;
+    char *name = malloc(keep + strlen(suffix) + 1);
+    int rc = 0;
+    if (!w || (has_bias && !bias) || !name) {
+        rc = qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
+        goto done;
+    }
+    memcpy(name, first, keep);
+    strcpy(name + keep, suffix);
+    int64_t row = 0;
+    for (int i = 0; i < n; i++) {
+        const int64_t rows = parts[i]->info.out_features;
+        if (qt_convert_to_f32(w + row * K, parts[i]->weight->data, parts[i]->weight->dtype, rows * K) ||
+            (has_bias && qt_convert_to_f32(bias + row, parts[i]->bias->data, parts[i]->bias->dtype, rows))) {
+            rc = qt_fail(QTOOL_ERR_UNSUPPORTED, "%s: weight type %d cannot be read as float", parts[i]->name,
+                         parts[i]->weight->dtype);
+            goto done;
+        }
+        row += rows;
+    }
+    qtool_tensor wt = {0}, bt = {0};
+    wt.data = w;
+    wt.dtype = QTOOL_DTYPE_F32;
+    wt.device = QTOOL_DEVICE_CPU;
+    wt.ndim = 2;
+    wt.shape[0] = N;
+    wt.shape[1] = K;
+    bt = wt;
+    bt.data = bias;
+    bt.ndim = 1;
+    bt.shape[1] = 0;
+    memset(out, 0, sizeof *out);
+    out->name = name;
+    name = NULL;
+    out->info = parts[0]->info;
+    out->info.role = role;
+    out->info.name = out->name;
+    out->info.out_features = N;
+    out->weight = &wt;
+    out->bias = has_bias ? &bt : NULL;
+    rc = pack_linear(m, out, device, NULL);
+    out->weight = NULL; /* the stacked copy goes away below */
+    out->bias = NULL;
+    if (!rc && out->input_scale)
+        rc = qt_fail(QTOOL_ERR_INTERNAL, "%s: plugin %s asked for an input scale in a data-free pack", out->name,
+                     m->desc->name);
+done:
+    qt_free(QTOOL_DEVICE_CPU, w);
+    qt_free(QTOOL_DEVICE_CPU, bias);
+    free(name);
+    return rc;
+}
+
+/* Frees what pack_stacked made (also after a failure half way). */
+static void free_stacked(qt_model *m, qt_linear *l)
+{
+    if (l->packed && m->desc && m->desc->free_packed) m->desc->free_packed(l->packed);
+    qt_free(QTOOL_DEVICE_CPU, l->input_scale);
+    free(l->name);
+    memset(l, 0, sizeof *l);
+}
+
+void qt_model_unfuse(qt_model *m)
+{
+    if (!m->blocks) return;
+    for (int64_t i = 0; i < m->cfg.n_layers; i++) {
+        qt_block *b = &m->blocks[i];
+        if (!b->fused) continue;
+        free_stacked(m, &b->qkv);
+        free_stacked(m, &b->gate_up);
+        b->fused = 0;
+    }
+}
+
+static int pack_fused(qt_model *m, qt_block *b, int device)
+{
+    qt_linear *qkv[3] = {&b->q, &b->k, &b->v}, *gu[2] = {&b->gate, &b->up};
+    b->fused = 1; /* so that a failure below is cleaned up by qt_model_unfuse */
+    int rc = pack_stacked(m, &b->qkv, qkv, 3, QTOOL_ROLE_ATTN_QKV, "qkv_proj_fused.weight", device);
+    if (!rc) rc = pack_stacked(m, &b->gate_up, gu, 2, QTOOL_ROLE_FFN_GATE_UP, "gate_up_proj_fused.weight", device);
+    return rc;
+}
+
+static int pack_block(qt_model *m, int64_t block, int device, int data_free)
 {
     if (!m->desc || block < 0 || block >= m->cfg.n_layers)
         return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "pack of block %" PRId64 " without a plugin", block);
-    fold_group g[4];
-    int ng = block_groups(m, &m->blocks[block], g);
-    pending_rows pend = {0};
+    qt_block *b = &m->blocks[block];
     int rc = 0;
+    if (!b->fused && fusable(m, b, device, data_free) && (rc = pack_fused(m, b, device))) return rc;
+    fold_group g[4];
+    int ng = block_groups(m, b, g);
+    pending_rows pend = {0};
     for (int i = 0; i < ng && !rc; i++) {
         for (int j = 0; j < g[i].n && !rc; j++) {
             qt_linear *l = g[i].members[j];
             if (l->packed) continue;
+            if (b->fused && (l == &b->q || l == &b->k || l == &b->v || l == &b->gate || l == &b->up)) continue;
             rc = pack_linear(m, l, device, pending_for(&pend, l, 0));
         }
         if (!rc) rc = fold_group_scales(&g[i], &pend);
@@ -270,6 +388,8 @@ int qt_model_pack_block(qt_model *m, int64_t block, int device)
     pending_free(&pend);
     return rc;
 }
+
+int qt_model_pack_block(qt_model *m, int64_t block, int device) { return pack_block(m, block, device, 1); }
 
 void qt_model_unfold(qt_model *m)
 {
@@ -381,7 +501,7 @@ int qt_model_calibrate_pack(qt_model *m, const qtool_plugin_desc *desc, qtool_in
         for (size_t j = 0; j < nb && !rc; j++) rc = qt_model_steps_block(st[j], l, 0);
         m->linear_hook = NULL;
         m->linear_hook_ctx = NULL;
-        if (!rc) rc = qt_model_pack_block(m, l, device);
+        if (!rc) rc = pack_block(m, l, device, 0);
         /* Norms may have taken input scales; the float copies are done. */
         if (!rc && device == QTOOL_DEVICE_CUDA) rc = qt_model_cuda_weights_changed(m);
         for (size_t j = 0; j < nb && !rc && l + 1 < m->cfg.n_layers; j++) rc = qt_model_steps_block(st[j], l, 1);

@@ -127,14 +127,21 @@ static int bufs_alloc(run *R, block_bufs *B)
         memcpy(cols, w, sizeof w);
         break;
     }
-    default: { /* h q k v ctx tmp g u */
-        int64_t w[] = {H, QD, KD, KD, QD, H, I, I};
-        n = 8;
-        memcpy(cols, w, sizeof w);
+    default: {
+        if (R->m->blocks[0].fused) { /* h qkv - - ctx tmp gu inter */
+            int64_t w[] = {H, QD + 2 * KD, 0, 0, QD, H, 2 * I, I};
+            n = 8;
+            memcpy(cols, w, sizeof w);
+        } else { /* h q k v ctx tmp g u */
+            int64_t w[] = {H, QD, KD, KD, QD, H, I, I};
+            n = 8;
+            memcpy(cols, w, sizeof w);
+        }
         break;
     }
     }
     for (int i = 0; i < n; i++) {
+        if (!cols[i]) continue; /* unused in this layout */
         int rc = R->ops->alloc(R->be, &B->m[i], T, cols[i]);
         if (rc) {
             bufs_release(R, B);
@@ -222,21 +229,45 @@ static int block_decoder(run *R, qt_block *b, qt_mat *x, block_bufs *B)
     qt_attn_params ap = {c->n_heads, c->n_kv_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, 0};
     if (b->sliding) ap.window_left = c->sliding_window - 1;
     qt_rope_params rp = rope_of(R->m, b);
+    if (b->fused != R->m->blocks[0].fused)
+        return qt_fail(QTOOL_ERR_INTERNAL, "block %d: fused Linears in some blocks only", b->index);
     TRY(op->norm(be, &b->norm1, x, h));
-    TRY(linear(R, &b->q, h, q));
-    TRY(linear_again(R, &b->k, h, k));
-    TRY(linear_again(R, &b->v, h, v));
-    TRY(op->rope(be, &rp, R->s, q));
-    rp.n_heads = c->n_kv_heads;
-    TRY(op->rope(be, &rp, R->s, k));
-    TRY(op->attention(be, &ap, R->s, q, k, v, ctx));
+    if (b->fused) {
+        /* One GEMM for q|k|v; q and k are adjacent, so one RoPE pass rotates
+         * both (the same rotation per position, head by head). */
+        const int64_t QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
+        qt_mat *qkv = &B->m[1];
+        TRY(linear(R, &b->qkv, h, qkv));
+        qt_mat qk = cols_of(qkv, 0, QD + KD), qs = cols_of(qkv, 0, QD), ks = cols_of(qkv, QD, KD),
+               vs = cols_of(qkv, QD + KD, KD);
+        rp.n_heads = c->n_heads + c->n_kv_heads;
+        TRY(op->rope(be, &rp, R->s, &qk));
+        TRY(op->attention(be, &ap, R->s, &qs, &ks, &vs, ctx));
+    } else {
+        TRY(linear(R, &b->q, h, q));
+        TRY(linear_again(R, &b->k, h, k));
+        TRY(linear_again(R, &b->v, h, v));
+        TRY(op->rope(be, &rp, R->s, q));
+        rp.n_heads = c->n_kv_heads;
+        TRY(op->rope(be, &rp, R->s, k));
+        TRY(op->attention(be, &ap, R->s, q, k, v, ctx));
+    }
     TRY(linear(R, &b->o, ctx, tmp));
     TRY(op->add(be, x, tmp));
     TRY(op->norm(be, &b->norm2, x, h));
-    TRY(linear(R, &b->gate, h, g));
-    TRY(linear_again(R, &b->up, h, u));
-    TRY(op->glu(be, c->hidden_act, g, u, g));
-    TRY(linear(R, &b->down, g, tmp));
+    if (b->fused) {
+        const int64_t I = c->intermediate_size;
+        qt_mat *gu = g, *inter = u; /* [T, 2I] and [T, I] in this layout */
+        TRY(linear(R, &b->gate_up, h, gu));
+        qt_mat gs = cols_of(gu, 0, I), us = cols_of(gu, I, I);
+        TRY(op->glu(be, c->hidden_act, &gs, &us, inter));
+        TRY(linear(R, &b->down, inter, tmp));
+    } else {
+        TRY(linear(R, &b->gate, h, g));
+        TRY(linear_again(R, &b->up, h, u));
+        TRY(op->glu(be, c->hidden_act, g, u, g));
+        TRY(linear(R, &b->down, g, tmp));
+    }
     TRY(op->add(be, x, tmp));
 out:
     return rc;

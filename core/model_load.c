@@ -503,6 +503,7 @@ fail:
 void qt_model_unpack(qt_model *m)
 {
     qt_model_cuda_release(m);
+    qt_model_unfuse(m);
     for (size_t i = 0; i < m->n_linears; i++) {
         qt_linear *l = m->linears[i];
         if (l->packed && m->desc && m->desc->free_packed) m->desc->free_packed(l->packed);
@@ -552,6 +553,17 @@ int qt_model_packed_memory(const qt_model *m, uint64_t bytes[QTOOL_MEM_COUNT])
         int rc = m->desc->memory(m->linears[i]->packed, b);
         if (rc) return qt_fail(rc, "%s: plugin %s could not report its memory", m->linears[i]->name, m->desc->name);
         for (int c = 0; c < QTOOL_MEM_COUNT; c++) bytes[c] += b[c];
+    }
+    for (int64_t i = 0; m->blocks && i < m->cfg.n_layers; i++) {
+        const qt_block *bl = &m->blocks[i];
+        const qt_linear *f[2] = {&bl->qkv, &bl->gate_up};
+        for (int j = 0; bl->fused && j < 2; j++) {
+            uint64_t b[QTOOL_MEM_COUNT] = {0};
+            if (!f[j]->packed) continue;
+            int rc = m->desc->memory(f[j]->packed, b);
+            if (rc) return qt_fail(rc, "%s: plugin %s could not report its memory", f[j]->name, m->desc->name);
+            for (int c = 0; c < QTOOL_MEM_COUNT; c++) bytes[c] += b[c];
+        }
     }
     return 0;
 }

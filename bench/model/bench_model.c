@@ -129,6 +129,7 @@ int main(int argc, char **argv)
         m->cuda_act_dtype = bf16 ? QTOOL_DTYPE_BF16 : QTOOL_DTYPE_F16;
         qt_mem_reset_peak();
         double t0 = now_s();
+        m->fuse_linears = 1; /* as qtool eval packs for CUDA */
         rc = qt_model_pack(m, p->desc, inst, QTOOL_DEVICE_CUDA);
         t_pack = now_s() - t0;
     }

@@ -532,6 +532,9 @@ int cmd_eval(int argc, char **argv)
         qt_mem_reset_peak();
     } else {
         if (calib) qt_log(QTOOL_LOG_WARN, "plugin %s takes no calibration data; --calib ignored", p->desc->name);
+        /* Evaluation only runs forward passes: same-input Linears may be
+         * packed as one on CUDA (qt_model.fuse_linears). */
+        m->fuse_linears = device == QTOOL_DEVICE_CUDA;
         if ((rc = qt_model_pack(m, p->desc, inst, device))) goto done;
     }
     double pack_s = now_s() - t0, quantize_s = now_s() - t_quant;

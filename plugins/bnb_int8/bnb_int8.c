@@ -785,7 +785,7 @@ static const qtool_plugin_desc i8_desc = {
 #else
     .devices = QTOOL_DEVMASK_CPU,
 #endif
-    .flags = 0,
+    .flags = QTOOL_PLUGIN_ROW_INDEPENDENT,
     .weight_bits = 8,
     .activation_bits = 8,
     .options = i8_options,

@@ -764,7 +764,7 @@ static const qtool_plugin_desc f8_desc = {
     .version = "1.0.0",
     .summary = "FP8 W8A8: E4M3 per-channel weights, E4M3 per-token activations, FP8 tensor-core GEMM (CC >= 8.9)",
     .devices = QTOOL_DEVMASK_CUDA,
-    .flags = 0,
+    .flags = QTOOL_PLUGIN_ROW_INDEPENDENT,
     .weight_bits = 8,
     .activation_bits = 8,
     .options = f8_options,

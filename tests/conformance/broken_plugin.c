@@ -6,10 +6,10 @@
 
 #include <qtool/plugin.h>
 
-enum { BUG_NONE, BUG_BIAS, BUG_MEMORY, BUG_LEAK, BUG_LAX, BUG_LOAD };
+enum { BUG_NONE, BUG_BIAS, BUG_MEMORY, BUG_LEAK, BUG_LAX, BUG_LOAD, BUG_ROWS };
 
 static const qtool_option_desc options[] = {
-    {"bug", QTOOL_OPT_ENUM, "none", "which rule to break", "none|bias|memory|leak|lax|load", 0, -1},
+    {"bug", QTOOL_OPT_ENUM, "none", "which rule to break", "none|bias|memory|leak|lax|load|rows", 0, -1},
 };
 
 struct qtool_instance {
@@ -82,6 +82,16 @@ static int make(qtool_instance *inst, const qtool_layer_info *li, const qtool_te
     p->mem[QTOOL_MEM_WEIGHTS] = (uint64_t)(n * k + n) * 4;
     for (int64_t i = 0; i < n * k; i++) p->w[i] = elem(w, i);
     for (int64_t i = 0; i < n; i++) p->b[i] = b ? elem(b, i) : 0.0f;
+    if (inst->bug == BUG_ROWS && n == 32) {
+        /* Claims QTOOL_PLUGIN_ROW_INDEPENDENT, yet shifts the bias by a
+         * tensor-wide statistic (the mean weight) in layers of 32 rows: the
+         * halves the row-independence check packs; every other check sees
+         * 64 rows or a count other than 32. */
+        double mean = 0;
+        for (int64_t i = 0; i < n * k; i++) mean += p->w[i];
+        mean /= (double)(n * k);
+        for (int64_t i = 0; i < n; i++) p->b[i] += (float)mean;
+    }
     *out = p;
     return QTOOL_OK;
 }
@@ -158,7 +168,7 @@ static const qtool_plugin_desc desc = {
     .version = "0",
     .summary = "float32 reference with one selectable rule violation (tests only)",
     .devices = QTOOL_DEVMASK_CPU,
-    .flags = 0,
+    .flags = QTOOL_PLUGIN_ROW_INDEPENDENT,
     .weight_bits = 32,
     .activation_bits = 32,
     .options = options,

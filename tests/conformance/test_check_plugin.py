@@ -26,7 +26,7 @@ def expect(cond, what):
 # A correct plugin passes; the output names every check once per device.
 rc, out, err = run("check-plugin", broken, "--opt", "bug=none", "--seed", "5")
 expect(rc == 0, f"a rule-abiding plugin passes (rc {rc}):\n{out}{err}")
-for check in ("descriptor", "matmul K=129 N=129", "bad-arguments", "save-load", "memory"):
+for check in ("descriptor", "matmul K=129 N=129", "bad-arguments", "save-load", "memory", "row-independence"):
     expect(check in out, f"'{check}' reported")
 expect("seed 5" in out, "the seed is printed for reruns")
 
@@ -37,6 +37,7 @@ cases = {
     "leak": "memory",
     "lax": "bad-arguments",
     "load": "save-load",
+    "rows": "row-independence",
 }
 for bug, check in cases.items():
     rc, out, err = run("check-plugin", broken, "--opt", f"bug={bug}", "--json")
@@ -60,7 +61,8 @@ rc1, out1, _ = run("check-plugin", fp16, "--device", "cpu", "--seed", "77")
 rc2, out2, _ = run("check-plugin", fp16, "--device", "cpu", "--seed", "77")
 expect(rc1 == 0, f"fp16 passes on the CPU:\n{out1}")
 expect(out1 == out2, "a seed reproduces the report exactly")
-expect("cuda" not in out1.replace("cpu+cuda", ""), "--device cpu runs no CUDA checks")
+body1 = out1.split("\n", 1)[1] if "\n" in out1 else ""  # the first line names the plugin's path
+expect("cuda" not in body1.replace("cpu+cuda", ""), "--device cpu runs no CUDA checks")
 rc, out, _ = run("check-plugin", fp16, "--json", "--seed", "3")
 doc = json.loads(out)
 expect(doc["plugin"]["name"] == "fp16" and doc["seed"] == 3, "JSON names the plugin and seed")

@@ -122,7 +122,13 @@ static void open_fixture(fixture *f, const char *name, int which)
         f->desc = p->desc;
     }
     f->m->cuda_act_dtype = which == PLUGIN_FP16_BF16 ? QTOOL_DTYPE_BF16 : QTOOL_DTYPE_F16;
+    /* fp16 runs the decoders with q|k|v and gate|up packed as one Linear
+     * each, bf16 with every Linear on its own: both graphs are checked. */
+    f->m->fuse_linears = which != PLUGIN_FP16_BF16;
     if (qt_model_pack(f->m, f->desc, f->inst, QTOOL_DEVICE_CUDA)) fail_msg("pack: %s", qt_last_error());
+    if (f->m->cfg.arch == QT_ARCH_QWEN2 || f->m->cfg.arch == QT_ARCH_LLAMA)
+        for (int64_t i = 0; i < f->m->cfg.n_layers; i++)
+            if (f->m->blocks[i].fused != f->m->fuse_linears) fail_msg("block %lld: fused %d", (long long)i, f->m->blocks[i].fused);
 }
 
 static void close_fixture(fixture *f)
