@@ -15,6 +15,7 @@
 #include <qtool/plugin.h>
 
 #include "fp8_cuda.h"
+#include "token_quant.cuh"
 
 namespace {
 
@@ -151,50 +152,15 @@ __global__ void __launch_bounds__(256)
     for (int64_t c = K + threadIdx.x; c < Kp; c += blockDim.x) qr[c] = 0;
 }
 
-// Short rows (K <= 1024, K % 8 == 0, 16-byte aligned): one warp per token,
-// 8 tokens per block; the absmax needs only warp shuffles.
-template <typename T, int C>
-__global__ void __launch_bounds__(256)
-    k_quant_warp(const T *__restrict__ x, int64_t M, int64_t K, int64_t Kp, int static_act, float act_scale,
-                 float act_inv, uint8_t *__restrict__ qa, float *__restrict__ sa)
-{
-    const int lane = threadIdx.x & 31;
-    const int64_t m = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (m >= M) return; // the whole warp leaves together
-    const T *xr = x + m * K;
-    const int64_t nv = K / 8;
-    float v[C][8];
-    float amax = 0.0f;
-#pragma unroll
-    for (int c = 0; c < C; c++) {
-        int64_t i = lane + c * 32;
-        if (i < nv) {
-            load8<T>(xr + i * 8, v[c]);
-#pragma unroll
-            for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[c][j]));
-        }
+// The shared warp-per-token kernel (token_quant.cuh) with E4M3 codes.
+struct E4M3Code {
+    static constexpr float kRange = 448.0f;
+    static __device__ __forceinline__ uint2 encode8(const float v[8], float inv)
+    {
+        return make_uint2(code2(v[0], v[1], inv) | (code2(v[2], v[3], inv) << 16),
+                          code2(v[4], v[5], inv) | (code2(v[6], v[7], inv) << 16));
     }
-    float inv = act_inv;
-    if (!static_act) {
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        inv = amax > 0.0f ? __fdiv_rn(448.0f, amax) : 0.0f;
-        if (lane == 0) sa[m] = __fdiv_rn(amax, 448.0f);
-    } else if (lane == 0) {
-        sa[m] = act_scale;
-    }
-    uint8_t *qr = qa + m * Kp;
-#pragma unroll
-    for (int c = 0; c < C; c++) {
-        int64_t i = lane + c * 32;
-        if (i < nv) {
-            uint32_t lo = code2(v[c][0], v[c][1], inv) | (code2(v[c][2], v[c][3], inv) << 16);
-            uint32_t hi = code2(v[c][4], v[c][5], inv) | (code2(v[c][6], v[c][7], inv) << 16);
-            *reinterpret_cast<uint2 *>(qr + i * 8) = make_uint2(lo, hi);
-        }
-    }
-    for (int64_t c = K + lane; c < Kp; c += 32) qr[c] = 0;
-}
+};
 
 // Any K, any alignment: two passes over the row (the second from cache).
 template <typename T>
@@ -220,18 +186,9 @@ template <typename T>
 void launch_quant(const f8cu_layer &L, const T *x, int64_t M, uint8_t *qa, float *sa, cudaStream_t st)
 {
     const int64_t nv = L.K / 8;
-    if (L.K % 8 == 0 && ((uintptr_t)x & 15u) == 0 && nv <= 4 * 32) {
-        const unsigned blocks = (unsigned)((M + 7) / 8);
-        const int c = (int)((nv + 31) / 32);
-#define QW(C) \
-    k_quant_warp<T, C><<<blocks, 256, 0, st>>>(x, M, L.K, L.Kp, L.static_act, L.act_scale, L.act_inv, qa, sa)
-        if (c == 1) QW(1);
-        else if (c == 2) QW(2);
-        else if (c == 3) QW(3);
-        else QW(4);
-#undef QW
+    if (qt_token_quant::launch_token_quant<T, E4M3Code>(x, M, L.K, L.Kp, L.static_act, L.act_scale, L.act_inv, qa,
+                                                        sa, st))
         return;
-    }
     if (L.K % 8 == 0 && ((uintptr_t)x & 15u) == 0 && nv <= 4 * 256) {
         int threads = (int)((nv + 31) / 32 * 32);
         if (threads > 256) threads = 256;

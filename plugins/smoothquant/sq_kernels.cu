@@ -17,6 +17,7 @@
 
 #include "int8_gemm.h"
 #include "sq_cuda.h"
+#include "token_quant.cuh"
 
 namespace {
 
@@ -155,71 +156,20 @@ __global__ void __launch_bounds__(256)
     for (int64_t c = K + threadIdx.x; c < Kp; c += blockDim.x) qr[c] = 0;
 }
 
-// Rows of K <= 32 * 8 * kWarpMaxC values (K % 8 == 0, 16-byte aligned): one
-// warp per token, 8 tokens per block. Each lane keeps its C raw 16-byte
-// vectors in registers (converted to float twice rather than held as 8C
-// floats, which would spill at large C), so x is read once, all of a row's
-// loads are in flight together, and the absmax needs only warp shuffles.
-template <typename T> __device__ __forceinline__ void unpack8(const uint4 &u, float f[8])
-{
-    const T *h = reinterpret_cast<const T *>(&u);
+// The shared warp-per-token kernel (token_quant.cuh) with the CPU's sq_code.
+struct Int8Code {
+    static constexpr float kRange = 127.0f;
+    static __device__ __forceinline__ uint2 encode8(const float v[8], float inv)
+    {
+        uint32_t lo = 0, hi = 0;
 #pragma unroll
-    for (int i = 0; i < 8; i++) f[i] = to_f<T>(h[i]);
-}
-
-constexpr int kWarpMaxC = 20;
-
-template <typename T, int C>
-__global__ void __launch_bounds__(256)
-    k_quant_warp(const T *__restrict__ x, int64_t M, int64_t K, int64_t Kp, int static_act, float act_scale,
-                 float act_inv, int8_t *__restrict__ qa, float *__restrict__ sa)
-{
-    const int lane = threadIdx.x & 31;
-    const int64_t m = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (m >= M) return; // the whole warp leaves together
-    const T *xr = x + m * K;
-    const int64_t nv = K / 8;
-    uint4 raw[C];
-#pragma unroll
-    for (int c = 0; c < C; c++) {
-        const int64_t i = lane + c * 32;
-        raw[c] = i < nv ? __ldcs(reinterpret_cast<const uint4 *>(xr + i * 8)) : make_uint4(0, 0, 0, 0);
-    }
-    float inv = act_inv;
-    if (!static_act) {
-        float amax = 0.0f;
-#pragma unroll
-        for (int c = 0; c < C; c++) {
-            float v[8];
-            unpack8<T>(raw[c], v);
-#pragma unroll
-            for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[j]));
+        for (int j = 0; j < 4; j++) {
+            lo |= ((uint32_t)(uint8_t)(int8_t)code_of(v[j], inv)) << (8 * j);
+            hi |= ((uint32_t)(uint8_t)(int8_t)code_of(v[j + 4], inv)) << (8 * j);
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        inv = amax > 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
-        if (lane == 0) sa[m] = __fdiv_rn(amax, 127.0f);
-    } else if (lane == 0) {
-        sa[m] = act_scale;
+        return make_uint2(lo, hi);
     }
-    int8_t *qr = qa + m * Kp;
-#pragma unroll
-    for (int c = 0; c < C; c++) {
-        const int64_t i = lane + c * 32;
-        if (i < nv) {
-            float v[8];
-            unpack8<T>(raw[c], v);
-            uint32_t lo = 0, hi = 0;
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                lo |= ((uint32_t)(uint8_t)(int8_t)code_of(v[j], inv)) << (8 * j);
-                hi |= ((uint32_t)(uint8_t)(int8_t)code_of(v[j + 4], inv)) << (8 * j);
-            }
-            *reinterpret_cast<uint2 *>(qr + i * 8) = make_uint2(lo, hi);
-        }
-    }
-    for (int64_t c = K + lane; c < Kp; c += 32) qr[c] = 0;
-}
+};
 
 // Any K, any alignment: two passes over the row (the second from cache).
 template <typename T>
@@ -413,21 +363,9 @@ void launch_quant(const sqcu_layer &L, const T *x, int64_t M, int8_t *qa, float 
 {
     const int64_t nv = L.K / 8;
     const bool vec = L.K % 8 == 0 && ((uintptr_t)x & 15u) == 0 && nv <= 4 * 256;
-    if (vec && nv <= kWarpMaxC * 32) {
-        const unsigned blocks = (unsigned)((M + 7) / 8);
-        const int c = (int)((nv + 31) / 32);
-#define QW(C) \
-    k_quant_warp<T, C><<<blocks, 256, 0, st>>>(x, M, L.K, L.Kp, L.static_act, L.act_scale, L.act_inv, qa, sa)
-        if (c == 1) QW(1);
-        else if (c == 2) QW(2);
-        else if (c <= 4) QW(4);
-        else if (c <= 8) QW(8);
-        else if (c <= 12) QW(12);
-        else if (c <= 16) QW(16);
-        else QW(kWarpMaxC);
-#undef QW
+    if (qt_token_quant::launch_token_quant<T, Int8Code>(x, M, L.K, L.Kp, L.static_act, L.act_scale, L.act_inv,
+                                                        reinterpret_cast<uint8_t *>(qa), sa, st))
         return;
-    }
     if (vec) {
         int threads = (int)((nv + 31) / 32 * 32);
         if (threads > 256) threads = 256;

@@ -136,14 +136,16 @@ static void test_agreement(void **state)
     (void)state;
     static const int64_t Ms[] = {1, 3, 17, 129};
     /* (N, K): multiples of 16 (the direct cuBLASLt path), N % 16 != 0,
-     * K % 8 != 0, K past the register-cached quantization kernel. */
-    static const int64_t shapes[][2] = {{64, 64}, {17, 5}, {33, 67}, {128, 896}, {48, 4864}, {32, 8200}};
+     * K % 8 != 0, K past the warp-per-token quantization kernel (8200), and
+     * K for each of its row widths (64 .. 4864: 1 to 20 vectors a lane). */
+    static const int64_t shapes[][2] = {{64, 64},  {17, 5},    {33, 67},   {128, 896}, {48, 4864},
+                                        {32, 8200}, {32, 512}, {16, 2048}, {16, 3072}, {32, 4096}};
     static const char *scalings[] = {"scaling=auto", "scaling=epilogue"};
     static const char *modes[] = {"act_scale=token", "act_scale=tensor"};
     for (int sc = 0; sc < 2; sc++)
         for (int md = 0; md < 2; md++)
             for (int mi = 0; mi < 4; mi++)
-                for (int si = 0; si < 6; si++) {
+                for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++) {
                     int dt = (mi + si + md) % 2 ? QTOOL_DTYPE_BF16 : QTOOL_DTYPE_F16;
                     check(modes[md], scalings[sc], "chunk_mib=16", dt, Ms[mi], shapes[si][0], shapes[si][1], 0,
                           (mi + si) % 3 != 0);
