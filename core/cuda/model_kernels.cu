@@ -214,10 +214,13 @@ template <typename T, int OP, bool VEC>
 __global__ void ew_kernel(int act, const T *a, int64_t lda, const T *b, int64_t ldb, const float *s, T *out,
                           int64_t ldo, int64_t rows, int64_t cols)
 {
+    // Rows on grid.y, vectors of a row on grid.x: no 64-bit division per
+    // element (it costs more than the arithmetic of these kernels).
     constexpr int W = VEC ? 8 : 1;
-    int64_t per_row = cols / W, n = rows * per_row;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t r = i / per_row, c = (i % per_row) * W;
+    const int64_t per_row = cols / W;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < per_row; j += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t c = j * W;
         float x[W], y[W];
         if constexpr (VEC) ld8(a + r * lda + c, x);
         else x[0] = ld1(a + r * lda + c);
@@ -244,14 +247,15 @@ int ew_launch(int act, const void *a, int64_t lda, const void *b, int64_t ldb, c
     if (rows <= 0 || cols <= 0) return 0;
     bool vec = cols % 8 == 0 && lda % 8 == 0 && ldo % 8 == 0 && aligned16(a) && aligned16(out) &&
                (!b || (ldb % 8 == 0 && aligned16(b)));
-    int64_t n = rows * (vec ? cols / 8 : cols);
+    const int64_t per_row = vec ? cols / 8 : cols;
+    const dim3 grid(grid_for(per_row, 256), (unsigned)(rows < 65535 ? rows : 65535));
     cudaStream_t st = (cudaStream_t)stream;
     if (vec)
-        ew_kernel<T, OP, true><<<grid_for(n, 256), 256, 0, st>>>(act, (const T *)a, lda, (const T *)b, ldb, s, (T *)out,
-                                                                ldo, rows, cols);
+        ew_kernel<T, OP, true><<<grid, 256, 0, st>>>(act, (const T *)a, lda, (const T *)b, ldb, s, (T *)out, ldo, rows,
+                                                    cols);
     else
-        ew_kernel<T, OP, false><<<grid_for(n, 256), 256, 0, st>>>(act, (const T *)a, lda, (const T *)b, ldb, s,
-                                                                 (T *)out, ldo, rows, cols);
+        ew_kernel<T, OP, false><<<grid, 256, 0, st>>>(act, (const T *)a, lda, (const T *)b, ldb, s, (T *)out, ldo, rows,
+                                                     cols);
     return (int)cudaGetLastError();
 }
 
