@@ -34,6 +34,7 @@ struct fp16_cuda_plan {
     uint32_t align_x, align_y;
     int use_ws;
     int kind;
+    int tuned; /* tune_plan has chosen algo */
     cublasLtMatrixLayout_t b_layout, d_layout;
     cublasLtMatmulAlgo_t algo;
 };
@@ -100,6 +101,9 @@ void fp16_cuda_instance_fini(qtool_instance *inst)
     }
     if (inst->lt) cublasLtDestroy((cublasLtHandle_t)inst->lt);
     inst->lt = NULL;
+    free(inst->tuned);
+    inst->tuned = NULL;
+    inst->n_tuned = 0;
 }
 
 size_t fp16_cuda_workspace_held(const qtool_packed *p)
@@ -310,6 +314,134 @@ static int find_algo(qtool_packed *p, cublasLtMatmulDesc_t desc, fp16_cuda_plan 
     return 0;
 }
 
+/* ------------------------------------------------------------ tuning */
+
+/* cuBLASLt's heuristic ranks algorithms by a model of the card; its first
+ * choice is not always the fastest for a given shape. Large GEMMs (M of at
+ * least TUNE_MIN_M rows) time the heuristic's first TUNE_CANDIDATES on their
+ * first call, on the real operands, and keep the fastest; the result is
+ * shared by every layer of the instance with the same GEMM. The first call
+ * of such a shape waits for those timings (a few milliseconds). */
+#define TUNE_MIN_M 1024
+#define TUNE_CANDIDATES 8
+#define TUNE_SLOTS 64
+
+typedef struct tuned_gemm {
+    int64_t m, n, k;
+    int kind, use_ws;
+    uint32_t align_x, align_y;
+    cublasLtMatmulAlgo_t algo;
+} tuned_gemm;
+
+static int tuned_find(qtool_instance *inst, const qtool_packed *p, const fp16_cuda_plan *pl, cublasLtMatmulAlgo_t *out)
+{
+    int found = 0;
+    pthread_mutex_lock(&inst->lock);
+    const tuned_gemm *t = inst->tuned;
+    for (int i = 0; i < inst->n_tuned && !found; i++)
+        if (t[i].m == pl->m && t[i].n == p->n && t[i].k == p->k && t[i].kind == pl->kind && t[i].use_ws == pl->use_ws &&
+            t[i].align_x == pl->align_x && t[i].align_y == pl->align_y) {
+            *out = t[i].algo;
+            found = 1;
+        }
+    pthread_mutex_unlock(&inst->lock);
+    return found;
+}
+
+static void tuned_add(qtool_instance *inst, const qtool_packed *p, const fp16_cuda_plan *pl)
+{
+    pthread_mutex_lock(&inst->lock);
+    if (!inst->tuned) inst->tuned = calloc(TUNE_SLOTS, sizeof(tuned_gemm));
+    if (inst->tuned) {
+        tuned_gemm *t = (tuned_gemm *)inst->tuned + (inst->n_tuned < TUNE_SLOTS ? inst->n_tuned++ : TUNE_SLOTS - 1);
+        t->m = pl->m;
+        t->n = p->n;
+        t->k = p->k;
+        t->kind = pl->kind;
+        t->use_ws = pl->use_ws;
+        t->align_x = pl->align_x;
+        t->align_y = pl->align_y;
+        t->algo = pl->algo;
+    }
+    pthread_mutex_unlock(&inst->lock);
+}
+
+/* Times the candidates for this plan and keeps the fastest in pl->algo. A
+ * candidate that fails is skipped; when timing itself fails the heuristic's
+ * choice stays. */
+static void tune_plan(qtool_packed *p, fp16_cuda_plan *pl, const void *x, void *y, cudaStream_t stream)
+{
+    qtool_instance *inst = p->inst;
+    if (tuned_find(inst, p, pl, &pl->algo)) return;
+    cublasLtMatmulDesc_t desc = (cublasLtMatmulDesc_t)(pl->kind == PLAN_LT_BIAS ? p->op_bias : p->op_plain);
+    void *ws = pl->use_ws ? inst->workspace : NULL;
+    size_t ws_bytes = pl->use_ws ? inst->workspace_bytes : 0;
+    cublasLtMatmulPreference_t pref;
+    if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return;
+    uint32_t al_a = alignment_of(p->w_dev);
+    cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                            &ws_bytes, sizeof ws_bytes);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
+                                                 sizeof al_a);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                 &pl->align_x, sizeof pl->align_x);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                 &pl->align_y, sizeof pl->align_y);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                 &pl->align_y, sizeof pl->align_y);
+    cublasLtMatmulHeuristicResult_t res[TUNE_CANDIDATES];
+    int count = 0;
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulAlgoGetHeuristic((cublasLtHandle_t)inst->lt, desc, (cublasLtMatrixLayout_t)p->a_layout,
+                                           pl->b_layout, pl->d_layout, pl->d_layout, pref, TUNE_CANDIDATES, res,
+                                           &count);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (s != CUBLAS_STATUS_SUCCESS || count < 2) {
+        tuned_add(inst, p, pl);
+        return;
+    }
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    if (cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) {
+        if (e0) cudaEventDestroy(e0);
+        cudaGetLastError();
+        return;
+    }
+    const float alpha = 1.0f, beta = 0.0f;
+    float best = 0.0f;
+    int best_i = -1;
+    for (int i = 0; i < count; i++) {
+        if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
+        int ok = 1;
+        for (int r = 0; r < 4 && ok; r++) { /* one warm-up, three timed */
+            if (r == 1) ok = cudaEventRecord(e0, stream) == cudaSuccess;
+            ok = ok && cublasLtMatmul((cublasLtHandle_t)inst->lt, desc, &alpha, p->w_dev,
+                                      (cublasLtMatrixLayout_t)p->a_layout, x, pl->b_layout, &beta, y, pl->d_layout,
+                                      y, pl->d_layout, &res[i].algo, ws, ws_bytes, stream) == CUBLAS_STATUS_SUCCESS;
+        }
+        float ms = 0.0f;
+        ok = ok && cudaEventRecord(e1, stream) == cudaSuccess && cudaEventSynchronize(e1) == cudaSuccess &&
+             cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess;
+        if (ok && (best_i < 0 || ms < best)) {
+            best = ms;
+            best_i = i;
+        }
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaGetLastError(); /* a failed candidate's error is not the caller's */
+    if (best_i >= 0) {
+        pl->algo = res[best_i].algo;
+        if (best_i > 0)
+            logf_(inst, QTOOL_LOG_DEBUG, "M=%lld K=%lld N=%lld: cuBLASLt candidate %d of %d is the fastest",
+                  (long long)pl->m, (long long)p->k, (long long)p->n, best_i + 1, count);
+    }
+    tuned_add(inst, p, pl);
+}
+
 static fp16_cuda_plan *get_plan(qtool_packed *p, int64_t m, uint32_t ax, uint32_t ay, int use_ws, int *rc)
 {
     qtool_instance *inst = p->inst;
@@ -403,6 +535,10 @@ int fp16_cuda_matmul(qtool_packed *p, const qtool_matmul_args *args)
         pl = get_plan(p, m, alignment_of(x->data), alignment_of(y->data), use_ws, &rc);
         if (!pl) return rc;
         kind = pl->kind;
+        if (kind != PLAN_FALLBACK && m >= TUNE_MIN_M && !pl->tuned) {
+            tune_plan(p, pl, x->data, y->data, stream);
+            pl->tuned = 1;
+        }
     }
     if (kind == PLAN_FALLBACK) {
         cudaError_t e = (cudaError_t)fp16_launch_gemm(x->data, x->dtype, p->w_dev, p->dtype, p->b_dev, p->dtype,

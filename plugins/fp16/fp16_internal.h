@@ -26,6 +26,8 @@ struct qtool_instance {
     size_t workspace_bytes;
     qtool_packed *workspace_owner; /* the layer whose memory() reports it */
     qtool_packed *cuda_layers;     /* live CUDA layers (owner hand-over) */
+    void *tuned;                   /* fp16_cuda.c: cuBLASLt algorithms timed per GEMM shape */
+    int n_tuned;
 };
 
 struct qtool_packed {
