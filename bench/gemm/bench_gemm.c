@@ -53,6 +53,13 @@ int main(int argc, char **argv)
                                            {"gemm=cublaslt", "threshold=0"}};
     plugin i8c[3];
     memset(i8c, 0, sizeof i8c);
+    /* The group-wise int4 plugins, packed without calibration data (their
+     * kernels are what is timed; quality needs calibration, see qtool eval). */
+    static const char *int4_names[2] = {"awq", "gptq"};
+    plugin i4[2];
+    memset(i4, 0, sizeof i4);
+    for (int c = 0; c < 2; c++)
+        if (open_plugin(&i4[c], dir, int4_names[c], int4_names[c], NULL, 0)) return 1;
     for (int c = 0; c < 3; c++)
         if (open_plugin(&i8c[c], dir, "bnb_int8", "bnb_int8", chunk_opts[c], 2)) return 1;
 
@@ -83,6 +90,12 @@ int main(int argc, char **argv)
         }
         for (int c = 0; c < 3; c++)
             if (i8c[c].d->pack(i8c[c].inst, &pa, &p8c[c])) return 1;
+        qtool_packed *p4g[2] = {NULL, NULL};
+        for (int c = 0; c < 2; c++)
+            if (i4[c].d->pack(i4[c].inst, &pa, &p4g[c])) {
+                fprintf(stderr, "%s pack failed\n", int4_names[c]);
+                return 1;
+            }
         for (int mi = 0; mi < 3; mi++) {
             int64_t M = Ms[mi];
             uint16_t *xh = malloc((size_t)(M * K) * 2);
@@ -130,6 +143,14 @@ int main(int argc, char **argv)
                 printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f %9.1e\n", (long long)M, (long long)K, (long long)N,
                        "nf4 dequant+cuBLASLt", td, flop / (td * 1e-3) / 1e12, td / t16, rel_err(dy, y16, M * N));
             }
+            for (int c = 0; c < 2; c++) {
+                plugin_run rg = {&i4[c], p4g[c], r8.x, r8.y};
+                float tg = time_ms(plugin_run_fn, &rg, reps);
+                char label[64];
+                snprintf(label, sizeof label, "%s (int4, group 128)", int4_names[c]);
+                printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f %9.1e\n", (long long)M, (long long)K,
+                       (long long)N, label, tg, flop / (tg * 1e-3) / 1e12, tg / t16, rel_err(dy, y16, M * N));
+            }
             for (int c = 0; c < 3; c++) {
                 plugin_run rc = {&i8c[c], p8c[c], r8.x, r8.y};
                 float tc = time_ms(plugin_run_fn, &rc, reps);
@@ -150,6 +171,7 @@ int main(int argc, char **argv)
         q4.d->free_packed(p4);
         q4dq.d->free_packed(p4dq);
         for (int c = 0; c < 3; c++) i8c[c].d->free_packed(p8c[c]);
+        for (int c = 0; c < 2; c++) i4[c].d->free_packed(p4g[c]);
         CK(cudaFree(dw));
         free(w);
         free(wh);
@@ -158,6 +180,7 @@ int main(int argc, char **argv)
     q4.d->destroy(q4.inst);
     q4dq.d->destroy(q4dq.inst);
     for (int c = 0; c < 3; c++) i8c[c].d->destroy(i8c[c].inst);
+    for (int c = 0; c < 2; c++) i4[c].d->destroy(i4[c].inst);
     CK(cudaStreamDestroy(g_stream));
     return 0;
 }
