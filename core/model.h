@@ -175,7 +175,7 @@ typedef struct qt_dense {
 typedef struct qt_block {
     int index;
     int sliding;                 /* uses the sliding window and rope_sliding */
-    /* Decoders packed for CUDA with qt_model.fuse_linears: qkv holds q|k|v
+    /* Decoders packed with qt_model.fuse_linears: qkv holds q|k|v
      * and gate_up holds gate|up, packed as one Linear each (their own names,
      * *_fused); q, k, v, gate, up stay unpacked. */
     int fused;
@@ -216,8 +216,8 @@ typedef struct qt_model {
     const qtool_plugin_desc *desc;
     qtool_instance *inst;
     int packed_device;
-    /* Set before packing for CUDA when the model only runs forward passes
-     * (never when it is saved): data-free packs by a plugin with
+    /* Set before packing when the model only runs forward passes (never
+     * when it is saved): data-free packs by a plugin with
      * QTOOL_PLUGIN_ROW_INDEPENDENT fuse the decoders' q/k/v and gate/up
      * (qt_block.fused). */
     int fuse_linears;

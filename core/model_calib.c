@@ -254,11 +254,11 @@ static int fold_group_scales(fold_group *g, pending_rows *pend)
 /* ------------------------------------------------ same-input Linears as one */
 
 /* Whether this block's q/k/v and gate/up can be packed as one Linear each:
- * a decoder, packed for CUDA without calibration data by a plugin whose
- * packing is row-independent, for a model that is not going to be saved. */
-static int fusable(const qt_model *m, const qt_block *b, int device, int data_free)
+ * a decoder, packed without calibration data by a plugin whose packing is
+ * row-independent, for a model that is not going to be saved. */
+static int fusable(const qt_model *m, const qt_block *b, int data_free)
 {
-    if (!data_free || !m->fuse_linears || device != QTOOL_DEVICE_CUDA || m->linear_hook || m->quant_config ||
+    if (!data_free || !m->fuse_linears || m->linear_hook || m->quant_config ||
         !(m->desc->flags & QTOOL_PLUGIN_ROW_INDEPENDENT))
         return 0;
     if (m->cfg.arch != QT_ARCH_QWEN2 && m->cfg.arch != QT_ARCH_LLAMA) return 0;
@@ -372,7 +372,7 @@ static int pack_block(qt_model *m, int64_t block, int device, int data_free)
         return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "pack of block %" PRId64 " without a plugin", block);
     qt_block *b = &m->blocks[block];
     int rc = 0;
-    if (!b->fused && fusable(m, b, device, data_free) && (rc = pack_fused(m, b, device))) return rc;
+    if (!b->fused && fusable(m, b, data_free) && (rc = pack_fused(m, b, device))) return rc;
     fold_group g[4];
     int ng = block_groups(m, b, g);
     pending_rows pend = {0};

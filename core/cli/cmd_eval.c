@@ -533,8 +533,8 @@ int cmd_eval(int argc, char **argv)
     } else {
         if (calib) qt_log(QTOOL_LOG_WARN, "plugin %s takes no calibration data; --calib ignored", p->desc->name);
         /* Evaluation only runs forward passes: same-input Linears may be
-         * packed as one on CUDA (qt_model.fuse_linears). */
-        m->fuse_linears = device == QTOOL_DEVICE_CUDA;
+         * packed as one (qt_model.fuse_linears). */
+        m->fuse_linears = 1;
         if ((rc = qt_model_pack(m, p->desc, inst, device))) goto done;
     }
     double pack_s = now_s() - t0, quantize_s = now_s() - t_quant;

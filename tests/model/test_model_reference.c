@@ -202,6 +202,66 @@ static void check_model(const char *name)
     close_fixture(&f);
 }
 
+/* Decoders with q|k|v and gate|up packed as one Linear each (a plugin that
+ * declares QTOOL_PLUGIN_ROW_INDEPENDENT, qt_model.fuse_linears): the same
+ * logits and pooled states as the Linears packed apart, and as the
+ * reference. The reference plugin computes every output with the same
+ * float64 dot product, so "the same" is bit for bit. */
+static void check_fused(const char *name)
+{
+    fixture f;
+    open_fixture(&f, name);
+    int64_t N = f.d.n, C = f.m->cfg.num_labels, H = f.m->cfg.hidden_size, L = f.m->cfg.n_layers;
+    size_t lb = (size_t)(N * C) * sizeof(float), pb = (size_t)(N * H) * sizeof(float);
+    float *apart = malloc(lb), *apart_p = malloc(pb), *fused = malloc(lb), *fused_p = malloc(pb);
+    int64_t *idx = calloc((size_t)N, sizeof *idx);
+    assert_true(apart && apart_p && fused && fused_p && idx);
+    for (int64_t i = 0; i < N; i++) idx[i] = i;
+    run_batch(&f, idx, N, apart, apart_p);
+
+    qtool_plugin_desc row_desc = ref_plugin_desc;
+    row_desc.flags |= QTOOL_PLUGIN_ROW_INDEPENDENT;
+    const int before = ref_plugin_packed(f.inst);
+    f.m->fuse_linears = 1;
+    if (qt_model_pack(f.m, &row_desc, f.inst, QTOOL_DEVICE_CPU)) fail_msg("fused pack: %s", qt_last_error());
+    for (int64_t b = 0; b < L; b++) {
+        assert_int_equal(f.m->blocks[b].fused, 1);
+        assert_null(f.m->blocks[b].q.packed);
+        assert_null(f.m->blocks[b].up.packed);
+        assert_non_null(strstr(f.m->blocks[b].qkv.name, "qkv_proj_fused.weight"));
+        assert_int_equal(f.m->blocks[b].gate_up.info.out_features, 2 * f.m->cfg.intermediate_size);
+    }
+    /* 7 Linears a block became 4. */
+    assert_int_equal(ref_plugin_packed(f.inst) - before, (int)f.m->n_linears - 3 * (int)L);
+    uint64_t mem[QTOOL_MEM_COUNT];
+    assert_int_equal(qt_model_packed_memory(f.m, mem), 0);
+    assert_true(mem[QTOOL_MEM_WEIGHTS] > 0);
+    run_batch(&f, idx, N, fused, fused_p);
+    assert_memory_equal(fused, apart, lb);
+    assert_memory_equal(fused_p, apart_p, pb);
+    expect_close(&f, fused, fused_p, "fused Linears");
+
+    /* Without the flag, or without fuse_linears, nothing is fused. */
+    if (qt_model_pack(f.m, &ref_plugin_desc, f.inst, QTOOL_DEVICE_CPU)) fail_msg("pack: %s", qt_last_error());
+    for (int64_t b = 0; b < L; b++) assert_int_equal(f.m->blocks[b].fused, 0);
+    f.m->fuse_linears = 0;
+    if (qt_model_pack(f.m, &row_desc, f.inst, QTOOL_DEVICE_CPU)) fail_msg("pack: %s", qt_last_error());
+    for (int64_t b = 0; b < L; b++) assert_int_equal(f.m->blocks[b].fused, 0);
+    free(apart);
+    free(apart_p);
+    free(fused);
+    free(fused_p);
+    free(idx);
+    close_fixture(&f);
+}
+
+static void test_fused_linears(void **state)
+{
+    (void)state;
+    check_fused("qwen2");
+    check_fused("llama");
+}
+
 static void test_bert(void **state)
 {
     (void)state;
@@ -293,7 +353,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bert),       cmocka_unit_test(test_modernbert), cmocka_unit_test(test_modernbert_mean),
         cmocka_unit_test(test_qwen2),      cmocka_unit_test(test_llama),      cmocka_unit_test(test_calibrate_and_unpacked),
-        cmocka_unit_test(test_input_scale),
+        cmocka_unit_test(test_input_scale),  cmocka_unit_test(test_fused_linears),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     qt_threads_shutdown();

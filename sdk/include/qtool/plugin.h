@@ -318,10 +318,10 @@ typedef struct qtool_load_source {
 #define QTOOL_PLUGIN_BASELINE (1u << 2) /* does not quantize: the reference */
 /* Packing (without calibration data) treats every output row on its own:
  * packing [W1; W2] (rows stacked) gives the packed W1 and W2 side by side,
- * and its matmul their two outputs side by side, bit for bit. The runtime
- * may then pack Linears that read the same input (q, k, v; gate, up) as one
- * for a CUDA forward pass: fewer, larger GEMMs. A host that does not know
- * a flag ignores it. */
+ * and its matmul their two outputs side by side (up to the summation order
+ * of its GEMM). The runtime may then pack Linears that read the same input
+ * (q, k, v; gate, up) as one for forward passes (evaluation): fewer, larger
+ * GEMMs. A host that does not know a flag ignores it. */
 #define QTOOL_PLUGIN_ROW_INDEPENDENT (1u << 3)
 
 typedef struct qtool_plugin_desc {
