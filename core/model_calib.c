@@ -134,20 +134,12 @@ static int pack_linear(qt_model *m, qt_linear *l, int device, const float *div)
         qt_convert_to_f32(w, weight->data, weight->dtype, N * K);
         for (int64_t r = 0; r < N; r++)
             for (int64_t k = 0; k < K; k++) w[r * K + k] /= div[r];
-        wt.data = w;
-        wt.dtype = QTOOL_DTYPE_F32;
-        wt.device = QTOOL_DEVICE_CPU;
-        wt.ndim = 2;
-        wt.shape[0] = N;
-        wt.shape[1] = K;
+        wt = qtool_tensor_view(w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, N, K);
         weight = &wt;
         if (b) {
             qt_convert_to_f32(bias, b->data, b->dtype, N);
             for (int64_t r = 0; r < N; r++) bias[r] /= div[r];
-            bt = wt;
-            bt.data = bias;
-            bt.ndim = 1;
-            bt.shape[1] = 0;
+            bt = qtool_tensor_view(bias, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 1, N, 0);
             b = &bt;
         }
     }
@@ -303,17 +295,8 @@ static int pack_stacked(qt_model *m, qt_linear *out, qt_linear *const *parts, in
         }
         row += rows;
     }
-    qtool_tensor wt = {0}, bt = {0};
-    wt.data = w;
-    wt.dtype = QTOOL_DTYPE_F32;
-    wt.device = QTOOL_DEVICE_CPU;
-    wt.ndim = 2;
-    wt.shape[0] = N;
-    wt.shape[1] = K;
-    bt = wt;
-    bt.data = bias;
-    bt.ndim = 1;
-    bt.shape[1] = 0;
+    qtool_tensor wt = qtool_tensor_view(w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, N, K),
+                 bt = qtool_tensor_view(bias, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 1, N, 0);
     memset(out, 0, sizeof *out);
     out->name = name;
     name = NULL;

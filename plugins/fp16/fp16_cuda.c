@@ -282,12 +282,14 @@ void fp16_cuda_free(qtool_packed *p)
 
 /* -------------------------------------------------------------- matmul */
 
-/* Asks the heuristic for one algorithm; 0 when there is one. */
-static int find_algo(qtool_packed *p, cublasLtMatmulDesc_t desc, fp16_cuda_plan *pl, size_t ws_bytes)
+/* The heuristic's first `want` algorithms for this plan (workspace limit and
+ * operand alignments); the number found, 0 on any failure. */
+static int heuristic_algos(qtool_packed *p, cublasLtMatmulDesc_t desc, const fp16_cuda_plan *pl, size_t ws_bytes,
+                           int want, cublasLtMatmulHeuristicResult_t *res)
 {
     qtool_instance *inst = p->inst;
     cublasLtMatmulPreference_t pref;
-    if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return -1;
+    if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return 0;
     uint32_t al_a = alignment_of(p->w_dev);
     cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                             &ws_bytes, sizeof ws_bytes);
@@ -303,13 +305,19 @@ static int find_algo(qtool_packed *p, cublasLtMatmulDesc_t desc, fp16_cuda_plan 
     if (s == CUBLAS_STATUS_SUCCESS)
         s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                                  &pl->align_y, sizeof pl->align_y);
-    cublasLtMatmulHeuristicResult_t res;
     int count = 0;
     if (s == CUBLAS_STATUS_SUCCESS)
         s = cublasLtMatmulAlgoGetHeuristic((cublasLtHandle_t)inst->lt, desc, (cublasLtMatrixLayout_t)p->a_layout,
-                                           pl->b_layout, pl->d_layout, pl->d_layout, pref, 1, &res, &count);
+                                           pl->b_layout, pl->d_layout, pl->d_layout, pref, want, res, &count);
     cublasLtMatmulPreferenceDestroy(pref);
-    if (s != CUBLAS_STATUS_SUCCESS || count < 1 || res.state != CUBLAS_STATUS_SUCCESS) return -1;
+    return s == CUBLAS_STATUS_SUCCESS ? count : 0;
+}
+
+/* Asks the heuristic for one algorithm; 0 when there is one. */
+static int find_algo(qtool_packed *p, cublasLtMatmulDesc_t desc, fp16_cuda_plan *pl, size_t ws_bytes)
+{
+    cublasLtMatmulHeuristicResult_t res;
+    if (heuristic_algos(p, desc, pl, ws_bytes, 1, &res) < 1 || res.state != CUBLAS_STATUS_SUCCESS) return -1;
     pl->algo = res.algo;
     return 0;
 }
@@ -376,31 +384,9 @@ static void tune_plan(qtool_packed *p, fp16_cuda_plan *pl, const void *x, void *
     cublasLtMatmulDesc_t desc = (cublasLtMatmulDesc_t)(pl->kind == PLAN_LT_BIAS ? p->op_bias : p->op_plain);
     void *ws = pl->use_ws ? inst->workspace : NULL;
     size_t ws_bytes = pl->use_ws ? inst->workspace_bytes : 0;
-    cublasLtMatmulPreference_t pref;
-    if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return;
-    uint32_t al_a = alignment_of(p->w_dev);
-    cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                            &ws_bytes, sizeof ws_bytes);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
-                                                 sizeof al_a);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                                 &pl->align_x, sizeof pl->align_x);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                                 &pl->align_y, sizeof pl->align_y);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                                 &pl->align_y, sizeof pl->align_y);
     cublasLtMatmulHeuristicResult_t res[TUNE_CANDIDATES];
-    int count = 0;
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulAlgoGetHeuristic((cublasLtHandle_t)inst->lt, desc, (cublasLtMatrixLayout_t)p->a_layout,
-                                           pl->b_layout, pl->d_layout, pl->d_layout, pref, TUNE_CANDIDATES, res,
-                                           &count);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (s != CUBLAS_STATUS_SUCCESS || count < 2) {
+    const int count = heuristic_algos(p, desc, pl, ws_bytes, TUNE_CANDIDATES, res);
+    if (count < 2) {
         tuned_add(inst, p, pl);
         return;
     }

@@ -907,17 +907,25 @@ int ctas_per_sm(int config, int dev)
 
 // wgmma needs this file's sm_90a code and a compute capability 9.0 device;
 // QTOOL_I8GEMM_NO_WGMMA=1 in the environment turns it off (diagnostics).
+#if defined(QT_I8GEMM_SM90A)
+// An environment switch read once: set to anything but "" or "0".
+bool env_switch(const char *name, std::atomic<int> &cached)
+{
+    int v = cached.load(std::memory_order_relaxed);
+    if (v < 0) {
+        const char *e = getenv(name);
+        v = e && *e && strcmp(e, "0") ? 1 : 0;
+        cached.store(v, std::memory_order_relaxed);
+    }
+    return v != 0;
+}
+#endif
+
 bool wgmma_available(int cc)
 {
 #if defined(QT_I8GEMM_SM90A)
     static std::atomic<int> off{-1};
-    int o = off.load(std::memory_order_relaxed);
-    if (o < 0) {
-        const char *e = getenv("QTOOL_I8GEMM_NO_WGMMA");
-        o = e && *e && strcmp(e, "0") ? 1 : 0;
-        off.store(o, std::memory_order_relaxed);
-    }
-    return cc == 90 && !o;
+    return cc == 90 && !env_switch("QTOOL_I8GEMM_NO_WGMMA", off);
 #else
     (void)cc;
     return false;
@@ -932,13 +940,7 @@ bool tma_available(int cc)
 {
 #if defined(QT_I8GEMM_HAVE_TMA)
     static std::atomic<int> off{-1};
-    int o = off.load(std::memory_order_relaxed);
-    if (o < 0) {
-        const char *e = getenv("QTOOL_I8GEMM_NO_TMA");
-        o = e && *e && strcmp(e, "0") ? 1 : 0;
-        off.store(o, std::memory_order_relaxed);
-    }
-    return wgmma_available(cc) && !o;
+    return wgmma_available(cc) && !env_switch("QTOOL_I8GEMM_NO_TMA", off);
 #else
     (void)cc;
     return false;
