@@ -17,7 +17,6 @@
 #include <qtool/plugin.h>
 
 #include "bnb_int8_cuda.h"
-#include "token_quant.cuh"
 #include "int8_gemm.h"
 
 namespace {
@@ -233,7 +232,7 @@ __global__ void __launch_bounds__(1024) k_collect(uint8_t *__restrict__ flags, i
 // k_quant_rows8 for rows of K <= 32 * 8 * kWarpMaxC values: one warp per
 // token, 8 tokens per block, each lane's C raw 16-byte vectors held in
 // registers; no block barrier, all of a row's loads in flight at once.
-constexpr int kWarpMaxC = qt_token_quant::kMaxC;
+constexpr int kWarpMaxC = 20;
 
 
 // One token row, by one warp; true when this lane set an outlier flag.
@@ -609,10 +608,16 @@ int matmul_t(const i8cu_layer &L, const T *x, T *y, int64_t M, float thr, void *
     const bool warp_quant = L.K % 8 == 0 && ((uintptr_t)x & 15u) == 0 && nv <= kWarpMaxC * 32;
     if (warp_quant) { // collects the outlier columns itself
         const unsigned blocks = (unsigned)((M + 7) / 8);
-        qt_token_quant::with_row_width(nv, [&](auto width) {
-            k_quant_warp8<T, decltype(width)::value>
-                <<<blocks, 256, 0, st>>>(x, M, L.K, L.Kp, thr, qa, sa, flags, done, any, cols, count);
-        });
+        const int64_t c = (nv + 31) / 32;
+#define QW(C) k_quant_warp8<T, C><<<blocks, 256, 0, st>>>(x, M, L.K, L.Kp, thr, qa, sa, flags, done, any, cols, count)
+        if (c <= 1) QW(1);
+        else if (c <= 2) QW(2);
+        else if (c <= 4) QW(4);
+        else if (c <= 8) QW(8);
+        else if (c <= 12) QW(12);
+        else if (c <= 16) QW(16);
+        else QW(kWarpMaxC);
+#undef QW
     } else if (L.K % 8 == 0 && ((uintptr_t)x & 15u) == 0)
         k_quant_rows8<T, 8><<<(unsigned)M, 128, 0, st>>>(x, L.K, L.Kp, thr, qa, sa, flags);
     else

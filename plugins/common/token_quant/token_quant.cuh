@@ -20,8 +20,6 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include <type_traits>
-
 namespace qt_token_quant {
 
 constexpr int kMaxC = 20; // vectors of 8 values a lane: K <= 5120
@@ -84,21 +82,6 @@ __global__ void __launch_bounds__(256)
     for (int64_t c = K + lane; c < Kp; c += 32) qr[c] = 0;
 }
 
-// Calls f(std::integral_constant<int, C>{}) with the smallest instantiated
-// width C (vectors of 8 values a lane) that holds a row of nv vectors; the
-// caller has checked nv <= 32 * kMaxC. Shared by every warp-per-token kernel.
-template <class F> void with_row_width(int64_t nv, F &&f)
-{
-    const int64_t c = (nv + 31) / 32;
-    if (c <= 1) f(std::integral_constant<int, 1>{});
-    else if (c <= 2) f(std::integral_constant<int, 2>{});
-    else if (c <= 4) f(std::integral_constant<int, 4>{});
-    else if (c <= 8) f(std::integral_constant<int, 8>{});
-    else if (c <= 12) f(std::integral_constant<int, 12>{});
-    else if (c <= 16) f(std::integral_constant<int, 16>{});
-    else f(std::integral_constant<int, kMaxC>{});
-}
-
 // Launches the warp kernel with the smallest C that holds a row; false when
 // the rows do not fit its requirements.
 template <typename T, class Code>
@@ -108,10 +91,17 @@ bool launch_token_quant(const T *x, int64_t M, int64_t K, int64_t Kp, int static
     const int64_t nv = K / 8;
     if (K % 8 || ((uintptr_t)x & 15u) || nv > (int64_t)kMaxC * 32 || M < 1) return false;
     const unsigned blocks = (unsigned)((M + 7) / 8);
-    with_row_width(nv, [&](auto width) {
-        k_token_quant<T, decltype(width)::value, Code>
-            <<<blocks, 256, 0, st>>>(x, M, K, Kp, static_act, act_scale, act_inv, q, sa);
-    });
+    const int64_t c = (nv + 31) / 32;
+#define QT_TQ(C) \
+    k_token_quant<T, C, Code><<<blocks, 256, 0, st>>>(x, M, K, Kp, static_act, act_scale, act_inv, q, sa)
+    if (c <= 1) QT_TQ(1);
+    else if (c <= 2) QT_TQ(2);
+    else if (c <= 4) QT_TQ(4);
+    else if (c <= 8) QT_TQ(8);
+    else if (c <= 12) QT_TQ(12);
+    else if (c <= 16) QT_TQ(16);
+    else QT_TQ(kMaxC);
+#undef QT_TQ
     return true;
 }
 
