@@ -40,18 +40,9 @@ static qtool_instance *make(double threshold)
 
 static qtool_packed *pack(qtool_instance *inst, const float *w, int64_t N, int64_t K, const float *b)
 {
-    qtool_tensor wt = tview((void *)w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, N, K);
-    qtool_tensor bt = tview((void *)b, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 1, N, 0);
     qtool_layer_info li = {sizeof li, QTOOL_ROLE_OTHER, "t.weight", K, N, 0, 1};
-    qtool_pack_args pa;
-    memset(&pa, 0, sizeof pa);
-    pa.struct_size = sizeof pa;
-    pa.device = QTOOL_DEVICE_CPU;
-    pa.layer = &li;
-    pa.weight = &wt;
-    pa.bias = b ? &bt : NULL;
     qtool_packed *p = NULL;
-    assert_int_equal(H.desc->pack(inst, &pa, &p), QTOOL_OK);
+    assert_int_equal(harness_pack(&H, inst, &li, w, b, QTOOL_DEVICE_CPU, NULL, NULL, &p), QTOOL_OK);
     return p;
 }
 

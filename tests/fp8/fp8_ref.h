@@ -76,22 +76,11 @@ static void calibrate(qtool_instance *inst, const char *name, const float *x, in
 static qtool_packed *pack_layer(qtool_instance *inst, const char *name, const float *w, int64_t N, int64_t K,
                                 const float *b, int device)
 {
-    qtool_tensor wt = tview((void *)w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, N, K);
-    qtool_tensor bt = tview((void *)b, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 1, N, 0);
     qtool_layer_info li = layer_info(name, N, K);
     float *s = malloc((size_t)K * 4);
     int32_t has = 0;
-    qtool_pack_args pa;
-    memset(&pa, 0, sizeof pa);
-    pa.struct_size = sizeof pa;
-    pa.device = device;
-    pa.layer = &li;
-    pa.weight = &wt;
-    pa.bias = b ? &bt : NULL;
-    pa.input_scale = s;
-    pa.has_input_scale = &has;
     qtool_packed *p = NULL;
-    assert_int_equal(H.desc->pack(inst, &pa, &p), QTOOL_OK);
+    assert_int_equal(harness_pack(&H, inst, &li, w, b, device, s, &has, &p), QTOOL_OK);
     assert_int_equal(has, 0); /* fp8 never asks for an input scale */
     free(s);
     return p;

@@ -210,21 +210,10 @@ static inline qtool_packed *pack_layer(const harness *H, qtool_instance *inst, c
                                        const float *w, const float *bias, int device, float *scale_out,
                                        int32_t *has_scale)
 {
-    qtool_tensor wt = tview((void *)w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, li->out_features, li->in_features);
-    qtool_tensor bt = tview((void *)bias, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 1, li->out_features, 0);
     float *scale = malloc((size_t)li->in_features * sizeof(float));
     int32_t hs = 0;
-    qtool_pack_args pa;
-    memset(&pa, 0, sizeof pa);
-    pa.struct_size = sizeof pa;
-    pa.device = device;
-    pa.layer = li;
-    pa.weight = &wt;
-    pa.bias = bias ? &bt : NULL;
-    pa.input_scale = scale;
-    pa.has_input_scale = &hs;
     qtool_packed *p = NULL;
-    int rc = H->desc->pack(inst, &pa, &p);
+    int rc = harness_pack(H, inst, li, w, bias, device, scale, &hs, &p);
     if (rc != QTOOL_OK) fprintf(stderr, "pack failed: %d\n", rc);
     assert_int_equal(rc, QTOOL_OK);
     if (scale_out)

@@ -91,21 +91,10 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    qtool_tensor wt = tview(w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, N, K);
-    qtool_tensor bt = tview(bias, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 1, N, 0);
     float *scale = malloc((size_t)K * sizeof(float));
     int32_t has_scale = 0;
-    qtool_pack_args pa;
-    memset(&pa, 0, sizeof pa);
-    pa.struct_size = sizeof pa;
-    pa.device = QTOOL_DEVICE_CPU;
-    pa.layer = &li;
-    pa.weight = &wt;
-    pa.bias = bias ? &bt : NULL;
-    pa.input_scale = scale;
-    pa.has_input_scale = &has_scale;
     qtool_packed *p = NULL;
-    int rc = H.desc->pack(inst, &pa, &p);
+    int rc = harness_pack(&H, inst, &li, w, bias, QTOOL_DEVICE_CPU, scale, &has_scale, &p);
     if (rc != QTOOL_OK) {
         fprintf(stderr, "pack failed: %d\n", rc);
         return rc == QTOOL_ERR_UNSUPPORTED ? 3 : 1;

@@ -102,17 +102,36 @@ static inline int harness_create(harness *H, const char *const *kv, int n_kv, qt
 
 /* ------------------------------------------------------------ tensors */
 
+/* The SDK's view (its second dimension is 0 for 1-D tensors, as every
+ * caller here passes). */
 static inline qtool_tensor tview(void *data, int dtype, int device, int ndim, int64_t d0, int64_t d1)
 {
-    qtool_tensor t;
-    memset(&t, 0, sizeof t);
-    t.data = data;
-    t.dtype = dtype;
-    t.device = device;
-    t.ndim = ndim;
-    t.shape[0] = d0;
-    t.shape[1] = d1;
-    return t;
+    return qtool_tensor_view(data, dtype, device, ndim, d0, d1);
+}
+
+/* Packs float32 weights [li->out_features, li->in_features] (and bias, or
+ * NULL) on `device`. input_scale (K floats) and has_input_scale may be NULL.
+ * Returns the plugin's status; *out is NULL unless it is QTOOL_OK. */
+static inline int harness_pack(const harness *H, qtool_instance *inst, const qtool_layer_info *li, const float *w,
+                               const float *bias, int device, float *input_scale, int32_t *has_input_scale,
+                               qtool_packed **out)
+{
+    const int64_t N = li->out_features, K = li->in_features;
+    qtool_tensor wt = tview((void *)w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, N, K);
+    qtool_tensor bt = tview((void *)bias, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 1, N, 0);
+    qtool_pack_args pa;
+    memset(&pa, 0, sizeof pa);
+    pa.struct_size = sizeof pa;
+    pa.device = device;
+    pa.layer = li;
+    pa.weight = &wt;
+    pa.bias = bias ? &bt : NULL;
+    pa.input_scale = input_scale;
+    pa.has_input_scale = has_input_scale;
+    *out = NULL;
+    int rc = H->desc->pack(inst, &pa, out);
+    if (rc != QTOOL_OK) *out = NULL;
+    return rc;
 }
 
 /* ------------------------------------------------------------ store */

@@ -57,18 +57,9 @@ static qtool_instance *make(const char *dtype, int blocksize, int dq)
 
 static qtool_packed *pack_f32(qtool_instance *inst, const float *w, int64_t N, int64_t K, const float *bias, int device)
 {
-    qtool_tensor wt = tview((void *)w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, N, K);
-    qtool_tensor bt = tview((void *)bias, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 1, N, 0);
     qtool_layer_info li = {sizeof li, QTOOL_ROLE_OTHER, "test.weight", K, N, 0, 1};
-    qtool_pack_args pa;
-    memset(&pa, 0, sizeof pa);
-    pa.struct_size = sizeof pa;
-    pa.device = device;
-    pa.layer = &li;
-    pa.weight = &wt;
-    pa.bias = bias ? &bt : NULL;
     qtool_packed *p = NULL;
-    assert_int_equal(H.desc->pack(inst, &pa, &p), QTOOL_OK);
+    assert_int_equal(harness_pack(&H, inst, &li, w, bias, device, NULL, NULL, &p), QTOOL_OK);
     return p;
 }
 
