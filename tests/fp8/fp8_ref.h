@@ -11,6 +11,8 @@
 
 static harness H;
 
+#include "ct_saved.h"
+
 /* Value of code c from the definition: sign, exponent bias 7, 3 mantissa
  * bits, subnormals at exponent 0, S.1111.111 NaN. */
 static double ref_decode(int c)
@@ -96,30 +98,13 @@ typedef struct saved_layer {
 
 static void save_layer(qtool_packed *p, saved_layer *s, int64_t N, int64_t K)
 {
-    memset(s, 0, sizeof *s);
-    qtool_save_sink sink = {&s->st, store_put};
-    assert_int_equal(H.desc->save(p, &sink), QTOOL_OK);
-    stored *w = store_find(&s->st, "weight"), *sc = store_find(&s->st, "weight_scale");
-    assert_non_null(w);
-    assert_non_null(sc);
-    assert_int_equal(w->t.dtype, QTOOL_DTYPE_F8_E4M3);
-    assert_int_equal(w->t.ndim, 2);
-    assert_int_equal(w->t.shape[0], N);
-    assert_int_equal(w->t.shape[1], K);
-    assert_int_equal(sc->t.dtype, QTOOL_DTYPE_F32);
-    assert_int_equal(sc->t.ndim, 2);
-    assert_int_equal(sc->t.shape[0], N);
-    assert_int_equal(sc->t.shape[1], 1);
-    s->q = w->t.data;
-    s->ws = sc->t.data;
-    stored *is = store_find(&s->st, "input_scale");
-    if (is) {
-        assert_int_equal(is->t.dtype, QTOOL_DTYPE_F32);
-        assert_int_equal(qtool_tensor_numel(&is->t), 1);
-        s->act_scale = *(const float *)is->t.data;
-    }
-    stored *b = store_find(&s->st, "bias");
-    s->bias = b ? b->t.data : NULL;
+    ct_saved c;
+    ct_save(p, &c, N, K, QTOOL_DTYPE_F8_E4M3);
+    s->st = c.st;
+    s->q = c.codes;
+    s->ws = c.ws;
+    s->act_scale = c.act_scale;
+    s->bias = c.bias;
 }
 
 /* What the GPU computes, from the saved codes. `x` holds values the

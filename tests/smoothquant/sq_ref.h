@@ -10,6 +10,8 @@
 
 static harness H;
 
+#include "ct_saved.h"
+
 static qtool_instance *make_inst(const char *const *kv, int n)
 {
     qtool_instance *inst = NULL;
@@ -58,38 +60,21 @@ static void matmul_cpu(qtool_packed *p, const float *x, float *y, int64_t M, int
 /* What the plugin saved: codes, per-channel scales, static scale. */
 typedef struct saved_layer {
     store st;
-    const int8_t *q;   /* [N, K] */
+    const int8_t *q;  /* [N, K] int8 */
     const float *ws;   /* [N] */
-    float act_scale;   /* 0: dynamic */
+    float act_scale;   /* 0: per token */
     const float *bias; /* [N] or NULL */
 } saved_layer;
 
 static void save_layer(qtool_packed *p, saved_layer *s, int64_t N, int64_t K)
 {
-    memset(s, 0, sizeof *s);
-    qtool_save_sink sink = {&s->st, store_put};
-    assert_int_equal(H.desc->save(p, &sink), QTOOL_OK);
-    stored *w = store_find(&s->st, "weight"), *sc = store_find(&s->st, "weight_scale");
-    assert_non_null(w);
-    assert_non_null(sc);
-    assert_int_equal(w->t.dtype, QTOOL_DTYPE_I8);
-    assert_int_equal(w->t.ndim, 2);
-    assert_int_equal(w->t.shape[0], N);
-    assert_int_equal(w->t.shape[1], K);
-    assert_int_equal(sc->t.dtype, QTOOL_DTYPE_F32);
-    assert_int_equal(sc->t.ndim, 2);
-    assert_int_equal(sc->t.shape[0], N);
-    assert_int_equal(sc->t.shape[1], 1);
-    s->q = w->t.data;
-    s->ws = sc->t.data;
-    stored *is = store_find(&s->st, "input_scale");
-    if (is) {
-        assert_int_equal(is->t.dtype, QTOOL_DTYPE_F32);
-        assert_int_equal(qtool_tensor_numel(&is->t), 1);
-        s->act_scale = *(const float *)is->t.data;
-    }
-    stored *b = store_find(&s->st, "bias");
-    s->bias = b ? b->t.data : NULL;
+    ct_saved c;
+    ct_save(p, &c, N, K, QTOOL_DTYPE_I8);
+    s->st = c.st;
+    s->q = c.codes;
+    s->ws = c.ws;
+    s->act_scale = c.act_scale;
+    s->bias = c.bias;
 }
 
 /* The W8A8 product from the saved codes: per-token absmax / 127 (or the
