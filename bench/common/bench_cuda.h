@@ -216,6 +216,38 @@ static inline void plugin_run_fn(void *ctx)
 static inline float half_to_f(uint16_t h) { return g_bf16 ? qtool_bf16_to_f32(h) : qtool_f16_to_f32(h); }
 static inline uint16_t f_to_half(float f) { return g_bf16 ? qtool_f32_to_bf16(f) : qtool_f32_to_f16(f); }
 
+/* The cuBLASLt baseline of one shape, y = x w^T on the device buffers:
+ * sets fc up (32 MiB of workspace), times it (median of reps) and returns
+ * the time, with its output as floats in *y_out (malloc'd; the reference
+ * the other methods' errors are measured against). f16_baseline_end frees
+ * what it set up. */
+static inline float f16_baseline(f16_ctx *fc, const void *dw, void *dx, void *dy, int64_t M, int64_t N, int64_t K,
+                                 int reps, float **y_out)
+{
+    memset(fc, 0, sizeof *fc);
+    fc->ws_bytes = 32u << 20;
+    CK(cudaMalloc(&fc->ws, fc->ws_bytes));
+    fc->w = dw;
+    fc->x = dx;
+    fc->y = dy;
+    f16_setup(fc, M, N, K);
+    float t = time_ms(f16_run, fc, reps);
+    float *y = malloc((size_t)(M * N) * 4);
+    uint16_t *h = malloc((size_t)(M * N) * 2);
+    CK(cudaStreamSynchronize(g_stream));
+    CK(cudaMemcpy(h, dy, (size_t)(M * N) * 2, cudaMemcpyDeviceToHost));
+    for (int64_t i = 0; i < M * N; i++) y[i] = half_to_f(h[i]);
+    free(h);
+    *y_out = y;
+    return t;
+}
+
+static inline void f16_baseline_end(f16_ctx *fc)
+{
+    f16_teardown(fc);
+    CK(cudaFree(fc->ws));
+}
+
 /* max |y - ref| / max |ref| over the device output y. */
 static inline double rel_err(const void *dy, const float *ref, int64_t n)
 {

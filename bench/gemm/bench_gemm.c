@@ -108,22 +108,8 @@ int main(int argc, char **argv)
             int reps = M >= 4096 ? (g_reps < 20 ? g_reps : 20) : g_reps;
 
             f16_ctx fc;
-            memset(&fc, 0, sizeof fc);
-            fc.ws_bytes = 32u << 20;
-            CK(cudaMalloc(&fc.ws, fc.ws_bytes));
-            fc.w = dw;
-            fc.x = dx;
-            fc.y = dy;
-            f16_setup(&fc, M, N, K);
-            float t16 = time_ms(f16_run, &fc, reps);
-            float *y16 = malloc((size_t)(M * N) * 4);
-            {
-                uint16_t *h = malloc((size_t)(M * N) * 2);
-                CK(cudaStreamSynchronize(g_stream));
-                CK(cudaMemcpy(h, dy, (size_t)(M * N) * 2, cudaMemcpyDeviceToHost));
-                for (int64_t i = 0; i < M * N; i++) y16[i] = qtool_f16_to_f32(h[i]);
-                free(h);
-            }
+            float *y16 = NULL;
+            float t16 = f16_baseline(&fc, dw, dx, dy, M, N, K, reps, &y16);
             printf("%-6lld %-6lld %-6lld %-26s %10.4f %10.2f %9.2f %9.1e\n", (long long)M, (long long)K, (long long)N,
                    "cuBLASLt fp16", t16, flop / (t16 * 1e-3) / 1e12, 1.0, 0.0);
 
@@ -161,8 +147,7 @@ int main(int argc, char **argv)
             }
             fflush(stdout);
             free(y16);
-            f16_teardown(&fc);
-            CK(cudaFree(fc.ws));
+            f16_baseline_end(&fc);
             CK(cudaFree(dx));
             CK(cudaFree(dy));
             free(xh);
