@@ -1173,10 +1173,8 @@ int qt_gguf_model_load_packed(qt_model *m, const qtool_plugin_desc *desc, qtool_
     if (m->desc) qt_model_unpack(m);
     if (!m->gguf || !m->gguf->g) return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "%s was not read from GGUF", m->model_path);
     if (!desc->load) return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s cannot load saved layers", desc->name);
-    if (device == QTOOL_DEVICE_CPU && !desc->matmul_cpu)
-        return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s has no CPU matmul", desc->name);
-    if (device == QTOOL_DEVICE_CUDA && !desc->matmul_cuda)
-        return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s has no CUDA matmul", desc->name);
+    int rc_dev = qt_model_check_plugin_device(desc, device);
+    if (rc_dev) return rc_dev;
     m->desc = desc;
     m->inst = inst;
     m->packed_device = device;

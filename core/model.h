@@ -266,6 +266,9 @@ void qt_model_close(qt_model *m);
 
 /* Packs every block Linear with the plugin for `device`. The instance stays
  * owned by the caller and must outlive the model's packed layers. */
+/* 0 when the plugin has a matmul for `device`, else a reported error
+ * ("plugin X has no CPU matmul"). */
+int qt_model_check_plugin_device(const qtool_plugin_desc *desc, int device);
 int qt_model_pack(qt_model *m, const qtool_plugin_desc *desc, qtool_instance *inst, int device);
 /* Frees the packed layers (free_packed); the model is then unpacked. */
 void qt_model_unpack(qt_model *m);

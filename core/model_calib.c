@@ -436,10 +436,8 @@ int qt_model_calibrate_pack(qt_model *m, const qtool_plugin_desc *desc, qtool_in
                        m->model_path);
     if (device != QTOOL_DEVICE_CPU && device != QTOOL_DEVICE_CUDA)
         return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "unknown device %d", device);
-    if (device == QTOOL_DEVICE_CPU && !desc->matmul_cpu)
-        return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s has no CPU matmul", desc->name);
-    if (device == QTOOL_DEVICE_CUDA && !desc->matmul_cuda)
-        return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s has no CUDA matmul", desc->name);
+    int rc_dev = qt_model_check_plugin_device(desc, device);
+    if (rc_dev) return rc_dev;
     if (!desc->calibrate || n_batches == 0) {
         /* Data-free: qt_model_pack, a block at a time for the progress. */
         m->desc = desc;

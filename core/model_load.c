@@ -518,6 +518,15 @@ void qt_model_unpack(qt_model *m)
     m->packed_device = -1;
 }
 
+int qt_model_check_plugin_device(const qtool_plugin_desc *desc, int device)
+{
+    if (device == QTOOL_DEVICE_CPU && !desc->matmul_cpu)
+        return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s has no CPU matmul", desc->name);
+    if (device == QTOOL_DEVICE_CUDA && !desc->matmul_cuda)
+        return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s has no CUDA matmul", desc->name);
+    return 0;
+}
+
 int qt_model_pack(qt_model *m, const qtool_plugin_desc *desc, qtool_instance *inst, int device)
 {
     if (m->desc) qt_model_unpack(m);
@@ -526,10 +535,8 @@ int qt_model_pack(qt_model *m, const qtool_plugin_desc *desc, qtool_instance *in
                        "%s is already quantized: its layers load through the plugin that reads its "
                        "quantization_config (qt_model_load_packed), not through pack",
                        m->model_path);
-    if (device == QTOOL_DEVICE_CPU && !desc->matmul_cpu)
-        return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s has no CPU matmul", desc->name);
-    if (device == QTOOL_DEVICE_CUDA && !desc->matmul_cuda)
-        return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s has no CUDA matmul", desc->name);
+    int rc_dev = qt_model_check_plugin_device(desc, device);
+    if (rc_dev) return rc_dev;
     m->desc = desc;
     m->inst = inst;
     m->packed_device = device;

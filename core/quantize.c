@@ -169,10 +169,8 @@ int qt_model_load_packed(qt_model *m, const qtool_plugin_desc *desc, qtool_insta
         return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "%s is not a quantized checkpoint (no quantization_config)",
                        m->model_path);
     if (!desc->load) return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s cannot load saved layers", desc->name);
-    if (device == QTOOL_DEVICE_CPU && !desc->matmul_cpu)
-        return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s has no CPU matmul", desc->name);
-    if (device == QTOOL_DEVICE_CUDA && !desc->matmul_cuda)
-        return qt_fail(QTOOL_ERR_UNSUPPORTED, "plugin %s has no CUDA matmul", desc->name);
+    int rc_dev = qt_model_check_plugin_device(desc, device);
+    if (rc_dev) return rc_dev;
     m->desc = desc;
     m->inst = inst;
     m->packed_device = device;

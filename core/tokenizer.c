@@ -1296,6 +1296,17 @@ int qt_tokenizer_load(const char *path, qt_tokenizer **out)
     return rc;
 }
 
+int qt_tokenizer_load_for_model(const char *model_path, qt_tokenizer **out)
+{
+    *out = NULL;
+    if (!qt_is_dir(model_path)) return 0;
+    char *tp = qt_path_join(model_path, "tokenizer.json");
+    if (!tp) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
+    int rc = qt_file_exists(tp) ? qt_tokenizer_load(tp, out) : 0;
+    free(tp);
+    return rc;
+}
+
 /* ---- encoding ------------------------------------------------------------------------------ */
 
 static tk_work *work_acquire(const qt_tokenizer *tok)

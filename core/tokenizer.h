@@ -23,6 +23,11 @@ typedef struct qt_tokenizer qt_tokenizer;
 /* Loads a tokenizer.json. Returns 0, or a qtool_status with qt_last_error()
  * set to "<path>: <problem>". */
 int qt_tokenizer_load(const char *path, qt_tokenizer **out);
+/* The tokenizer.json of a model folder, when model_path is a folder that
+ * has one; *out stays NULL otherwise (a single .safetensors file, or a
+ * folder without one). Errors only for a tokenizer.json that is there and
+ * cannot be read. */
+int qt_tokenizer_load_for_model(const char *model_path, qt_tokenizer **out);
 /* The same from JSON in memory; `name` stands for the path in messages. */
 int qt_tokenizer_load_json(const char *json, size_t len, const char *name, qt_tokenizer **out);
 void qt_tokenizer_free(qt_tokenizer *tok);

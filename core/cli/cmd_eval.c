@@ -462,16 +462,9 @@ int cmd_eval(int argc, char **argv)
         goto done;
     }
     /* Text examples are tokenized with the model folder's tokenizer.json. */
-    if (qt_is_dir(model_path)) {
-        char *tp = qt_path_join(model_path, "tokenizer.json");
-        if (tp && qt_file_exists(tp) && (rc = qt_tokenizer_load(tp, &tok))) {
-            free(tp);
-            goto done;
-        }
-        free(tp);
-        dopt.tokenizer = tok;
-        if (tok && !dopt.max_length) dopt.max_length = c->max_position_embeddings;
-    }
+    if ((rc = qt_tokenizer_load_for_model(model_path, &tok))) goto done;
+    dopt.tokenizer = tok;
+    if (tok && !dopt.max_length) dopt.max_length = c->max_position_embeddings;
     if ((rc = qt_data_load(data, &dopt, &ds))) goto done;
     if (ds.n_truncated)
         qt_log(QTOOL_LOG_WARN, "%s: %" PRId64 " of %" PRId64 " examples truncated to %" PRId64 " tokens", data,

@@ -249,14 +249,7 @@ int cmd_quantize(int argc, char **argv)
             goto done;
         }
         /* Text examples are tokenized with the model folder's tokenizer.json. */
-        if (qt_is_dir(model_path)) {
-            char *tp = qt_path_join(model_path, "tokenizer.json");
-            if (tp && qt_file_exists(tp) && (rc = qt_tokenizer_load(tp, &tok))) {
-                free(tp);
-                goto done;
-            }
-            free(tp);
-        }
+        if ((rc = qt_tokenizer_load_for_model(model_path, &tok))) goto done;
         if ((rc = qt_calib_set_load(calib, m, tok, samples, L, batch_tokens, &cs))) goto done;
         fprintf(stderr, "quantize: calibrating on %" PRId64 " examples of %s (%" PRId64 " tokens, at most %" PRId64
                         " each, %zu batches)\n",
