@@ -11,7 +11,7 @@
 
 static harness H;
 
-#include "ct_saved.h"
+#include "w8a8_test.h"
 
 /* Value of code c from the definition: sign, exponent bias 7, 3 mantissa
  * bits, subnormals at exponent 0, S.1111.111 NaN. */
@@ -50,29 +50,6 @@ static int ref_encode(double x)
     int best = dl < dh ? lo : dh < dl ? hi : ((lo & 1) == 0 ? lo : hi);
     if (table[hi] <= a) best = hi;
     return sign | best;
-}
-
-static qtool_instance *make_inst(const char *const *kv, int n)
-{
-    qtool_instance *inst = NULL;
-    char msg[256] = "";
-    int rc = harness_create(&H, kv, n, &inst, msg, sizeof msg);
-    if (rc != QTOOL_OK) fprintf(stderr, "create: %s\n", msg);
-    assert_int_equal(rc, QTOOL_OK);
-    return inst;
-}
-
-static qtool_layer_info layer_info(const char *name, int64_t N, int64_t K)
-{
-    qtool_layer_info li = {sizeof li, QTOOL_ROLE_OTHER, name, K, N, 0, 1};
-    return li;
-}
-
-static void calibrate(qtool_instance *inst, const char *name, const float *x, int64_t T, int64_t N, int64_t K)
-{
-    qtool_layer_info li = layer_info(name, N, K);
-    qtool_tensor t = tview((void *)x, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, T, K);
-    assert_int_equal(H.desc->calibrate(inst, &li, &t), QTOOL_OK);
 }
 
 static qtool_packed *pack_layer(qtool_instance *inst, const char *name, const float *w, int64_t N, int64_t K,

@@ -10,30 +10,7 @@
 
 static harness H;
 
-#include "ct_saved.h"
-
-static qtool_instance *make_inst(const char *const *kv, int n)
-{
-    qtool_instance *inst = NULL;
-    char msg[256] = "";
-    int rc = harness_create(&H, kv, n, &inst, msg, sizeof msg);
-    if (rc != QTOOL_OK) fprintf(stderr, "create: %s\n", msg);
-    assert_int_equal(rc, QTOOL_OK);
-    return inst;
-}
-
-static qtool_layer_info layer_info(const char *name, int64_t N, int64_t K)
-{
-    qtool_layer_info li = {sizeof li, QTOOL_ROLE_OTHER, name, K, N, 0, 1};
-    return li;
-}
-
-static void calibrate(qtool_instance *inst, const char *name, const float *x, int64_t T, int64_t N, int64_t K)
-{
-    qtool_layer_info li = layer_info(name, N, K);
-    qtool_tensor t = tview((void *)x, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, T, K);
-    assert_int_equal(H.desc->calibrate(inst, &li, &t), QTOOL_OK);
-}
+#include "w8a8_test.h"
 
 /* Packs; s[K] receives the input scale (ones when the plugin set none). */
 static qtool_packed *pack_layer(qtool_instance *inst, const char *name, const float *w, int64_t N, int64_t K,

@@ -1,10 +1,34 @@
-/* The compressed-tensors W8A8 layer a plugin saves (smoothquant: int8
- * codes, fp8: E4M3 codes), read back and checked: weight [N, K] of the
- * code type, weight_scale F32 [N, 1], optional input_scale F32 (one value)
- * and bias. Shared by the smoothquant and fp8 tests, as ct_layer.h is by
- * the plugins. Needs plugin_harness.h (H, store) and cmocka. */
-#ifndef QT_TEST_CT_SAVED_H
-#define QT_TEST_CT_SAVED_H
+/* What the smoothquant and fp8 tests share: an instance from options, a
+ * layer's info and calibration, and the compressed-tensors W8A8 layer a
+ * plugin saves (smoothquant: int8 codes, fp8: E4M3 codes), read back and
+ * checked: weight [N, K] of the code type, weight_scale F32 [N, 1],
+ * optional input_scale F32 (one value) and bias (the plugins share
+ * ct_layer.h the same way). Needs plugin_harness.h (H, store) and cmocka. */
+#ifndef QT_TEST_W8A8_H
+#define QT_TEST_W8A8_H
+
+static qtool_instance *make_inst(const char *const *kv, int n)
+{
+    qtool_instance *inst = NULL;
+    char msg[256] = "";
+    int rc = harness_create(&H, kv, n, &inst, msg, sizeof msg);
+    if (rc != QTOOL_OK) fprintf(stderr, "create: %s\n", msg);
+    assert_int_equal(rc, QTOOL_OK);
+    return inst;
+}
+
+static qtool_layer_info layer_info(const char *name, int64_t N, int64_t K)
+{
+    qtool_layer_info li = {sizeof li, QTOOL_ROLE_OTHER, name, K, N, 0, 1};
+    return li;
+}
+
+static void calibrate(qtool_instance *inst, const char *name, const float *x, int64_t T, int64_t N, int64_t K)
+{
+    qtool_layer_info li = layer_info(name, N, K);
+    qtool_tensor t = tview((void *)x, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, T, K);
+    assert_int_equal(H.desc->calibrate(inst, &li, &t), QTOOL_OK);
+}
 
 typedef struct ct_saved {
     store st;
