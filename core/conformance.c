@@ -463,8 +463,18 @@ static int pack_layer(conf *c, qtool_instance *inst, int device, const layer_dat
 /* Runs one matmul on `device`. `x` [m, k] holds exactly representable
  * values of `io` (F32 on the CPU); `y` [m, n] receives floats. Returns the
  * plugin's status; a harness failure sets *harness. */
+static int run_matmul_ep(conf *c, int device, int io, qtool_packed *pk, const float *x, int64_t m, int64_t k,
+                         int64_t n, float *y, int *harness, int epilogue);
+
 static int run_matmul(conf *c, int device, int io, qtool_packed *pk, const float *x, int64_t m, int64_t k,
                       int64_t n, float *y, int *harness)
+{
+    return run_matmul_ep(c, device, io, pk, x, m, k, n, y, harness, QTOOL_EPILOGUE_NONE);
+}
+
+/* The same with an epilogue; `n` is then the width of y. */
+static int run_matmul_ep(conf *c, int device, int io, qtool_packed *pk, const float *x, int64_t m, int64_t k,
+                         int64_t n, float *y, int *harness, int epilogue)
 {
     qtool_tensor xt, yt;
     memset(&xt, 0, sizeof xt);
@@ -478,6 +488,7 @@ static int run_matmul(conf *c, int device, int io, qtool_packed *pk, const float
     qtool_matmul_args a;
     memset(&a, 0, sizeof a);
     a.struct_size = sizeof a;
+    a.epilogue = epilogue;
     a.x = &xt;
     a.y = &yt;
     *harness = 0;
@@ -618,6 +629,101 @@ done:
     free(yb);
 }
 
+static double glu_act_ref(int epilogue, double x)
+{
+    switch (epilogue) {
+    case QTOOL_EPILOGUE_SILU_GLU: return x / (1.0 + exp(-x));
+    case QTOOL_EPILOGUE_GELU_GLU: return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+    default: return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+    }
+}
+
+/* QTOOL_PLUGIN_GLU_EPILOGUE (CUDA): the layer's matmul with each GLU
+ * epilogue against its plain matmul followed by act(z[2j]) * z[2j + 1] on
+ * the host. The two may round gate and up differently (another summation
+ * order) and the activation in another way: allowed 8 units of the output
+ * type's rounding of |act(g) u| + |g u| + |u|. M covers small and large
+ * calls (a plugin may switch kernels with M). */
+static void check_glu_epilogue(conf *c, int device, const char *dev_label, qtool_instance *inst,
+                               const layer_data *L, int io)
+{
+    if (!(c->d->flags & QTOOL_PLUGIN_GLU_EPILOGUE)) {
+        add_result(c, QT_CONF_SKIP, "glu-epilogue", dev_label, "the plugin does not claim it");
+        return;
+    }
+    if (device != QTOOL_DEVICE_CUDA) {
+        add_result(c, QT_CONF_SKIP, "glu-epilogue", dev_label, "CUDA only");
+        return;
+    }
+    if (L->n % 2) {
+        add_result(c, QT_CONF_SKIP, "glu-epilogue", dev_label, "a layer of an odd row count");
+        return;
+    }
+    static const int64_t ms[2] = {17, 4160};
+    const int64_t k = L->k, n = L->n, half = n / 2;
+    packed_layer pl;
+    memset(&pl, 0, sizeof pl);
+    notes bad = {{0}, 0};
+    double worst = 0;
+    float *x = NULL, *z = NULL, *y = NULL;
+    int rc = pack_layer(c, inst, device, L, &pl), harness = 0;
+    if (rc) {
+        note(&bad, "pack: %s", status_str(rc));
+        goto done;
+    }
+    const double unit = io == QTOOL_DTYPE_F16 ? 0x1p-10 : 0x1p-7;
+    for (int mi = 0; mi < 2 && !bad.n; mi++) {
+        const int64_t m = ms[mi];
+        free(x);
+        free(z);
+        free(y);
+        x = malloc((size_t)(m * k) * sizeof(float));
+        z = malloc((size_t)(m * n) * sizeof(float));
+        y = malloc((size_t)(m * half) * sizeof(float));
+        if (!x || !z || !y) {
+            note(&bad, "out of memory");
+            break;
+        }
+        make_input(c, 0, 0, m, L, x);
+        round_to(x, (size_t)(m * k), io);
+        if ((rc = run_matmul(c, device, io, pl.pk, x, m, k, n, z, &harness)) || harness) {
+            note(&bad, "plain matmul M=%lld: %s", (long long)m, harness ? "harness failure" : status_str(rc));
+            break;
+        }
+        for (int ep = QTOOL_EPILOGUE_SILU_GLU; ep <= QTOOL_EPILOGUE_GELU_TANH_GLU && !bad.n; ep++) {
+            if ((rc = run_matmul_ep(c, device, io, pl.pk, x, m, k, half, y, &harness, ep)) || harness) {
+                note(&bad, "epilogue %d M=%lld: %s", ep, (long long)m, harness ? "harness failure" : status_str(rc));
+                break;
+            }
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < half; j++) {
+                    const double g = z[i * n + 2 * j], u = z[i * n + 2 * j + 1];
+                    const double ref = glu_act_ref(ep, g) * u, got = y[i * half + j];
+                    const double mag = fabs(ref) + fabs(g * u) + fabs(u), d = fabs(got - ref);
+                    if (!(d <= 8.0 * unit * mag)) {
+                        if (bad.n < 3)
+                            note(&bad, "epilogue %d, M=%lld, row %lld, output %lld: %.6g, plain matmul then GLU %.6g",
+                                 ep, (long long)m, (long long)i, (long long)j, got, ref);
+                        else
+                            bad.n++;
+                    }
+                    if (mag > 0 && d / mag > worst) worst = d / mag;
+                }
+        }
+    }
+done:
+    if (bad.n)
+        add_result(c, QT_CONF_FAIL, "glu-epilogue", dev_label, "%s", bad.text);
+    else
+        add_result(c, QT_CONF_PASS, "glu-epilogue", dev_label,
+                   "%lldx%lld, M = 17 and 4160, three activations: within %.2e of the plain matmul then GLU",
+                   (long long)n, (long long)k, worst);
+    release_packed(c, &pl);
+    free(x);
+    free(z);
+    free(y);
+}
+
 /* Squared error of y against x_eff W^T + b in double, and the squared
  * cancellation-free magnitude sum(x^2 W^2 + b^2). */
 typedef struct err_sum {
@@ -685,7 +791,7 @@ static void check_descriptor(conf *c)
     if (d->devices == 0 || (d->devices & ~(QTOOL_DEVMASK_CPU | QTOOL_DEVMASK_CUDA)))
         note(&bad, "devices mask 0x%x is empty or has unknown bits", d->devices);
     uint32_t known_flags = QTOOL_PLUGIN_NEEDS_CALIBRATION | QTOOL_PLUGIN_THREAD_SAFE_MATMUL | QTOOL_PLUGIN_BASELINE |
-                           QTOOL_PLUGIN_ROW_INDEPENDENT;
+                           QTOOL_PLUGIN_ROW_INDEPENDENT | QTOOL_PLUGIN_GLU_EPILOGUE;
     if (d->flags & ~known_flags) note(&bad, "unknown flag bits 0x%x", d->flags & ~known_flags);
     if (d->weight_bits < 1 || d->weight_bits > 32) note(&bad, "weight_bits %d outside 1..32", d->weight_bits);
     if (d->activation_bits < 1 || d->activation_bits > 32)
@@ -1382,6 +1488,7 @@ static void run_device(conf *c, int device)
         if (make_layer(c, first_ok, &L) == QTOOL_OK) {
             check_bad_arguments(c, device, dev_label, inst, &L);
             check_row_independence(c, device, dev_label, inst, &L, io_for_checks);
+            check_glu_epilogue(c, device, dev_label, inst, &L, io_for_checks);
             free_layer(&L);
         }
         int sl = first_bias_ok >= 0 ? first_bias_ok : first_ok;

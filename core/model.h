@@ -143,6 +143,10 @@ typedef struct qt_linear {
     qtool_packed *packed;       /* from the plugin, for `packed_device` */
     float *input_scale;         /* K floats when the plugin asked for x / s, else NULL */
     int input_scale_folded;     /* the plugin's s went into the preceding norm or Linear */
+    /* A QTOOL_EPILOGUE_*_GLU when this is a fused gate|up Linear packed with
+     * its rows interleaved (gate j, up j) for a plugin with
+     * QTOOL_PLUGIN_GLU_EPILOGUE: its matmul returns act(gate) * up, [M, N/2]. */
+    int glu_epilogue;
 } qt_linear;
 
 typedef enum qt_norm_kind { QT_NORM_NONE = 0, QT_NORM_LAYER = 1, QT_NORM_RMS = 2 } qt_norm_kind;

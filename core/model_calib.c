@@ -261,10 +261,35 @@ static int fusable(const qt_model *m, const qt_block *b, int data_free)
            (b->gate.bias != NULL) == (b->up.bias != NULL);
 }
 
+/* Rows [0, N/2) and [N/2, N) of w [N, K] (and of bias) interleaved in place:
+ * row 2j from the first half, 2j + 1 from the second. */
+static int interleave_halves(float *w, float *bias, int64_t N, int64_t K)
+{
+    const int64_t h = N / 2;
+    float *t = qt_alloc(QTOOL_DEVICE_CPU, (size_t)(N * K) * sizeof(float), QTOOL_MEM_WORKSPACE);
+    if (!t) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
+    for (int64_t j = 0; j < h; j++) {
+        memcpy(t + (2 * j) * K, w + j * K, (size_t)K * sizeof(float));
+        memcpy(t + (2 * j + 1) * K, w + (h + j) * K, (size_t)K * sizeof(float));
+    }
+    memcpy(w, t, (size_t)(N * K) * sizeof(float));
+    if (bias) {
+        for (int64_t j = 0; j < h; j++) {
+            t[2 * j] = bias[j];
+            t[2 * j + 1] = bias[h + j];
+        }
+        memcpy(bias, t, (size_t)N * sizeof(float));
+    }
+    qt_free(QTOOL_DEVICE_CPU, t);
+    return 0;
+}
+
 /* Packs parts[0..n) (same K, rows stacked in this order) as `out`, named
- * `suffix` after the first part's module (".q_proj.weight" -> ".qkv_proj_fused.weight"). */
+ * `suffix` after the first part's module (".q_proj.weight" -> ".qkv_proj_fused.weight").
+ * With `glu_epilogue` (two parts of the same N: gate, up) the rows are
+ * interleaved instead, gate j then up j, as QTOOL_PLUGIN_GLU_EPILOGUE wants. */
 static int pack_stacked(qt_model *m, qt_linear *out, qt_linear *const *parts, int n, int role, const char *suffix,
-                        int device)
+                        int device, int glu_epilogue)
 {
     const int64_t K = parts[0]->info.in_features;
     int64_t N = 0;
@@ -295,6 +320,7 @@ static int pack_stacked(qt_model *m, qt_linear *out, qt_linear *const *parts, in
         }
         row += rows;
     }
+    if (glu_epilogue && (rc = interleave_halves(w, bias, N, K))) goto done;
     qtool_tensor wt = qtool_tensor_view(w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, N, K),
                  bt = qtool_tensor_view(bias, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 1, N, 0);
     memset(out, 0, sizeof *out);
@@ -306,6 +332,7 @@ static int pack_stacked(qt_model *m, qt_linear *out, qt_linear *const *parts, in
     out->info.out_features = N;
     out->weight = &wt;
     out->bias = has_bias ? &bt : NULL;
+    out->glu_epilogue = glu_epilogue;
     rc = pack_linear(m, out, device, NULL);
     out->weight = NULL; /* the stacked copy goes away below */
     out->bias = NULL;
@@ -340,12 +367,29 @@ void qt_model_unfuse(qt_model *m)
     }
 }
 
+/* The GLU epilogue a fused gate|up Linear gets: on CUDA, from a plugin that
+ * offers it, for the activations the SDK names; 0 (a separate GLU) else. */
+static int glu_epilogue_for(const qt_model *m, const qt_block *b, int device)
+{
+    if (device != QTOOL_DEVICE_CUDA || !(m->desc->flags & QTOOL_PLUGIN_GLU_EPILOGUE) ||
+        b->gate.info.out_features != b->up.info.out_features)
+        return QTOOL_EPILOGUE_NONE;
+    switch (m->cfg.hidden_act) {
+    case QT_ACT_SILU: return QTOOL_EPILOGUE_SILU_GLU;
+    case QT_ACT_GELU: return QTOOL_EPILOGUE_GELU_GLU;
+    case QT_ACT_GELU_TANH: return QTOOL_EPILOGUE_GELU_TANH_GLU;
+    default: return QTOOL_EPILOGUE_NONE;
+    }
+}
+
 static int pack_fused(qt_model *m, qt_block *b, int device)
 {
     qt_linear *qkv[3] = {&b->q, &b->k, &b->v}, *gu[2] = {&b->gate, &b->up};
     b->fused = 1; /* so that a failure below is cleaned up by qt_model_unfuse */
-    int rc = pack_stacked(m, &b->qkv, qkv, 3, QTOOL_ROLE_ATTN_QKV, "qkv_proj_fused.weight", device);
-    if (!rc) rc = pack_stacked(m, &b->gate_up, gu, 2, QTOOL_ROLE_FFN_GATE_UP, "gate_up_proj_fused.weight", device);
+    int rc = pack_stacked(m, &b->qkv, qkv, 3, QTOOL_ROLE_ATTN_QKV, "qkv_proj_fused.weight", device, 0);
+    if (!rc)
+        rc = pack_stacked(m, &b->gate_up, gu, 2, QTOOL_ROLE_FFN_GATE_UP, "gate_up_proj_fused.weight", device,
+                          glu_epilogue_for(m, b, device));
     return rc;
 }
 

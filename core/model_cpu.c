@@ -248,6 +248,8 @@ static int cpu_linear(qt_backend *be, const qt_model *m, qt_linear *l, const qt_
         return qt_fail(QTOOL_ERR_INTERNAL, "%s: linear called with [%lld, %lld] -> [%lld, %lld]", l->name,
                        (long long)x->rows, (long long)x->cols, (long long)y->rows, (long long)y->cols);
     if (!l->packed) return dense_fallback(l, x, y);
+    if (l->glu_epilogue) /* packed for CUDA only (model_calib.c) */
+        return qt_fail(QTOOL_ERR_INTERNAL, "%s: a GLU epilogue on the CPU", l->name);
     if (m->packed_device != QTOOL_DEVICE_CPU)
         return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "%s: packed for CUDA, run on the CPU", l->name);
     float *scaled = NULL;

@@ -783,7 +783,8 @@ static int cu_linear(qt_backend *be, const qt_model *m, qt_linear *l, const qt_m
     prof_mark(st, P_LINEAR);
     int rc = flush(st);
     if (rc) return rc;
-    int64_t K = l->info.in_features, N = l->info.out_features;
+    /* A GLU epilogue returns act(gate) * up: half the Linear's outputs. */
+    int64_t K = l->info.in_features, N = l->glu_epilogue ? l->info.out_features / 2 : l->info.out_features;
     if (x->cols != K || y->cols != N || x->ld != K || y->ld != N || x->rows != y->rows)
         return qt_fail(QTOOL_ERR_INTERNAL, "%s: linear called with [%lld, %lld] -> [%lld, %lld]", l->name,
                        (long long)x->rows, (long long)x->cols, (long long)y->rows, (long long)y->cols);
@@ -824,6 +825,7 @@ static int cu_linear(qt_backend *be, const qt_model *m, qt_linear *l, const qt_m
     yt.shape[1] = N;
     qtool_matmul_args a = {0};
     a.struct_size = sizeof a;
+    a.epilogue = l->glu_epilogue;
     a.x = &xt;
     a.y = &yt;
     a.stream = be->stream;

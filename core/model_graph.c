@@ -128,8 +128,8 @@ static int bufs_alloc(run *R, block_bufs *B)
         break;
     }
     default: {
-        if (R->m->blocks[0].fused) { /* h qkv - - ctx tmp gu inter */
-            int64_t w[] = {H, QD + 2 * KD, 0, 0, QD, H, 2 * I, I};
+        if (R->m->blocks[0].fused) { /* h qkv - - ctx tmp gu inter; no gu when the GEMM does the GLU */
+            int64_t w[] = {H, QD + 2 * KD, 0, 0, QD, H, R->m->blocks[0].gate_up.glu_epilogue ? 0 : 2 * I, I};
             n = 8;
             memcpy(cols, w, sizeof w);
         } else { /* h q k v ctx tmp g u */
@@ -229,7 +229,7 @@ static int block_decoder(run *R, qt_block *b, qt_mat *x, block_bufs *B)
     qt_attn_params ap = {c->n_heads, c->n_kv_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, 0};
     if (b->sliding) ap.window_left = c->sliding_window - 1;
     qt_rope_params rp = rope_of(R->m, b);
-    if (b->fused != R->m->blocks[0].fused)
+    if (b->fused != R->m->blocks[0].fused || b->gate_up.glu_epilogue != R->m->blocks[0].gate_up.glu_epilogue)
         return qt_fail(QTOOL_ERR_INTERNAL, "block %d: fused Linears in some blocks only", b->index);
     TRY(op->norm(be, &b->norm1, x, h));
     if (b->fused) {
@@ -258,9 +258,13 @@ static int block_decoder(run *R, qt_block *b, qt_mat *x, block_bufs *B)
     if (b->fused) {
         const int64_t I = c->intermediate_size;
         qt_mat *gu = g, *inter = u; /* [T, 2I] and [T, I] in this layout */
-        TRY(linear(R, &b->gate_up, h, gu));
-        qt_mat gs = cols_of(gu, 0, I), us = cols_of(gu, I, I);
-        TRY(op->glu(be, c->hidden_act, &gs, &us, inter));
+        if (b->gate_up.glu_epilogue) {
+            TRY(linear(R, &b->gate_up, h, inter)); /* act(gate) * up from the GEMM itself */
+        } else {
+            TRY(linear(R, &b->gate_up, h, gu));
+            qt_mat gs = cols_of(gu, 0, I), us = cols_of(gu, I, I);
+            TRY(op->glu(be, c->hidden_act, &gs, &us, inter));
+        }
         TRY(linear(R, &b->down, inter, tmp));
     } else {
         TRY(linear(R, &b->gate, h, g));

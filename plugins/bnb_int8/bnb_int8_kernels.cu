@@ -98,10 +98,26 @@ __global__ void __launch_bounds__(256)
     }
 }
 
+// The largest value of a 128-thread block, in every thread.
+__device__ __forceinline__ float block128_max(float v, float *red)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads(); // red may still be read from an earlier call
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    return fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+}
+
+template <typename T, bool kOutliers>
+__device__ __forceinline__ uint2 quant_piece8(const uint4 &raw, float thr, float scale);
+
 // The same with 16-byte loads (8 values) for K % 8 == 0 and x 16-byte
 // aligned (then Kp - K is a multiple of 8 too), 128 threads a row. The row
 // stays in registers between the absmax and the quantization (one read of
-// x) when it has at most 128 * V pieces; longer rows are read twice.
+// x) when it has at most 128 * V pieces; longer rows are read again (from
+// L1/L2). As in quant_warp8_row, the absmax over every value comes first and
+// only a row that reaches the threshold is scanned for outliers.
 template <typename T, int V>
 __global__ void __launch_bounds__(128)
     k_quant_rows8(const T *__restrict__ x, int64_t K, int64_t Kp, float thr, int8_t *__restrict__ qa,
@@ -113,7 +129,6 @@ __global__ void __launch_bounds__(128)
     const int64_t nv = K / 8, nvp = Kp / 8;
     const bool resident = nv <= 128 * V;
     uint4 keep[V];
-    float amax = 0.0f;
     if (resident) {
 #pragma unroll
         for (int u = 0; u < V; u++) {
@@ -121,58 +136,51 @@ __global__ void __launch_bounds__(128)
             keep[u] = v < nv ? xr[v] : make_uint4(0, 0, 0, 0);
         }
     }
-    for (int64_t v = threadIdx.x, u = 0; v < nv; v += 128, u++) {
-        uint4 w;
-        if (resident) {
-            w = make_uint4(0, 0, 0, 0);
+    // Piece v of the row (the u-th of this thread), from registers or memory.
+    auto piece = [&](int64_t v, int64_t u) {
+        if (!resident) return xr[v];
+        uint4 w = make_uint4(0, 0, 0, 0);
 #pragma unroll
-            for (int i = 0; i < V; i++)
-                if (i == u) w = keep[i];
-        } else {
-            w = xr[v];
-        }
+        for (int i = 0; i < V; i++)
+            if (i == u) w = keep[i];
+        return w;
+    };
+    float amax = 0.0f;
+    for (int64_t v = threadIdx.x, u = 0; v < nv; v += 128, u++) {
+        const uint4 w = piece(v, u);
         const T *h = reinterpret_cast<const T *>(&w);
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            float a = fabsf(to_f<T>(h[i]));
-            if (thr > 0.0f && a >= thr) {
-                flags[v * 8 + i] = 1;
-                continue;
-            }
-            amax = fmaxf(amax, a);
-        }
+        for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(to_f<T>(h[i])));
     }
+    amax = block128_max(amax, red);
+    const bool outliers = thr > 0.0f && amax >= thr; // the same in every thread
+    if (outliers) {
+        amax = 0.0f;
+        for (int64_t v = threadIdx.x, u = 0; v < nv; v += 128, u++) {
+            const uint4 w = piece(v, u);
+            const T *h = reinterpret_cast<const T *>(&w);
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = amax;
-    __syncthreads();
-    amax = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+            for (int i = 0; i < 8; i++) {
+                const float a = fabsf(to_f<T>(h[i]));
+                if (a >= thr) {
+                    flags[v * 8 + i] = 1;
+                    continue;
+                }
+                amax = fmaxf(amax, a);
+            }
+        }
+        amax = block128_max(amax, red);
+    }
     if (threadIdx.x == 0) sa[m] = amax;
     const float scale = amax > 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
     uint2 *qr = reinterpret_cast<uint2 *>(qa + m * Kp);
     for (int64_t v = threadIdx.x, u = 0; v < nvp; v += 128, u++) {
-        uint32_t w2[2] = {0, 0};
-        if (v < nv) {
-            uint4 w;
-            if (resident) {
-                w = make_uint4(0, 0, 0, 0);
-#pragma unroll
-                for (int i = 0; i < V; i++)
-                    if (i == u) w = keep[i];
-            } else {
-                w = xr[v]; // second read of the row: from L1/L2
-            }
-            const T *h = reinterpret_cast<const T *>(&w);
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                float f = to_f<T>(h[i]);
-                int q = 0;
-                if (!(thr > 0.0f && fabsf(f) >= thr)) q = __float2int_rn(__fmul_rn(f, scale));
-                q = q > 127 ? 127 : (q < -127 ? -127 : q);
-                w2[i >> 2] |= (uint32_t)(uint8_t)(int8_t)q << ((i & 3) * 8);
-            }
+        if (v >= nv) {
+            qr[v] = make_uint2(0, 0);
+            continue;
         }
-        qr[v] = make_uint2(w2[0], w2[1]);
+        const uint4 w = piece(v, u);
+        qr[v] = outliers ? quant_piece8<T, true>(w, thr, scale) : quant_piece8<T, false>(w, thr, scale);
     }
 }
 
@@ -235,7 +243,40 @@ __global__ void __launch_bounds__(1024) k_collect(uint8_t *__restrict__ flags, i
 constexpr int kWarpMaxC = 20;
 
 
+// One lane's 8 values of a row quantized and packed; values at or above the
+// threshold become 0 when kOutliers (the row has some).
+template <typename T, bool kOutliers>
+__device__ __forceinline__ uint2 quant_piece8(const uint4 &raw, float thr, float scale)
+{
+    const T *h = reinterpret_cast<const T *>(&raw);
+    uint32_t w2[2] = {0, 0};
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const float f = to_f<T>(h[i]);
+        int q = 0;
+        if (!(kOutliers && fabsf(f) >= thr)) q = __float2int_rn(__fmul_rn(f, scale));
+        q = q > 127 ? 127 : (q < -127 ? -127 : q);
+        w2[i >> 2] |= (uint32_t)(uint8_t)(int8_t)q << ((i & 3) * 8);
+    }
+    return make_uint2(w2[0], w2[1]);
+}
+
+template <typename T, int C, bool kOutliers>
+__device__ __forceinline__ void quant_warp8_store(const uint4 (&raw)[C], int64_t nv, float thr, float scale,
+                                                  uint2 *__restrict__ qr)
+{
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int c = 0; c < C; c++) {
+        const int64_t v = lane + c * 32;
+        if (v < nv) qr[v] = quant_piece8<T, kOutliers>(raw[c], thr, scale);
+    }
+}
+
 // One token row, by one warp; true when this lane set an outlier flag.
+// The absmax over every value comes first: a row whose values all stay
+// below the threshold (nearly every row) then needs no per-value test, and
+// only a row that reaches it is scanned again for its outlier columns.
 template <typename T, int C>
 __device__ __forceinline__ bool quant_warp8_row(const T *__restrict__ x, int64_t m, int64_t K, int64_t Kp, float thr,
                                                 int8_t *__restrict__ qa, float *__restrict__ sa,
@@ -250,46 +291,46 @@ __device__ __forceinline__ bool quant_warp8_row(const T *__restrict__ x, int64_t
         const int64_t v = lane + c * 32;
         raw[c] = v < nv ? xr[v] : make_uint4(0, 0, 0, 0);
     }
-    bool flagged = false;
     float amax = 0.0f;
 #pragma unroll
     for (int c = 0; c < C; c++) {
-        const int64_t v = lane + c * 32;
         const T *h = reinterpret_cast<const T *>(&raw[c]);
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const float a = fabsf(to_f<T>(h[i]));
-            if (thr > 0.0f && a >= thr) {
-                if (v < nv) {
-                    flags[v * 8 + i] = 1;
-                    flagged = true;
-                }
-                continue;
-            }
-            amax = fmaxf(amax, a);
-        }
+        for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(to_f<T>(h[i])));
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const bool outliers = thr > 0.0f && amax >= thr; // the same in every lane
+    bool flagged = false;
+    if (outliers) { // absmax over the values below the threshold; flag the rest
+        amax = 0.0f;
+#pragma unroll
+        for (int c = 0; c < C; c++) {
+            const int64_t v = lane + c * 32;
+            const T *h = reinterpret_cast<const T *>(&raw[c]);
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const float a = fabsf(to_f<T>(h[i]));
+                if (a >= thr) {
+                    if (v < nv) {
+                        flags[v * 8 + i] = 1;
+                        flagged = true;
+                    }
+                    continue;
+                }
+                amax = fmaxf(amax, a);
+            }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    }
     if (lane == 0) sa[m] = amax;
     const float scale = amax > 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
     uint2 *qr = reinterpret_cast<uint2 *>(qa + m * Kp);
-#pragma unroll
-    for (int c = 0; c < C; c++) {
-        const int64_t v = lane + c * 32;
-        if (v >= nv) continue;
-        const T *h = reinterpret_cast<const T *>(&raw[c]);
-        uint32_t w2[2] = {0, 0};
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const float f = to_f<T>(h[i]);
-            int q = 0;
-            if (!(thr > 0.0f && fabsf(f) >= thr)) q = __float2int_rn(__fmul_rn(f, scale));
-            q = q > 127 ? 127 : (q < -127 ? -127 : q);
-            w2[i >> 2] |= (uint32_t)(uint8_t)(int8_t)q << ((i & 3) * 8);
-        }
-        qr[v] = make_uint2(w2[0], w2[1]);
-    }
+    if (outliers)
+        quant_warp8_store<T, C, true>(raw, nv, thr, scale, qr);
+    else
+        quant_warp8_store<T, C, false>(raw, nv, thr, scale, qr);
     for (int64_t v = nv + lane; v < nvp; v += 32) qr[v] = make_uint2(0, 0);
     return flagged;
 }

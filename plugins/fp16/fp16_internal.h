@@ -24,7 +24,10 @@ struct qtool_instance {
     void *lt;                 /* cublasLtHandle_t */
     void *workspace;          /* shared by the instance's CUDA layers */
     size_t workspace_bytes;
-    qtool_packed *workspace_owner; /* the layer whose memory() reports it */
+    qtool_packed *workspace_owner; /* the layer whose memory() reports it (and glu_scratch) */
+    void *glu_scratch;             /* GLU epilogue without the Hopper kernel: GEMM rows in chunks */
+    size_t glu_scratch_bytes;
+    int cc_major;                  /* compute capability of the CUDA device */
     qtool_packed *cuda_layers;     /* live CUDA layers (owner hand-over) */
     void *tuned;                   /* fp16_cuda.c: cuBLASLt algorithms timed per GEMM shape */
     int n_tuned;

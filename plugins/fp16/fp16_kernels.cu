@@ -63,7 +63,39 @@ __global__ void add_bias(void *y, int ydt, const void *bias, int bdt, int64_t m,
         store_any(y, ydt, i, load_any(y, ydt, i) + load_any(bias, bdt, i % n));
 }
 
+// The activation of a GLU epilogue, in float32 (the runtime's formulas).
+__device__ __forceinline__ float glu_act(int epilogue, float x)
+{
+    switch (epilogue) {
+    case QTOOL_EPILOGUE_SILU_GLU: return x / (1.0f + expf(-x));
+    case QTOOL_EPILOGUE_GELU_GLU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    default: return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    }
+}
+
+// y[r, j] = act(z[r, 2j]) * z[r, 2j + 1]; rows on grid.y.
+__global__ void glu_pairs(const void *z, int64_t ldz, void *y, int64_t ldy, int64_t half, int epilogue, int dtype)
+{
+    const int64_t r = blockIdx.y;
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < half; j += (int64_t)gridDim.x * blockDim.x) {
+        const float g = load_any(z, dtype, r * ldz + 2 * j), u = load_any(z, dtype, r * ldz + 2 * j + 1);
+        store_any(y, dtype, r * ldy + j, glu_act(epilogue, g) * u);
+    }
+}
+
 } // namespace
+
+extern "C" int fp16_launch_glu(const void *z, int64_t ldz, void *y, int64_t ldy, int64_t m, int64_t half,
+                               int epilogue, int dtype, void *stream)
+{
+    if (m <= 0 || half <= 0) return cudaSuccess;
+    if (m > 65535) return cudaErrorInvalidValue; /* callers pass row chunks */
+    int64_t bx = (half + 255) / 256;
+    if (bx > 1024) bx = 1024;
+    glu_pairs<<<dim3((unsigned)bx, (unsigned)m), 256, 0, static_cast<cudaStream_t>(stream)>>>(z, ldz, y, ldy, half,
+                                                                                            epilogue, dtype);
+    return cudaGetLastError();
+}
 
 extern "C" int fp16_launch_gemm(const void *x, int x_dtype, const void *w, int w_dtype, const void *bias,
                                 int bias_dtype, void *y, int64_t m, int64_t n, int64_t k, void *stream)

@@ -18,6 +18,12 @@ __attribute__((visibility("hidden"))) int fp16_launch_gemm(const void *x, int x_
                                                            void *y, int64_t m, int64_t n, int64_t k,
                                                            void *stream);
 
+/* y[r, j] = act(z[r, 2j]) * z[r, 2j + 1] for r < m (at most 65535), j < half;
+ * act from a QTOOL_EPILOGUE_*_GLU, in float32. */
+__attribute__((visibility("hidden"))) int fp16_launch_glu(const void *z, int64_t ldz, void *y, int64_t ldy,
+                                                          int64_t m, int64_t half, int epilogue, int dtype,
+                                                          void *stream);
+
 /* y[m, n] += bias[n]. */
 __attribute__((visibility("hidden"))) int fp16_launch_add_bias(void *y, int y_dtype, const void *bias,
                                                                int bias_dtype, int64_t m, int64_t n,

@@ -1,6 +1,7 @@
 /* The fp16 baseline on CUDA: fp16 and bf16 weights through cuBLASLt (and
  * the tiled fallback when activations and weights differ in dtype) against
- * a float64 reference at odd shapes; the shared cuBLASLt workspace counted
+ * a float64 reference at odd shapes; the GLU epilogue (the Hopper kernel
+ * and the chunked fallback) against float64; the shared cuBLASLt workspace counted
  * exactly once in memory() as layers come and go; throughput printed.
  * Without a CUDA device: "skipped: no CUDA device", exit 77. */
 #include <math.h>
@@ -161,6 +162,149 @@ static void test_accuracy(const char *dtype)
     D->destroy(inst);
 }
 
+static double glu_act(int epilogue, double x)
+{
+    switch (epilogue) {
+    case QTOOL_EPILOGUE_SILU_GLU: return x / (1.0 + exp(-x));
+    case QTOOL_EPILOGUE_GELU_GLU: return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+    default: return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+    }
+}
+
+/* y [M, N/2] with a GLU epilogue against float64: z = x W^T + b from the
+ * original weights, gate and up rounded to the activation type (as the
+ * plugin defines them), act(gate) * up. Returns the relative RMS error, or
+ * INFINITY when something was written past y's end. */
+static double run_glu_case(qtool_packed *p, const float *w, const float *b, int64_t m, int64_t k, int64_t n,
+                           int epilogue, int dt, void *run_stream)
+{
+    const int64_t half = n / 2, guard = 64;
+    uint16_t *hx = malloc((size_t)(m * k) * 2), *hy = malloc((size_t)(m * half + guard) * 2);
+    for (int64_t i = 0; i < m * k; i++) hx[i] = to_half((float)normal(), dt);
+    void *dx = NULL, *dy = NULL;
+    double err = INFINITY;
+    if (qt_cuda_malloc(&dx, (size_t)(m * k) * 2) || qt_cuda_malloc(&dy, (size_t)(m * half + guard) * 2) ||
+        qt_cuda_memcpy_h2d(dx, hx, (size_t)(m * k) * 2) ||
+        qt_cuda_memset(dy, 0xFF, (size_t)(m * half + guard) * 2) || qt_cuda_device_sync()) {
+        CHECK(0, "device buffers: %s", qt_last_error());
+        goto out;
+    }
+    qtool_tensor xt = {dx, dt, QTOOL_DEVICE_CUDA, 2, 0, {m, k}};
+    qtool_tensor yt = {dy, dt, QTOOL_DEVICE_CUDA, 2, 0, {m, half}};
+    qtool_matmul_args a = {sizeof a, epilogue, &xt, &yt, run_stream};
+    int rc = D->matmul_cuda(p, &a);
+    CHECK(rc == QTOOL_OK, "GLU matmul_cuda M=%lld K=%lld N=%lld: %s", (long long)m, (long long)k, (long long)n,
+          qt_status_name(rc));
+    if (rc != QTOOL_OK || qt_cuda_stream_sync(run_stream) ||
+        qt_cuda_memcpy_d2h(hy, dy, (size_t)(m * half + guard) * 2))
+        goto out;
+    for (int64_t i = m * half; i < m * half + guard; i++)
+        if (hy[i] != 0xFFFF) goto out; /* written past the end */
+    double e2 = 0, s2 = 0;
+    double *z = malloc((size_t)n * sizeof(double));
+    for (int64_t i = 0; i < m && isfinite(e2); i++) {
+        for (int64_t j = 0; j < n; j++) {
+            double acc = b ? b[j] : 0;
+            for (int64_t t = 0; t < k; t++) acc += (double)from_half(hx[i * k + t], dt) * w[j * k + t];
+            z[j] = from_half(to_half((float)acc, dt), dt);
+        }
+        for (int64_t j = 0; j < half; j++) {
+            const double ref = glu_act(epilogue, z[2 * j]) * z[2 * j + 1], got = from_half(hy[i * half + j], dt);
+            if (!isfinite(got)) {
+                e2 = INFINITY;
+                break;
+            }
+            e2 += (got - ref) * (got - ref);
+            s2 += ref * ref;
+        }
+    }
+    free(z);
+    err = sqrt(e2 / (s2 > 0 ? s2 : 1));
+out:
+    qt_cuda_free(dx);
+    qt_cuda_free(dy);
+    free(hx);
+    free(hy);
+    return err;
+}
+
+/* QTOOL_PLUGIN_GLU_EPILOGUE: every epilogue at odd shapes, with and
+ * without bias, on both sides of the size where Hopper runs the fused
+ * kernel (SiLU, M >= 4096), through a scratch in several row chunks, on
+ * another stream; bad calls refused. */
+static void test_glu_epilogue(const char *dtype)
+{
+    static const int64_t cases[][4] = {
+        /* M, K, N/2, epilogue */
+        {1, 64, 8, QTOOL_EPILOGUE_SILU_GLU},       {7, 24, 13, QTOOL_EPILOGUE_GELU_GLU},
+        {300, 136, 68, QTOOL_EPILOGUE_GELU_TANH_GLU}, {300, 136, 68, QTOOL_EPILOGUE_SILU_GLU},
+        {4100, 64, 136, QTOOL_EPILOGUE_SILU_GLU},  {4097, 24, 9, QTOOL_EPILOGUE_SILU_GLU},
+        {5000, 136, 264, QTOOL_EPILOGUE_SILU_GLU}, {4100, 64, 2048, QTOOL_EPILOGUE_GELU_TANH_GLU},
+        {4100, 72, 100, QTOOL_EPILOGUE_GELU_GLU},
+    };
+    qtool_instance *inst = make_instance(dtype);
+    CHECK(inst != NULL, "create with dtype=%s", dtype);
+    if (!inst) return;
+    const int dt = strcmp(dtype, "bf16") == 0 ? QTOOL_DTYPE_BF16 : QTOOL_DTYPE_F16;
+    const double tol = dt == QTOOL_DTYPE_BF16 ? 3e-2 : 4e-3;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int64_t m = cases[c][0], k = cases[c][1], n = 2 * cases[c][2];
+        const int ep = (int)cases[c][3];
+        float *w = malloc((size_t)(n * k) * 4), *b = malloc((size_t)n * 4);
+        for (int64_t i = 0; i < n * k; i++) w[i] = (float)(normal() / sqrt((double)k));
+        for (int64_t i = 0; i < n; i++) b[i] = (float)(0.5 * normal());
+        const int with_bias = c % 2 == 0;
+        qtool_packed *p = pack(inst, w, with_bias ? b : NULL, n, k);
+        if (p) {
+            double err = run_glu_case(p, w, with_bias ? b : NULL, m, k, n, ep, dt, stream);
+            printf("GLU dtype=%s epilogue %d M=%lld K=%lld N=%lld%s: error %.2e (limit %.1e)\n", dtype, ep,
+                   (long long)m, (long long)k, (long long)n, with_bias ? " +bias" : "", err, tol);
+            CHECK(err <= tol, "GLU error %.3g > %.3g", err, tol);
+            D->free_packed(p);
+        }
+        free(w);
+        free(b);
+    }
+    /* Another stream (a scratch of its own for the call). */
+    void *other = NULL;
+    if (qt_cuda_stream_create(&other) == 0) {
+        int64_t m = 33, k = 40, n = 2 * 50;
+        float *w = malloc((size_t)(n * k) * 4);
+        for (int64_t i = 0; i < n * k; i++) w[i] = (float)(normal() / sqrt((double)k));
+        qtool_packed *p = pack(inst, w, NULL, n, k);
+        if (p) {
+            double err = run_glu_case(p, w, NULL, m, k, n, QTOOL_EPILOGUE_SILU_GLU, dt, other);
+            CHECK(err <= tol, "GLU on another stream: error %.3g", err);
+            D->free_packed(p);
+        }
+        free(w);
+        qt_cuda_stream_destroy(other);
+    }
+    /* Refused: an odd row count, y of the plain shape, an unknown epilogue. */
+    {
+        int64_t k = 8;
+        float w[5 * 8] = {0};
+        qtool_packed *odd = pack(inst, w, NULL, 5, k), *even = pack(inst, w, NULL, 4, k);
+        void *dx = NULL, *dy = NULL;
+        if (odd && even && !qt_cuda_malloc(&dx, 2 * 8 * 2) && !qt_cuda_malloc(&dy, 2 * 5 * 2)) {
+            qtool_tensor xt = {dx, dt, QTOOL_DEVICE_CUDA, 2, 0, {2, k}};
+            qtool_tensor y2 = {dy, dt, QTOOL_DEVICE_CUDA, 2, 0, {2, 2}}, y4 = {dy, dt, QTOOL_DEVICE_CUDA, 2, 0, {2, 4}};
+            qtool_matmul_args a = {sizeof a, QTOOL_EPILOGUE_SILU_GLU, &xt, &y2, stream};
+            CHECK(D->matmul_cuda(odd, &a) == QTOOL_ERR_INVALID_ARGUMENT, "GLU with 5 rows accepted");
+            a.y = &y4;
+            CHECK(D->matmul_cuda(even, &a) == QTOOL_ERR_INVALID_ARGUMENT, "GLU output [2, 4] for 4 rows accepted");
+            a.y = &y2;
+            a.epilogue = 99;
+            CHECK(D->matmul_cuda(even, &a) == QTOOL_ERR_INVALID_ARGUMENT, "epilogue 99 accepted");
+        }
+        qt_cuda_free(dx);
+        qt_cuda_free(dy);
+        if (odd) D->free_packed(odd);
+        if (even) D->free_packed(even);
+    }
+    D->destroy(inst);
+}
+
 static void mem_now(uint64_t out[QTOOL_MEM_COUNT])
 {
     qt_mem_stats st;
@@ -195,6 +339,14 @@ static void test_workspace_accounting(void)
     mem_now(now);
     CHECK(m2[QTOOL_MEM_WORKSPACE] == ws, "the workspace moves to the remaining layer");
     for (int c = 0; c < QTOOL_MEM_COUNT; c++) CHECK(m2[c] == now[c] - base[c], "category %d after hand-over", c);
+    /* A GLU epilogue below the fused kernel's size takes the instance's
+     * scratch: reported by the owner too. */
+    double gerr = run_glu_case(p2, w, NULL, 9, k, n, QTOOL_EPILOGUE_SILU_GLU, QTOOL_DTYPE_F16, stream);
+    CHECK(gerr <= 4e-3, "GLU epilogue: error %.3g", gerr);
+    D->memory(p2, m2);
+    mem_now(now);
+    CHECK(m2[QTOOL_MEM_WORKSPACE] > ws, "the GLU scratch is reported");
+    for (int c = 0; c < QTOOL_MEM_COUNT; c++) CHECK(m2[c] == now[c] - base[c], "category %d with the GLU scratch", c);
     /* Another stream: the shared workspace is not used, results still right. */
     void *other = NULL;
     if (qt_cuda_stream_create(&other) == 0) {
@@ -282,6 +434,8 @@ int main(void)
     }
     test_accuracy("fp16");
     test_accuracy("bf16");
+    test_glu_epilogue("fp16");
+    test_glu_epilogue("bf16");
     test_workspace_accounting();
     report_throughput();
     qt_cuda_stream_destroy(stream);

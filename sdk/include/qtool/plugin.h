@@ -282,10 +282,23 @@ typedef struct qtool_pack_args {
 
 /* y[M, N] = x[M, K] @ W^T + bias.
  * CPU: x and y are F32. CUDA: x and y are F16 or BF16 (same dtype), on the
- * device, work enqueued on `stream`; the call may return before it ends. */
+ * device, work enqueued on `stream`; the call may return before it ends.
+ *
+ * `epilogue` is QTOOL_EPILOGUE_NONE except for plugins that set
+ * QTOOL_PLUGIN_GLU_EPILOGUE, and only in matmul_cuda. With a GLU epilogue
+ * the layer's rows are gate and up rows interleaved (2j gate j, 2j+1 up j)
+ * and y is [M, N/2]:
+ *   y[m, j] = act(g) * u,  g = z[m, 2j], u = z[m, 2j+1],  z = x W^T + bias
+ * with g and u rounded to y's dtype first (as a separate GEMM's output
+ * would be), act computed in float32. */
+#define QTOOL_EPILOGUE_NONE 0
+#define QTOOL_EPILOGUE_SILU_GLU 1      /* x * sigmoid(x) (SwiGLU) */
+#define QTOOL_EPILOGUE_GELU_GLU 2      /* exact GELU (erf) (GeGLU) */
+#define QTOOL_EPILOGUE_GELU_TANH_GLU 3 /* tanh-approximated GELU */
+
 typedef struct qtool_matmul_args {
     uint32_t struct_size;
-    int32_t reserved;
+    int32_t epilogue; /* QTOOL_EPILOGUE_* */
     const qtool_tensor *x;
     qtool_tensor *y;
     void *stream; /* cudaStream_t for CUDA, NULL for the CPU */
@@ -323,6 +336,11 @@ typedef struct qtool_load_source {
  * (q, k, v; gate, up) as one for forward passes (evaluation): fewer, larger
  * GEMMs. A host that does not know a flag ignores it. */
 #define QTOOL_PLUGIN_ROW_INDEPENDENT (1u << 3)
+/* matmul_cuda honours qtool_matmul_args.epilogue (every QTOOL_EPILOGUE_*):
+ * the runtime then packs a GLU MLP's gate and up rows interleaved as one
+ * Linear and gets the GLU's output from one call, so the [M, 2I] product
+ * need not pass through memory. Needs QTOOL_PLUGIN_ROW_INDEPENDENT. */
+#define QTOOL_PLUGIN_GLU_EPILOGUE (1u << 4)
 
 typedef struct qtool_plugin_desc {
     uint32_t abi_version; /* QTOOL_ABI_VERSION */
