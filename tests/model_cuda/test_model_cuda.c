@@ -128,9 +128,17 @@ static void open_fixture(fixture *f, const char *name, int which)
     if (qt_model_pack(f->m, f->desc, f->inst, QTOOL_DEVICE_CUDA)) fail_msg("pack: %s", qt_last_error());
     const int want_fused = (f->m->cfg.arch == QT_ARCH_QWEN2 || f->m->cfg.arch == QT_ARCH_LLAMA) &&
                            f->m->fuse_linears && (f->desc->flags & QTOOL_PLUGIN_ROW_INDEPENDENT);
-    for (int64_t i = 0; i < f->m->cfg.n_layers; i++)
+    /* fp16 also computes their GLU in the gate|up GEMM. */
+    const int act = f->m->cfg.hidden_act;
+    const int want_glu = want_fused && (f->desc->flags & QTOOL_PLUGIN_GLU_EPILOGUE) &&
+                         (act == QT_ACT_SILU || act == QT_ACT_GELU || act == QT_ACT_GELU_TANH);
+    for (int64_t i = 0; i < f->m->cfg.n_layers; i++) {
         if (f->m->blocks[i].fused != want_fused)
             fail_msg("block %lld: fused %d, expected %d", (long long)i, f->m->blocks[i].fused, want_fused);
+        if ((f->m->blocks[i].gate_up.glu_epilogue != 0) != want_glu)
+            fail_msg("block %lld: GLU epilogue %d, expected one: %d", (long long)i,
+                     f->m->blocks[i].gate_up.glu_epilogue, want_glu);
+    }
 }
 
 static void close_fixture(fixture *f)
