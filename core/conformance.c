@@ -464,17 +464,18 @@ static int pack_layer(conf *c, qtool_instance *inst, int device, const layer_dat
  * values of `io` (F32 on the CPU); `y` [m, n] receives floats. Returns the
  * plugin's status; a harness failure sets *harness. */
 static int run_matmul_ep(conf *c, int device, int io, qtool_packed *pk, const float *x, int64_t m, int64_t k,
-                         int64_t n, float *y, int *harness, int epilogue);
+                         int64_t n, float *y, int *harness, int epilogue, const float *y_in);
 
 static int run_matmul(conf *c, int device, int io, qtool_packed *pk, const float *x, int64_t m, int64_t k,
                       int64_t n, float *y, int *harness)
 {
-    return run_matmul_ep(c, device, io, pk, x, m, k, n, y, harness, QTOOL_EPILOGUE_NONE);
+    return run_matmul_ep(c, device, io, pk, x, m, k, n, y, harness, QTOOL_EPILOGUE_NONE, NULL);
 }
 
-/* The same with an epilogue; `n` is then the width of y. */
+/* The same with an epilogue; `n` is then the width of y, which starts as
+ * `y_in` (values of `io`) when that is not NULL. */
 static int run_matmul_ep(conf *c, int device, int io, qtool_packed *pk, const float *x, int64_t m, int64_t k,
-                         int64_t n, float *y, int *harness, int epilogue)
+                         int64_t n, float *y, int *harness, int epilogue, const float *y_in)
 {
     qtool_tensor xt, yt;
     memset(&xt, 0, sizeof xt);
@@ -492,7 +493,7 @@ static int run_matmul_ep(conf *c, int device, int io, qtool_packed *pk, const fl
     a.x = &xt;
     a.y = &yt;
     *harness = 0;
-    for (int64_t i = 0; i < m * n; i++) y[i] = NAN; /* unwritten outputs show up */
+    for (int64_t i = 0; i < m * n; i++) y[i] = y_in ? y_in[i] : NAN; /* unwritten outputs show up */
     if (device == QTOOL_DEVICE_CPU) {
         xt.data = (void *)x;
         yt.data = y;
@@ -509,8 +510,10 @@ static int run_matmul_ep(conf *c, int device, int io, qtool_packed *pk, const fl
     }
     for (int64_t i = 0; i < m * k; i++)
         hx[i] = io == QTOOL_DTYPE_F16 ? qtool_f32_to_f16(x[i]) : qtool_f32_to_bf16(x[i]);
-    if (qt_cuda_malloc(&dx, xb ? xb : 2) || qt_cuda_malloc(&dy, yb ? yb : 2) ||
-        qt_cuda_memcpy_h2d(dx, hx, xb) || qt_cuda_memset(dy, 0xFF, yb) || qt_cuda_device_sync()) {
+    for (int64_t i = 0; y_in && i < m * n; i++)
+        hy[i] = io == QTOOL_DTYPE_F16 ? qtool_f32_to_f16(y_in[i]) : qtool_f32_to_bf16(y_in[i]);
+    if (qt_cuda_malloc(&dx, xb ? xb : 2) || qt_cuda_malloc(&dy, yb ? yb : 2) || qt_cuda_memcpy_h2d(dx, hx, xb) ||
+        (y_in ? qt_cuda_memcpy_h2d(dy, hy, yb) : qt_cuda_memset(dy, 0xFF, yb)) || qt_cuda_device_sync()) {
         *harness = QTOOL_ERR_DEVICE;
         goto out;
     }
@@ -691,7 +694,7 @@ static void check_glu_epilogue(conf *c, int device, const char *dev_label, qtool
             break;
         }
         for (int ep = QTOOL_EPILOGUE_SILU_GLU; ep <= QTOOL_EPILOGUE_GELU_TANH_GLU && !bad.n; ep++) {
-            if ((rc = run_matmul_ep(c, device, io, pl.pk, x, m, k, half, y, &harness, ep)) || harness) {
+            if ((rc = run_matmul_ep(c, device, io, pl.pk, x, m, k, half, y, &harness, ep, NULL)) || harness) {
                 note(&bad, "epilogue %d M=%lld: %s", ep, (long long)m, harness ? "harness failure" : status_str(rc));
                 break;
             }
@@ -721,6 +724,84 @@ done:
     release_packed(c, &pl);
     free(x);
     free(z);
+    free(y);
+}
+
+/* QTOOL_PLUGIN_RESIDUAL_EPILOGUE (CUDA): y starting as a residual r gives
+ * r + z, z the plain matmul, rounded once: within 2 units of the output
+ * type's rounding of |r| + |z| (z itself may differ by its summation
+ * order). */
+static void check_residual_epilogue(conf *c, int device, const char *dev_label, qtool_instance *inst,
+                                    const layer_data *L, int io)
+{
+    if (!(c->d->flags & QTOOL_PLUGIN_RESIDUAL_EPILOGUE)) {
+        add_result(c, QT_CONF_SKIP, "residual-epilogue", dev_label, "the plugin does not claim it");
+        return;
+    }
+    if (device != QTOOL_DEVICE_CUDA) {
+        add_result(c, QT_CONF_SKIP, "residual-epilogue", dev_label, "CUDA only");
+        return;
+    }
+    static const int64_t ms[2] = {17, 4160};
+    const int64_t k = L->k, n = L->n;
+    packed_layer pl;
+    memset(&pl, 0, sizeof pl);
+    notes bad = {{0}, 0};
+    double worst = 0;
+    float *x = NULL, *z = NULL, *r = NULL, *y = NULL;
+    int rc = pack_layer(c, inst, device, L, &pl), harness = 0;
+    if (rc) {
+        note(&bad, "pack: %s", status_str(rc));
+        goto done;
+    }
+    const double unit = io == QTOOL_DTYPE_F16 ? 0x1p-10 : 0x1p-7;
+    for (int mi = 0; mi < 2 && !bad.n; mi++) {
+        const int64_t m = ms[mi];
+        free(x);
+        free(z);
+        free(r);
+        free(y);
+        x = malloc((size_t)(m * k) * sizeof(float));
+        z = malloc((size_t)(m * n) * sizeof(float));
+        r = malloc((size_t)(m * n) * sizeof(float));
+        y = malloc((size_t)(m * n) * sizeof(float));
+        if (!x || !z || !r || !y) {
+            note(&bad, "out of memory");
+            break;
+        }
+        make_input(c, 0, 0, m, L, x);
+        round_to(x, (size_t)(m * k), io);
+        for (int64_t i = 0; i < m * n; i++) r[i] = (float)(((i * 2654435761u) % 2001) / 250.0 - 4.0);
+        round_to(r, (size_t)(m * n), io);
+        if ((rc = run_matmul(c, device, io, pl.pk, x, m, k, n, z, &harness)) || harness ||
+            (rc = run_matmul_ep(c, device, io, pl.pk, x, m, k, n, y, &harness, QTOOL_EPILOGUE_RESIDUAL, r)) ||
+            harness) {
+            note(&bad, "M=%lld: %s", (long long)m, harness ? "harness failure" : status_str(rc));
+            break;
+        }
+        for (int64_t i = 0; i < m * n; i++) {
+            const double ref = (double)r[i] + z[i], mag = fabs(r[i]) + fabs(z[i]), d = fabs(y[i] - ref);
+            if (!(d <= 2.0 * unit * mag)) {
+                if (bad.n < 3)
+                    note(&bad, "M=%lld, element %lld: %.6g, residual + plain matmul %.6g", (long long)m,
+                         (long long)i, y[i], ref);
+                else
+                    bad.n++;
+            }
+            if (mag > 0 && d / mag > worst) worst = d / mag;
+        }
+    }
+done:
+    if (bad.n)
+        add_result(c, QT_CONF_FAIL, "residual-epilogue", dev_label, "%s", bad.text);
+    else
+        add_result(c, QT_CONF_PASS, "residual-epilogue", dev_label,
+                   "%lldx%lld, M = 17 and 4160: within %.2e of residual + plain matmul", (long long)n, (long long)k,
+                   worst);
+    release_packed(c, &pl);
+    free(x);
+    free(z);
+    free(r);
     free(y);
 }
 
@@ -791,7 +872,8 @@ static void check_descriptor(conf *c)
     if (d->devices == 0 || (d->devices & ~(QTOOL_DEVMASK_CPU | QTOOL_DEVMASK_CUDA)))
         note(&bad, "devices mask 0x%x is empty or has unknown bits", d->devices);
     uint32_t known_flags = QTOOL_PLUGIN_NEEDS_CALIBRATION | QTOOL_PLUGIN_THREAD_SAFE_MATMUL | QTOOL_PLUGIN_BASELINE |
-                           QTOOL_PLUGIN_ROW_INDEPENDENT | QTOOL_PLUGIN_GLU_EPILOGUE;
+                           QTOOL_PLUGIN_ROW_INDEPENDENT | QTOOL_PLUGIN_GLU_EPILOGUE |
+                           QTOOL_PLUGIN_RESIDUAL_EPILOGUE;
     if (d->flags & ~known_flags) note(&bad, "unknown flag bits 0x%x", d->flags & ~known_flags);
     if (d->weight_bits < 1 || d->weight_bits > 32) note(&bad, "weight_bits %d outside 1..32", d->weight_bits);
     if (d->activation_bits < 1 || d->activation_bits > 32)
@@ -1489,6 +1571,7 @@ static void run_device(conf *c, int device)
             check_bad_arguments(c, device, dev_label, inst, &L);
             check_row_independence(c, device, dev_label, inst, &L, io_for_checks);
             check_glu_epilogue(c, device, dev_label, inst, &L, io_for_checks);
+            check_residual_epilogue(c, device, dev_label, inst, &L, io_for_checks);
             free_layer(&L);
         }
         int sl = first_bias_ok >= 0 ? first_bias_ok : first_ok;

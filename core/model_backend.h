@@ -70,6 +70,9 @@ typedef struct qt_backend_ops {
     int (*norm)(qt_backend *be, const qt_norm *n, const qt_mat *x, qt_mat *out);
     /* y = x W^T + b through the Linear's packed plugin layer (x, y contiguous). */
     int (*linear)(qt_backend *be, const qt_model *m, qt_linear *l, const qt_mat *x, qt_mat *y);
+    /* Optional: y += x W^T + b in the plugin's GEMM (its residual epilogue,
+     * QTOOL_PLUGIN_RESIDUAL_EPILOGUE); packed Linears only. */
+    int (*linear_residual)(qt_backend *be, const qt_model *m, qt_linear *l, const qt_mat *x, qt_mat *y);
     /* Rotates x in place (rotate_half convention), rows at their positions. */
     int (*rope)(qt_backend *be, const qt_rope_params *r, const qt_seqs *s, qt_mat *x);
     /* out = softmax(q k^T * scale + mask) v per sequence and head; k/v heads

@@ -777,14 +777,17 @@ static int float_gemm(cuda_state *st, void *stream, const void *x, const void *w
     return s ? lt_fail(s, what) : 0;
 }
 
-static int cu_linear(qt_backend *be, const qt_model *m, qt_linear *l, const qt_mat *x, qt_mat *y)
+/* y = x W^T + b through the plugin, with `epilogue` (QTOOL_EPILOGUE_*). */
+static int cu_linear_ep(qt_backend *be, const qt_model *m, qt_linear *l, const qt_mat *x, qt_mat *y, int epilogue)
 {
     cuda_state *st = STATE(be);
     prof_mark(st, P_LINEAR);
-    int rc = flush(st);
+    int rc = flush(st); /* a pending residual add reaches y before a residual epilogue reads it */
     if (rc) return rc;
     /* A GLU epilogue returns act(gate) * up: half the Linear's outputs. */
     int64_t K = l->info.in_features, N = l->glu_epilogue ? l->info.out_features / 2 : l->info.out_features;
+    if (epilogue == QTOOL_EPILOGUE_RESIDUAL && (!l->packed || m->linear_hook || l->glu_epilogue))
+        return qt_fail(QTOOL_ERR_INTERNAL, "%s: residual epilogue on an unpacked or GLU Linear", l->name);
     if (x->cols != K || y->cols != N || x->ld != K || y->ld != N || x->rows != y->rows)
         return qt_fail(QTOOL_ERR_INTERNAL, "%s: linear called with [%lld, %lld] -> [%lld, %lld]", l->name,
                        (long long)x->rows, (long long)x->cols, (long long)y->rows, (long long)y->cols);
@@ -825,7 +828,7 @@ static int cu_linear(qt_backend *be, const qt_model *m, qt_linear *l, const qt_m
     yt.shape[1] = N;
     qtool_matmul_args a = {0};
     a.struct_size = sizeof a;
-    a.epilogue = l->glu_epilogue;
+    a.epilogue = epilogue;
     a.x = &xt;
     a.y = &yt;
     a.stream = be->stream;
@@ -834,6 +837,16 @@ static int cu_linear(qt_backend *be, const qt_model *m, qt_linear *l, const qt_m
     if (rc != QTOOL_OK)
         return qt_fail(rc, "%s: plugin %s matmul failed (%s)", l->name, m->desc->name, qt_status_name(rc));
     return 0;
+}
+
+static int cu_linear(qt_backend *be, const qt_model *m, qt_linear *l, const qt_mat *x, qt_mat *y)
+{
+    return cu_linear_ep(be, m, l, x, y, l->glu_epilogue);
+}
+
+static int cu_linear_residual(qt_backend *be, const qt_model *m, qt_linear *l, const qt_mat *x, qt_mat *y)
+{
+    return cu_linear_ep(be, m, l, x, y, QTOOL_EPILOGUE_RESIDUAL);
 }
 
 static int cu_rope(qt_backend *be, const qt_rope_params *r, const qt_seqs *s, qt_mat *x)
@@ -1023,6 +1036,7 @@ const qt_backend_ops qt_cuda_backend_ops = {
     .embed = cu_embed,
     .norm = cu_norm,
     .linear = cu_linear,
+    .linear_residual = cu_linear_residual,
     .rope = cu_rope,
     .attention = cu_attention,
     .glu = cu_glu,

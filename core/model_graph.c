@@ -79,6 +79,19 @@ static int linear_again(run *R, qt_linear *l, const qt_mat *x, qt_mat *y)
     return linear_in(R, l, x, y, 1);
 }
 
+/* res += x W^T + b: in the plugin's GEMM where plugin and backend offer a
+ * residual epilogue (the norm after it then reads one matrix, not two),
+ * else into tmp and through the backend's add. */
+static int linear_residual(run *R, qt_linear *l, const qt_mat *x, qt_mat *tmp, qt_mat *res)
+{
+    const qt_model *m = R->m;
+    if (R->ops->linear_residual && !m->linear_hook && l->packed && !l->glu_epilogue && m->desc &&
+        (m->desc->flags & QTOOL_PLUGIN_RESIDUAL_EPILOGUE))
+        return R->ops->linear_residual(R->be, m, l, x, res);
+    int rc = linear(R, l, x, tmp);
+    return rc ? rc : R->ops->add(R->be, res, tmp);
+}
+
 static qt_rope_params rope_of(const qt_model *m, const qt_block *b)
 {
     qt_rope_params r;
@@ -204,14 +217,12 @@ static int block_modernbert(run *R, qt_block *b, qt_mat *x, block_bufs *B)
     TRY(op->rope(be, &rp, R->s, &q));
     TRY(op->rope(be, &rp, R->s, &k));
     TRY(op->attention(be, &ap, R->s, &q, &k, &v, ctx));
-    TRY(linear(R, &b->o, ctx, tmp));
-    TRY(op->add(be, x, tmp));
+    TRY(linear_residual(R, &b->o, ctx, tmp, x));
     TRY(op->norm(be, &b->norm2, x, h));
     TRY(linear(R, &b->gate_up, h, gu));
     qt_mat in = cols_of(gu, 0, I), gate = cols_of(gu, I, I);
     TRY(op->glu(be, c->hidden_act, &in, &gate, inter));
-    TRY(linear(R, &b->down, inter, tmp));
-    TRY(op->add(be, x, tmp));
+    TRY(linear_residual(R, &b->down, inter, tmp, x));
 out:
     return rc;
 }
@@ -252,8 +263,7 @@ static int block_decoder(run *R, qt_block *b, qt_mat *x, block_bufs *B)
         TRY(op->rope(be, &rp, R->s, k));
         TRY(op->attention(be, &ap, R->s, q, k, v, ctx));
     }
-    TRY(linear(R, &b->o, ctx, tmp));
-    TRY(op->add(be, x, tmp));
+    TRY(linear_residual(R, &b->o, ctx, tmp, x));
     TRY(op->norm(be, &b->norm2, x, h));
     if (b->fused) {
         const int64_t I = c->intermediate_size;
@@ -265,14 +275,13 @@ static int block_decoder(run *R, qt_block *b, qt_mat *x, block_bufs *B)
             qt_mat gs = cols_of(gu, 0, I), us = cols_of(gu, I, I);
             TRY(op->glu(be, c->hidden_act, &gs, &us, inter));
         }
-        TRY(linear(R, &b->down, inter, tmp));
+        TRY(linear_residual(R, &b->down, inter, tmp, x));
     } else {
         TRY(linear(R, &b->gate, h, g));
         TRY(linear_again(R, &b->up, h, u));
         TRY(op->glu(be, c->hidden_act, g, u, g));
-        TRY(linear(R, &b->down, g, tmp));
+        TRY(linear_residual(R, &b->down, g, tmp, x));
     }
-    TRY(op->add(be, x, tmp));
 out:
     return rc;
 }

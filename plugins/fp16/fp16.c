@@ -369,7 +369,8 @@ static const qtool_plugin_desc fp16_desc = {
 #else
     .devices = QTOOL_DEVMASK_CPU,
 #endif
-    .flags = QTOOL_PLUGIN_BASELINE | QTOOL_PLUGIN_ROW_INDEPENDENT | QTOOL_PLUGIN_GLU_EPILOGUE,
+    .flags = QTOOL_PLUGIN_BASELINE | QTOOL_PLUGIN_ROW_INDEPENDENT | QTOOL_PLUGIN_GLU_EPILOGUE |
+             QTOOL_PLUGIN_RESIDUAL_EPILOGUE,
     .weight_bits = 16,
     .activation_bits = 16,
     .options = fp16_options,

@@ -628,7 +628,8 @@ int fp16_cuda_matmul(qtool_packed *p, const qtool_matmul_args *args)
     if (!args || args->struct_size < offsetof(qtool_matmul_args, stream) + sizeof args->stream || !args->x ||
         !args->y)
         return QTOOL_ERR_INVALID_ARGUMENT;
-    if (args->epilogue != QTOOL_EPILOGUE_NONE) return glu_matmul(p, args);
+    const int residual = args->epilogue == QTOOL_EPILOGUE_RESIDUAL;
+    if (args->epilogue != QTOOL_EPILOGUE_NONE && !residual) return glu_matmul(p, args);
     const qtool_tensor *x = args->x;
     qtool_tensor *y = args->y;
     if ((x->dtype != QTOOL_DTYPE_F16 && x->dtype != QTOOL_DTYPE_BF16) || y->dtype != x->dtype ||
@@ -656,16 +657,26 @@ int fp16_cuda_matmul(qtool_packed *p, const qtool_matmul_args *args)
         if (!pl) return rc;
         kind = pl->kind;
         if (kind != PLAN_FALLBACK && m >= TUNE_MIN_M && !pl->tuned) {
-            tune_plan(p, pl, x->data, y->data, stream);
-            pl->tuned = 1;
+            /* The candidates overwrite their output: a residual call times
+             * them on a scratch copy-size buffer, never on y. */
+            void *ty = y->data, *tmp = NULL;
+            if (residual) {
+                const qtool_host_services *h = inst->host;
+                ty = tmp = h->alloc(h->ctx, QTOOL_DEVICE_CUDA, (size_t)(m * p->n) * 2, QTOOL_MEM_WORKSPACE);
+                if (tmp && alignment_of(tmp) < pl->align_y) ty = NULL;
+            }
+            if (ty) tune_plan(p, pl, x->data, ty, stream);
+            if (tmp) inst->host->free(inst->host->ctx, QTOOL_DEVICE_CUDA, tmp);
+            pl->tuned = ty != NULL;
         }
     }
     if (kind == PLAN_FALLBACK) {
         cudaError_t e = (cudaError_t)fp16_launch_gemm(x->data, x->dtype, p->w_dev, p->dtype, p->b_dev, p->dtype,
-                                                      y->data, m, p->n, p->k, stream);
+                                                      y->data, m, p->n, p->k, residual, stream);
         return e == cudaSuccess ? QTOOL_OK : cuda_fail(inst, e, "fp16 tiled GEMM launch");
     }
-    const float alpha = 1.0f, beta = 0.0f;
+    /* The residual epilogue is cuBLASLt's C = D = y with beta 1. */
+    const float alpha = 1.0f, beta = residual ? 1.0f : 0.0f;
     cublasLtMatmulDesc_t desc = (cublasLtMatmulDesc_t)(kind == PLAN_LT_BIAS ? p->op_bias : p->op_plain);
     cublasStatus_t s = cublasLtMatmul((cublasLtHandle_t)inst->lt, desc, &alpha, p->w_dev,
                                       (cublasLtMatrixLayout_t)p->a_layout, x->data, pl->b_layout, &beta, y->data,

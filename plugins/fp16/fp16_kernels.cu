@@ -30,7 +30,7 @@ __device__ __forceinline__ void store_any(void *p, int dtype, int64_t i, float v
 }
 
 __global__ void gemm_tiled(const void *x, int xdt, const void *w, int wdt, const void *bias, int bdt,
-                           void *y, int64_t m, int64_t n, int64_t k)
+                           void *y, int64_t m, int64_t n, int64_t k, int accumulate)
 {
     __shared__ float xs[TILE][TILE + 1], ws[TILE][TILE + 1];
     const int tx = threadIdx.x, ty = threadIdx.y;
@@ -50,6 +50,7 @@ __global__ void gemm_tiled(const void *x, int xdt, const void *w, int wdt, const
         }
         if (row < m && col < n) {
             if (bias) acc += load_any(bias, bdt, col);
+            if (accumulate) acc += load_any(y, xdt, row * n + col);
             store_any(y, xdt, row * n + col, acc);
         }
     }
@@ -98,7 +99,8 @@ extern "C" int fp16_launch_glu(const void *z, int64_t ldz, void *y, int64_t ldy,
 }
 
 extern "C" int fp16_launch_gemm(const void *x, int x_dtype, const void *w, int w_dtype, const void *bias,
-                                int bias_dtype, void *y, int64_t m, int64_t n, int64_t k, void *stream)
+                                int bias_dtype, void *y, int64_t m, int64_t n, int64_t k, int accumulate,
+                                void *stream)
 {
     if (m <= 0 || n <= 0) return cudaSuccess;
     const int64_t tiles_n = (n + TILE - 1) / TILE, tiles_m = (m + TILE - 1) / TILE;
@@ -106,7 +108,7 @@ extern "C" int fp16_launch_gemm(const void *x, int x_dtype, const void *w, int w
     dim3 block(TILE, TILE);
     dim3 grid((unsigned)tiles_n, (unsigned)(tiles_m < 65535 ? tiles_m : 65535));
     gemm_tiled<<<grid, block, 0, static_cast<cudaStream_t>(stream)>>>(x, x_dtype, w, w_dtype, bias,
-                                                                      bias_dtype, y, m, n, k);
+                                                                      bias_dtype, y, m, n, k, accumulate);
     return cudaGetLastError();
 }
 

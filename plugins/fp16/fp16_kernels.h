@@ -9,14 +9,14 @@
 extern "C" {
 #endif
 
-/* y[m, n] = x[m, k] W[n, k]^T (+ bias[n]), y in x's dtype, float32
- * accumulation. A plain tiled kernel: used where cuBLASLt has no algorithm
- * (activation dtype differs from the stored weight dtype, unusual
- * alignment). */
+/* y[m, n] = x[m, k] W[n, k]^T (+ bias[n]) (+ y[m, n] when `accumulate`), y
+ * in x's dtype, float32 accumulation. A plain tiled kernel: used where
+ * cuBLASLt has no algorithm (activation dtype differs from the stored
+ * weight dtype, unusual alignment). */
 __attribute__((visibility("hidden"))) int fp16_launch_gemm(const void *x, int x_dtype, const void *w,
                                                            int w_dtype, const void *bias, int bias_dtype,
                                                            void *y, int64_t m, int64_t n, int64_t k,
-                                                           void *stream);
+                                                           int accumulate, void *stream);
 
 /* y[r, j] = act(z[r, 2j]) * z[r, 2j + 1] for r < m (at most 65535), j < half;
  * act from a QTOOL_EPILOGUE_*_GLU, in float32. */

@@ -284,17 +284,23 @@ typedef struct qtool_pack_args {
  * CPU: x and y are F32. CUDA: x and y are F16 or BF16 (same dtype), on the
  * device, work enqueued on `stream`; the call may return before it ends.
  *
- * `epilogue` is QTOOL_EPILOGUE_NONE except for plugins that set
- * QTOOL_PLUGIN_GLU_EPILOGUE, and only in matmul_cuda. With a GLU epilogue
- * the layer's rows are gate and up rows interleaved (2j gate j, 2j+1 up j)
- * and y is [M, N/2]:
+ * `epilogue` is QTOOL_EPILOGUE_NONE except for plugins that set the flag
+ * of that epilogue, and only in matmul_cuda.
+ *
+ * GLU epilogues (QTOOL_PLUGIN_GLU_EPILOGUE): the layer's rows are gate and
+ * up rows interleaved (2j gate j, 2j+1 up j) and y is [M, N/2]:
  *   y[m, j] = act(g) * u,  g = z[m, 2j], u = z[m, 2j+1],  z = x W^T + bias
  * with g and u rounded to y's dtype first (as a separate GEMM's output
- * would be), act computed in float32. */
+ * would be), act computed in float32.
+ *
+ * The residual epilogue (QTOOL_PLUGIN_RESIDUAL_EPILOGUE): y holds the
+ * residual stream on entry and y = y + x W^T + bias, the sum formed in
+ * float32 and rounded once. */
 #define QTOOL_EPILOGUE_NONE 0
 #define QTOOL_EPILOGUE_SILU_GLU 1      /* x * sigmoid(x) (SwiGLU) */
 #define QTOOL_EPILOGUE_GELU_GLU 2      /* exact GELU (erf) (GeGLU) */
 #define QTOOL_EPILOGUE_GELU_TANH_GLU 3 /* tanh-approximated GELU */
+#define QTOOL_EPILOGUE_RESIDUAL 4      /* y += x W^T + bias */
 
 typedef struct qtool_matmul_args {
     uint32_t struct_size;
@@ -341,6 +347,10 @@ typedef struct qtool_load_source {
  * Linear and gets the GLU's output from one call, so the [M, 2I] product
  * need not pass through memory. Needs QTOOL_PLUGIN_ROW_INDEPENDENT. */
 #define QTOOL_PLUGIN_GLU_EPILOGUE (1u << 4)
+/* matmul_cuda honours QTOOL_EPILOGUE_RESIDUAL: the runtime then adds an
+ * attention output or MLP projection straight into the residual stream,
+ * and the norm that follows reads one matrix instead of two. */
+#define QTOOL_PLUGIN_RESIDUAL_EPILOGUE (1u << 5)
 
 typedef struct qtool_plugin_desc {
     uint32_t abi_version; /* QTOOL_ABI_VERSION */
