@@ -305,6 +305,75 @@ static void test_glu_epilogue(const char *dtype)
     D->destroy(inst);
 }
 
+/* QTOOL_PLUGIN_RESIDUAL_EPILOGUE: y starts as a residual r and ends as
+ * r + x W^T + b; against float64, relative RMS over |r| + |z|. Large M
+ * tunes cuBLASLt on the first call, which must not touch y. */
+static double run_residual_case(qtool_packed *p, const float *w, const float *b, int64_t m, int64_t k, int64_t n,
+                                int xdt)
+{
+    uint16_t *hx = malloc((size_t)(m * k) * 2), *hr = malloc((size_t)(m * n) * 2), *hy = malloc((size_t)(m * n) * 2);
+    for (int64_t i = 0; i < m * k; i++) hx[i] = to_half((float)normal(), xdt);
+    for (int64_t i = 0; i < m * n; i++) hr[i] = to_half((float)(2.0 * normal()), xdt);
+    void *dx = NULL, *dy = NULL;
+    double err = INFINITY;
+    if (qt_cuda_malloc(&dx, (size_t)(m * k) * 2) || qt_cuda_malloc(&dy, (size_t)(m * n) * 2) ||
+        qt_cuda_memcpy_h2d(dx, hx, (size_t)(m * k) * 2) || qt_cuda_memcpy_h2d(dy, hr, (size_t)(m * n) * 2) ||
+        qt_cuda_device_sync()) {
+        CHECK(0, "device buffers: %s", qt_last_error());
+        goto out;
+    }
+    qtool_tensor xt = {dx, xdt, QTOOL_DEVICE_CUDA, 2, 0, {m, k}};
+    qtool_tensor yt = {dy, xdt, QTOOL_DEVICE_CUDA, 2, 0, {m, n}};
+    qtool_matmul_args a = {sizeof a, QTOOL_EPILOGUE_RESIDUAL, &xt, &yt, stream};
+    int rc = D->matmul_cuda(p, &a);
+    CHECK(rc == QTOOL_OK, "residual matmul_cuda M=%lld: %s", (long long)m, qt_status_name(rc));
+    if (rc != QTOOL_OK || qt_cuda_stream_sync(stream) || qt_cuda_memcpy_d2h(hy, dy, (size_t)(m * n) * 2)) goto out;
+    double e2 = 0, s2 = 0;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            double z = b ? b[j] : 0;
+            for (int64_t t = 0; t < k; t++) z += (double)from_half(hx[i * k + t], xdt) * w[j * k + t];
+            const double r = from_half(hr[i * n + j], xdt), got = from_half(hy[i * n + j], xdt);
+            e2 += (got - (r + z)) * (got - (r + z));
+            s2 += (fabs(r) + fabs(z)) * (fabs(r) + fabs(z));
+            if (!isfinite(got)) e2 = INFINITY;
+        }
+    err = sqrt(e2 / (s2 > 0 ? s2 : 1));
+out:
+    qt_cuda_free(dx);
+    qt_cuda_free(dy);
+    free(hx);
+    free(hr);
+    free(hy);
+    return err;
+}
+
+static void test_residual_epilogue(void)
+{
+    static const int64_t cases[][3] = {{1, 64, 8}, {7, 24, 13}, {2048, 64, 96}, {300, 136, 68}};
+    qtool_instance *inst = make_instance("fp16");
+    if (!inst) return;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int64_t m = cases[c][0], k = cases[c][1], n = cases[c][2];
+        float *w = malloc((size_t)(n * k) * 4), *b = malloc((size_t)n * 4);
+        for (int64_t i = 0; i < n * k; i++) w[i] = (float)(normal() / sqrt((double)k));
+        for (int64_t i = 0; i < n; i++) b[i] = (float)(0.5 * normal());
+        qtool_packed *p = pack(inst, w, c % 2 ? NULL : b, n, k);
+        for (int xi = 0; p && xi < 2; xi++) {
+            const int xdt = xi ? QTOOL_DTYPE_BF16 : QTOOL_DTYPE_F16; /* bf16 x: the tiled kernel */
+            const double tol = xi ? 1.5e-2 : 2e-3;
+            double err = run_residual_case(p, w, c % 2 ? NULL : b, m, k, n, xdt);
+            printf("residual x=%s M=%lld K=%lld N=%lld: error %.2e (limit %.1e)\n", xi ? "bf16" : "f16",
+                   (long long)m, (long long)k, (long long)n, err, tol);
+            CHECK(err <= tol, "residual error %.3g > %.3g", err, tol);
+        }
+        if (p) D->free_packed(p);
+        free(w);
+        free(b);
+    }
+    D->destroy(inst);
+}
+
 static void mem_now(uint64_t out[QTOOL_MEM_COUNT])
 {
     qt_mem_stats st;
@@ -436,6 +505,7 @@ int main(void)
     test_accuracy("bf16");
     test_glu_epilogue("fp16");
     test_glu_epilogue("bf16");
+    test_residual_epilogue();
     test_workspace_accounting();
     report_throughput();
     qt_cuda_stream_destroy(stream);
