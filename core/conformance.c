@@ -641,121 +641,41 @@ static double glu_act_ref(int epilogue, double x)
     }
 }
 
-/* QTOOL_PLUGIN_GLU_EPILOGUE (CUDA): the layer's matmul with each GLU
- * epilogue against its plain matmul followed by act(z[2j]) * z[2j + 1] on
- * the host. The two may round gate and up differently (another summation
- * order) and the activation in another way: allowed 8 units of the output
- * type's rounding of |act(g) u| + |g u| + |u|. M covers small and large
- * calls (a plugin may switch kernels with M). */
-static void check_glu_epilogue(conf *c, int device, const char *dev_label, qtool_instance *inst,
-                               const layer_data *L, int io)
+/* The epilogues of qtool_matmul_args (CUDA), each against the plain matmul z
+ * of the same packed layer and input, at M = 17 and 4160 (a plugin may
+ * switch kernels with M):
+ *   glu-epilogue (QTOOL_PLUGIN_GLU_EPILOGUE): each GLU epilogue against
+ *     act(z[2j]) * z[2j + 1] on the host. Gate and up may be summed in
+ *     another order and the activation computed another way: allowed 8 units
+ *     of the output type's rounding of |act(g) u| + |g u| + |u|.
+ *   residual-epilogue (QTOOL_PLUGIN_RESIDUAL_EPILOGUE): y starting as a
+ *     residual r ends as r + z, rounded once: within 2 units of the output
+ *     type's rounding of |r| + |z|. */
+static void check_epilogues(conf *c, int device, const char *dev_label, qtool_instance *inst, const layer_data *L,
+                            int io)
 {
-    if (!(c->d->flags & QTOOL_PLUGIN_GLU_EPILOGUE)) {
-        add_result(c, QT_CONF_SKIP, "glu-epilogue", dev_label, "the plugin does not claim it");
-        return;
-    }
-    if (device != QTOOL_DEVICE_CUDA) {
-        add_result(c, QT_CONF_SKIP, "glu-epilogue", dev_label, "CUDA only");
-        return;
-    }
-    if (L->n % 2) {
-        add_result(c, QT_CONF_SKIP, "glu-epilogue", dev_label, "a layer of an odd row count");
-        return;
-    }
+    const int glu = (c->d->flags & QTOOL_PLUGIN_GLU_EPILOGUE) != 0;
+    const int res = (c->d->flags & QTOOL_PLUGIN_RESIDUAL_EPILOGUE) != 0;
+    const char *skip = device != QTOOL_DEVICE_CUDA ? "CUDA only" : NULL;
+    if (!glu) add_result(c, QT_CONF_SKIP, "glu-epilogue", dev_label, "the plugin does not claim it");
+    else if (skip || L->n % 2)
+        add_result(c, QT_CONF_SKIP, "glu-epilogue", dev_label, "%s", skip ? skip : "a layer of an odd row count");
+    if (!res) add_result(c, QT_CONF_SKIP, "residual-epilogue", dev_label, "the plugin does not claim it");
+    else if (skip) add_result(c, QT_CONF_SKIP, "residual-epilogue", dev_label, "%s", skip);
+    const int do_glu = glu && !skip && L->n % 2 == 0, do_res = res && !skip;
+    if (!do_glu && !do_res) return;
+
     static const int64_t ms[2] = {17, 4160};
     const int64_t k = L->k, n = L->n, half = n / 2;
-    packed_layer pl;
-    memset(&pl, 0, sizeof pl);
-    notes bad = {{0}, 0};
-    double worst = 0;
-    float *x = NULL, *z = NULL, *y = NULL;
-    int rc = pack_layer(c, inst, device, L, &pl), harness = 0;
-    if (rc) {
-        note(&bad, "pack: %s", status_str(rc));
-        goto done;
-    }
     const double unit = io == QTOOL_DTYPE_F16 ? 0x1p-10 : 0x1p-7;
-    for (int mi = 0; mi < 2 && !bad.n; mi++) {
-        const int64_t m = ms[mi];
-        free(x);
-        free(z);
-        free(y);
-        x = malloc((size_t)(m * k) * sizeof(float));
-        z = malloc((size_t)(m * n) * sizeof(float));
-        y = malloc((size_t)(m * half) * sizeof(float));
-        if (!x || !z || !y) {
-            note(&bad, "out of memory");
-            break;
-        }
-        make_input(c, 0, 0, m, L, x);
-        round_to(x, (size_t)(m * k), io);
-        if ((rc = run_matmul(c, device, io, pl.pk, x, m, k, n, z, &harness)) || harness) {
-            note(&bad, "plain matmul M=%lld: %s", (long long)m, harness ? "harness failure" : status_str(rc));
-            break;
-        }
-        for (int ep = QTOOL_EPILOGUE_SILU_GLU; ep <= QTOOL_EPILOGUE_GELU_TANH_GLU && !bad.n; ep++) {
-            if ((rc = run_matmul_ep(c, device, io, pl.pk, x, m, k, half, y, &harness, ep, NULL)) || harness) {
-                note(&bad, "epilogue %d M=%lld: %s", ep, (long long)m, harness ? "harness failure" : status_str(rc));
-                break;
-            }
-            for (int64_t i = 0; i < m; i++)
-                for (int64_t j = 0; j < half; j++) {
-                    const double g = z[i * n + 2 * j], u = z[i * n + 2 * j + 1];
-                    const double ref = glu_act_ref(ep, g) * u, got = y[i * half + j];
-                    const double mag = fabs(ref) + fabs(g * u) + fabs(u), d = fabs(got - ref);
-                    if (!(d <= 8.0 * unit * mag)) {
-                        if (bad.n < 3)
-                            note(&bad, "epilogue %d, M=%lld, row %lld, output %lld: %.6g, plain matmul then GLU %.6g",
-                                 ep, (long long)m, (long long)i, (long long)j, got, ref);
-                        else
-                            bad.n++;
-                    }
-                    if (mag > 0 && d / mag > worst) worst = d / mag;
-                }
-        }
-    }
-done:
-    if (bad.n)
-        add_result(c, QT_CONF_FAIL, "glu-epilogue", dev_label, "%s", bad.text);
-    else
-        add_result(c, QT_CONF_PASS, "glu-epilogue", dev_label,
-                   "%lldx%lld, M = 17 and 4160, three activations: within %.2e of the plain matmul then GLU",
-                   (long long)n, (long long)k, worst);
-    release_packed(c, &pl);
-    free(x);
-    free(z);
-    free(y);
-}
-
-/* QTOOL_PLUGIN_RESIDUAL_EPILOGUE (CUDA): y starting as a residual r gives
- * r + z, z the plain matmul, rounded once: within 2 units of the output
- * type's rounding of |r| + |z| (z itself may differ by its summation
- * order). */
-static void check_residual_epilogue(conf *c, int device, const char *dev_label, qtool_instance *inst,
-                                    const layer_data *L, int io)
-{
-    if (!(c->d->flags & QTOOL_PLUGIN_RESIDUAL_EPILOGUE)) {
-        add_result(c, QT_CONF_SKIP, "residual-epilogue", dev_label, "the plugin does not claim it");
-        return;
-    }
-    if (device != QTOOL_DEVICE_CUDA) {
-        add_result(c, QT_CONF_SKIP, "residual-epilogue", dev_label, "CUDA only");
-        return;
-    }
-    static const int64_t ms[2] = {17, 4160};
-    const int64_t k = L->k, n = L->n;
     packed_layer pl;
     memset(&pl, 0, sizeof pl);
-    notes bad = {{0}, 0};
-    double worst = 0;
+    notes bad_glu = {{0}, 0}, bad_res = {{0}, 0}, *both[2] = {&bad_glu, &bad_res};
+    double worst_glu = 0, worst_res = 0;
     float *x = NULL, *z = NULL, *r = NULL, *y = NULL;
     int rc = pack_layer(c, inst, device, L, &pl), harness = 0;
-    if (rc) {
-        note(&bad, "pack: %s", status_str(rc));
-        goto done;
-    }
-    const double unit = io == QTOOL_DTYPE_F16 ? 0x1p-10 : 0x1p-7;
-    for (int mi = 0; mi < 2 && !bad.n; mi++) {
+    for (int i = 0; rc && i < 2; i++) note(both[i], "pack: %s", status_str(rc));
+    for (int mi = 0; mi < 2 && !rc && !bad_glu.n && !bad_res.n; mi++) {
         const int64_t m = ms[mi];
         free(x);
         free(z);
@@ -766,38 +686,73 @@ static void check_residual_epilogue(conf *c, int device, const char *dev_label, 
         r = malloc((size_t)(m * n) * sizeof(float));
         y = malloc((size_t)(m * n) * sizeof(float));
         if (!x || !z || !r || !y) {
-            note(&bad, "out of memory");
+            for (int i = 0; i < 2; i++) note(both[i], "out of memory");
             break;
         }
         make_input(c, 0, 0, m, L, x);
         round_to(x, (size_t)(m * k), io);
+        if ((rc = run_matmul(c, device, io, pl.pk, x, m, k, n, z, &harness)) || harness) {
+            for (int i = 0; i < 2; i++)
+                note(both[i], "plain matmul M=%lld: %s", (long long)m, harness ? "harness failure" : status_str(rc));
+            break;
+        }
+        for (int ep = QTOOL_EPILOGUE_SILU_GLU; do_glu && ep <= QTOOL_EPILOGUE_GELU_TANH_GLU && !bad_glu.n; ep++) {
+            if ((rc = run_matmul_ep(c, device, io, pl.pk, x, m, k, half, y, &harness, ep, NULL)) || harness) {
+                note(&bad_glu, "epilogue %d M=%lld: %s", ep, (long long)m,
+                     harness ? "harness failure" : status_str(rc));
+                rc = 0;
+                break;
+            }
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < half; j++) {
+                    const double g = z[i * n + 2 * j], u = z[i * n + 2 * j + 1];
+                    const double ref = glu_act_ref(ep, g) * u, got = y[i * half + j];
+                    const double mag = fabs(ref) + fabs(g * u) + fabs(u), d = fabs(got - ref);
+                    if (!(d <= 8.0 * unit * mag)) {
+                        if (bad_glu.n < 3)
+                            note(&bad_glu, "epilogue %d, M=%lld, row %lld, output %lld: %.6g, plain matmul then GLU %.6g",
+                                 ep, (long long)m, (long long)i, (long long)j, got, ref);
+                        else
+                            bad_glu.n++;
+                    }
+                    if (mag > 0 && d / mag > worst_glu) worst_glu = d / mag;
+                }
+        }
+        if (!do_res) continue;
         for (int64_t i = 0; i < m * n; i++) r[i] = (float)(((i * 2654435761u) % 2001) / 250.0 - 4.0);
         round_to(r, (size_t)(m * n), io);
-        if ((rc = run_matmul(c, device, io, pl.pk, x, m, k, n, z, &harness)) || harness ||
-            (rc = run_matmul_ep(c, device, io, pl.pk, x, m, k, n, y, &harness, QTOOL_EPILOGUE_RESIDUAL, r)) ||
+        if ((rc = run_matmul_ep(c, device, io, pl.pk, x, m, k, n, y, &harness, QTOOL_EPILOGUE_RESIDUAL, r)) ||
             harness) {
-            note(&bad, "M=%lld: %s", (long long)m, harness ? "harness failure" : status_str(rc));
-            break;
+            note(&bad_res, "M=%lld: %s", (long long)m, harness ? "harness failure" : status_str(rc));
+            rc = 0;
+            continue;
         }
         for (int64_t i = 0; i < m * n; i++) {
             const double ref = (double)r[i] + z[i], mag = fabs(r[i]) + fabs(z[i]), d = fabs(y[i] - ref);
             if (!(d <= 2.0 * unit * mag)) {
-                if (bad.n < 3)
-                    note(&bad, "M=%lld, element %lld: %.6g, residual + plain matmul %.6g", (long long)m,
+                if (bad_res.n < 3)
+                    note(&bad_res, "M=%lld, element %lld: %.6g, residual + plain matmul %.6g", (long long)m,
                          (long long)i, y[i], ref);
                 else
-                    bad.n++;
+                    bad_res.n++;
             }
-            if (mag > 0 && d / mag > worst) worst = d / mag;
+            if (mag > 0 && d / mag > worst_res) worst_res = d / mag;
         }
     }
-done:
-    if (bad.n)
-        add_result(c, QT_CONF_FAIL, "residual-epilogue", dev_label, "%s", bad.text);
-    else
-        add_result(c, QT_CONF_PASS, "residual-epilogue", dev_label,
-                   "%lldx%lld, M = 17 and 4160: within %.2e of residual + plain matmul", (long long)n, (long long)k,
-                   worst);
+    if (do_glu) {
+        if (bad_glu.n) add_result(c, QT_CONF_FAIL, "glu-epilogue", dev_label, "%s", bad_glu.text);
+        else
+            add_result(c, QT_CONF_PASS, "glu-epilogue", dev_label,
+                       "%lldx%lld, M = 17 and 4160, three activations: within %.2e of the plain matmul then GLU",
+                       (long long)n, (long long)k, worst_glu);
+    }
+    if (do_res) {
+        if (bad_res.n) add_result(c, QT_CONF_FAIL, "residual-epilogue", dev_label, "%s", bad_res.text);
+        else
+            add_result(c, QT_CONF_PASS, "residual-epilogue", dev_label,
+                       "%lldx%lld, M = 17 and 4160: within %.2e of residual + plain matmul", (long long)n,
+                       (long long)k, worst_res);
+    }
     release_packed(c, &pl);
     free(x);
     free(z);
@@ -1570,8 +1525,7 @@ static void run_device(conf *c, int device)
         if (make_layer(c, first_ok, &L) == QTOOL_OK) {
             check_bad_arguments(c, device, dev_label, inst, &L);
             check_row_independence(c, device, dev_label, inst, &L, io_for_checks);
-            check_glu_epilogue(c, device, dev_label, inst, &L, io_for_checks);
-            check_residual_epilogue(c, device, dev_label, inst, &L, io_for_checks);
+            check_epilogues(c, device, dev_label, inst, &L, io_for_checks);
             free_layer(&L);
         }
         int sl = first_bias_ok >= 0 ? first_bias_ok : first_ok;

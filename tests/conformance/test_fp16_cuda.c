@@ -78,6 +78,35 @@ static qtool_packed *pack(qtool_instance *inst, const float *w, const float *b, 
 static uint16_t to_half(float v, int dt) { return dt == QTOOL_DTYPE_F16 ? qtool_f32_to_f16(v) : qtool_f32_to_bf16(v); }
 static float from_half(uint16_t h, int dt) { return dt == QTOOL_DTYPE_F16 ? qtool_f16_to_f32(h) : qtool_bf16_to_f32(h); }
 
+/* One matmul_cuda call on `run_stream`: x [m, k] and y [m, ny] of dtype `dt`
+ * uploaded (y from `y_in`, or all 0xFF bits when NULL), `guard` elements
+ * of 0xFF after y, and y with its guard read back into `hy`. 0 on success;
+ * a failure is counted (CHECK) and returns -1. */
+static int run_device(qtool_packed *p, const uint16_t *hx, int64_t m, int64_t k, const uint16_t *y_in, int64_t ny,
+                      int64_t guard, int dt, int epilogue, void *run_stream, uint16_t *hy)
+{
+    const size_t xb = (size_t)(m * k) * 2, yb = (size_t)(m * ny) * 2, gb = (size_t)guard * 2;
+    void *dx = NULL, *dy = NULL;
+    int ok = 0;
+    if (qt_cuda_malloc(&dx, xb ? xb : 2) || qt_cuda_malloc(&dy, yb + gb ? yb + gb : 2) ||
+        qt_cuda_memcpy_h2d(dx, hx, xb) || qt_cuda_memset(dy, 0xFF, yb + gb) ||
+        (y_in && qt_cuda_memcpy_h2d(dy, y_in, yb)) || qt_cuda_device_sync()) {
+        CHECK(0, "device buffers: %s", qt_last_error());
+        goto out;
+    }
+    qtool_tensor xt = {dx, dt, QTOOL_DEVICE_CUDA, 2, 0, {m, k}};
+    qtool_tensor yt = {dy, dt, QTOOL_DEVICE_CUDA, 2, 0, {m, ny}};
+    qtool_matmul_args a = {sizeof a, epilogue, &xt, &yt, run_stream};
+    int rc = D->matmul_cuda(p, &a);
+    CHECK(rc == QTOOL_OK, "matmul_cuda epilogue %d M=%lld K=%lld -> %lld: %s", epilogue, (long long)m, (long long)k,
+          (long long)ny, qt_status_name(rc));
+    ok = rc == QTOOL_OK && !qt_cuda_stream_sync(run_stream) && !qt_cuda_memcpy_d2h(hy, dy, yb + gb);
+out:
+    qt_cuda_free(dx);
+    qt_cuda_free(dy);
+    return ok ? 0 : -1;
+}
+
 /* Runs y = x W^T + b on the device with activations of `xdt`; returns the
  * normalised error against float64 computed from the original weights. */
 static double run_case(qtool_packed *p, const float *w, const float *b, int64_t m, int64_t k, int64_t n, int xdt,
@@ -85,21 +114,8 @@ static double run_case(qtool_packed *p, const float *w, const float *b, int64_t 
 {
     uint16_t *hx = malloc((size_t)(m * k) * 2), *hy = malloc((size_t)(m * n) * 2);
     for (int64_t i = 0; i < m * k; i++) hx[i] = to_half((float)normal(), xdt);
-    void *dx = NULL, *dy = NULL;
     double err = INFINITY;
-    if (qt_cuda_malloc(&dx, (size_t)(m * k) * 2) || qt_cuda_malloc(&dy, (size_t)(m * n) * 2) ||
-        qt_cuda_memcpy_h2d(dx, hx, (size_t)(m * k) * 2) || qt_cuda_memset(dy, 0xFF, (size_t)(m * n) * 2) ||
-        qt_cuda_device_sync()) {
-        CHECK(0, "device buffers: %s", qt_last_error());
-        goto out;
-    }
-    qtool_tensor xt = {dx, xdt, QTOOL_DEVICE_CUDA, 2, 0, {m, k}};
-    qtool_tensor yt = {dy, xdt, QTOOL_DEVICE_CUDA, 2, 0, {m, n}};
-    qtool_matmul_args a = {sizeof a, 0, &xt, &yt, run_stream};
-    int rc = D->matmul_cuda(p, &a);
-    CHECK(rc == QTOOL_OK, "matmul_cuda M=%lld K=%lld N=%lld: %s", (long long)m, (long long)k, (long long)n,
-          qt_status_name(rc));
-    if (rc != QTOOL_OK || qt_cuda_stream_sync(run_stream) || qt_cuda_memcpy_d2h(hy, dy, (size_t)(m * n) * 2)) goto out;
+    if (run_device(p, hx, m, k, NULL, n, 0, xdt, QTOOL_EPILOGUE_NONE, run_stream, hy)) goto out;
     double e2 = 0, s2 = 0;
     for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j < n; j++) {
@@ -119,8 +135,6 @@ static double run_case(qtool_packed *p, const float *w, const float *b, int64_t 
         }
     err = sqrt(e2 / (s2 > 0 ? s2 : 1));
 out:
-    qt_cuda_free(dx);
-    qt_cuda_free(dy);
     free(hx);
     free(hy);
     return err;
@@ -181,23 +195,8 @@ static double run_glu_case(qtool_packed *p, const float *w, const float *b, int6
     const int64_t half = n / 2, guard = 64;
     uint16_t *hx = malloc((size_t)(m * k) * 2), *hy = malloc((size_t)(m * half + guard) * 2);
     for (int64_t i = 0; i < m * k; i++) hx[i] = to_half((float)normal(), dt);
-    void *dx = NULL, *dy = NULL;
     double err = INFINITY;
-    if (qt_cuda_malloc(&dx, (size_t)(m * k) * 2) || qt_cuda_malloc(&dy, (size_t)(m * half + guard) * 2) ||
-        qt_cuda_memcpy_h2d(dx, hx, (size_t)(m * k) * 2) ||
-        qt_cuda_memset(dy, 0xFF, (size_t)(m * half + guard) * 2) || qt_cuda_device_sync()) {
-        CHECK(0, "device buffers: %s", qt_last_error());
-        goto out;
-    }
-    qtool_tensor xt = {dx, dt, QTOOL_DEVICE_CUDA, 2, 0, {m, k}};
-    qtool_tensor yt = {dy, dt, QTOOL_DEVICE_CUDA, 2, 0, {m, half}};
-    qtool_matmul_args a = {sizeof a, epilogue, &xt, &yt, run_stream};
-    int rc = D->matmul_cuda(p, &a);
-    CHECK(rc == QTOOL_OK, "GLU matmul_cuda M=%lld K=%lld N=%lld: %s", (long long)m, (long long)k, (long long)n,
-          qt_status_name(rc));
-    if (rc != QTOOL_OK || qt_cuda_stream_sync(run_stream) ||
-        qt_cuda_memcpy_d2h(hy, dy, (size_t)(m * half + guard) * 2))
-        goto out;
+    if (run_device(p, hx, m, k, NULL, half, guard, dt, epilogue, run_stream, hy)) goto out;
     for (int64_t i = m * half; i < m * half + guard; i++)
         if (hy[i] != 0xFFFF) goto out; /* written past the end */
     double e2 = 0, s2 = 0;
@@ -221,8 +220,6 @@ static double run_glu_case(qtool_packed *p, const float *w, const float *b, int6
     free(z);
     err = sqrt(e2 / (s2 > 0 ? s2 : 1));
 out:
-    qt_cuda_free(dx);
-    qt_cuda_free(dy);
     free(hx);
     free(hy);
     return err;
@@ -314,20 +311,8 @@ static double run_residual_case(qtool_packed *p, const float *w, const float *b,
     uint16_t *hx = malloc((size_t)(m * k) * 2), *hr = malloc((size_t)(m * n) * 2), *hy = malloc((size_t)(m * n) * 2);
     for (int64_t i = 0; i < m * k; i++) hx[i] = to_half((float)normal(), xdt);
     for (int64_t i = 0; i < m * n; i++) hr[i] = to_half((float)(2.0 * normal()), xdt);
-    void *dx = NULL, *dy = NULL;
     double err = INFINITY;
-    if (qt_cuda_malloc(&dx, (size_t)(m * k) * 2) || qt_cuda_malloc(&dy, (size_t)(m * n) * 2) ||
-        qt_cuda_memcpy_h2d(dx, hx, (size_t)(m * k) * 2) || qt_cuda_memcpy_h2d(dy, hr, (size_t)(m * n) * 2) ||
-        qt_cuda_device_sync()) {
-        CHECK(0, "device buffers: %s", qt_last_error());
-        goto out;
-    }
-    qtool_tensor xt = {dx, xdt, QTOOL_DEVICE_CUDA, 2, 0, {m, k}};
-    qtool_tensor yt = {dy, xdt, QTOOL_DEVICE_CUDA, 2, 0, {m, n}};
-    qtool_matmul_args a = {sizeof a, QTOOL_EPILOGUE_RESIDUAL, &xt, &yt, stream};
-    int rc = D->matmul_cuda(p, &a);
-    CHECK(rc == QTOOL_OK, "residual matmul_cuda M=%lld: %s", (long long)m, qt_status_name(rc));
-    if (rc != QTOOL_OK || qt_cuda_stream_sync(stream) || qt_cuda_memcpy_d2h(hy, dy, (size_t)(m * n) * 2)) goto out;
+    if (run_device(p, hx, m, k, hr, n, 0, xdt, QTOOL_EPILOGUE_RESIDUAL, stream, hy)) goto out;
     double e2 = 0, s2 = 0;
     for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j < n; j++) {
@@ -340,8 +325,6 @@ static double run_residual_case(qtool_packed *p, const float *w, const float *b,
         }
     err = sqrt(e2 / (s2 > 0 ? s2 : 1));
 out:
-    qt_cuda_free(dx);
-    qt_cuda_free(dy);
     free(hx);
     free(hr);
     free(hy);

@@ -25,6 +25,7 @@
 
 #include <qtool/plugin.h>
 
+#include "cutlass_run.h"
 #include "int8_gemm_tma.h"
 
 namespace {
@@ -96,27 +97,7 @@ struct TmaGemm {
             {},
         };
 
-        Gemm gemm;
-        cutlass::Status s = gemm.can_implement(args);
-        if (s != cutlass::Status::kSuccess) {
-            snprintf(msg, len, "int8 TMA GEMM cannot run M=%lld N=%lld K=%lld: %s", (long long)p.M, (long long)p.N,
-                     (long long)p.K, cutlassGetStatusString(s));
-            return QTOOL_ERR_INVALID_ARGUMENT;
-        }
-        if (Gemm::get_workspace_size(args) != 0) {
-            snprintf(msg, len, "int8 TMA GEMM wants a workspace (%zu bytes), which this library does not provide",
-                     (size_t)Gemm::get_workspace_size(args));
-            return QTOOL_ERR_INTERNAL;
-        }
-        cudaStream_t st = static_cast<cudaStream_t>(p.stream);
-        s = gemm.initialize(args, nullptr, st);
-        if (s == cutlass::Status::kSuccess) s = gemm.run(st);
-        if (s != cutlass::Status::kSuccess) {
-            cudaError_t e = cudaGetLastError();
-            snprintf(msg, len, "int8 TMA GEMM launch: %s (%s)", cutlassGetStatusString(s), cudaGetErrorString(e));
-            return e == cudaErrorMemoryAllocation ? QTOOL_ERR_OUT_OF_MEMORY : QTOOL_ERR_DEVICE;
-        }
-        return 0;
+        return qt_cutlass_run<Gemm>(args, "int8 TMA GEMM", p.M, p.N, p.K, p.stream, msg, len);
     }
 };
 
