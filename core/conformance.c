@@ -962,10 +962,13 @@ static void check_bad_arguments(conf *c, int device, const char *dev_label, qtoo
         if (hx && hy && (!cuda || (dx && dy))) {
             /* Every buffer is large enough for what the bad shape says, so a
              * plugin that misses a check computes garbage, never overreads. */
-            enum { XK1, YN1, XDT, XDEV, XNULL, YNULL, XDATANULL, M0, N_CASES };
+            enum { XK1, YN1, XDT, XDEV, XNULL, YNULL, XDATANULL, EPI, M0, N_CASES };
             static const char *const names[N_CASES] = {
                 "x with K+1 columns", "y with N+1 columns", "x of the wrong dtype", "x on the wrong device",
-                "NULL x", "NULL y", "x with NULL data", "M = 0"};
+                "NULL x", "NULL y", "x with NULL data", "an epilogue it does not offer", "M = 0"};
+            /* SiLU-GLU where the plugin does not claim GLU epilogues (and on
+             * the CPU, which never gets one), else a code no SDK defines. */
+            const int bad_epilogue = !cuda || !(d->flags & QTOOL_PLUGIN_GLU_EPILOGUE) ? QTOOL_EPILOGUE_SILU_GLU : 99;
             for (int t = 0; t < N_CASES; t++) {
                 /* Device pointers a plugin would dereference blindly can
                  * poison the CUDA context for later checks: skip those. */
@@ -995,6 +998,7 @@ static void check_bad_arguments(conf *c, int device, const char *dev_label, qtoo
                 case XNULL: a.x = NULL; break;
                 case YNULL: a.y = NULL; break;
                 case XDATANULL: xt.data = NULL; break;
+                case EPI: a.epilogue = bad_epilogue; break;
                 case M0: xt.shape[0] = yt.shape[0] = 0; xt.data = yt.data = NULL; break;
                 default: break;
                 }
@@ -1004,6 +1008,14 @@ static void check_bad_arguments(conf *c, int device, const char *dev_label, qtoo
                     n++;
                     if (rc != QTOOL_OK && rc != QTOOL_ERR_INVALID_ARGUMENT && rc != QTOOL_ERR_UNSUPPORTED)
                         note(&odd, "M = 0 gave %s", qt_status_name(rc));
+                } else if (t == EPI) {
+                    /* Advice, not a failure: the host never sends an epilogue
+                     * a plugin does not claim, and plugins built before the
+                     * field existed ignore it. */
+                    n++;
+                    if (rc == QTOOL_OK)
+                        note(&odd, "epilogue %d was accepted though not offered (refusing it catches host bugs)",
+                             bad_epilogue);
                 } else {
                     expect_rejected(&acc, &odd, names[t], rc, &n);
                 }

@@ -220,6 +220,11 @@ static void fp16_free_packed(qtool_packed *p)
 static int fp16_matmul_cpu(qtool_packed *p, const qtool_matmul_args *args)
 {
     if (!p || p->device != QTOOL_DEVICE_CPU) return QTOOL_ERR_INVALID_ARGUMENT;
+    if (args && args->epilogue != QTOOL_EPILOGUE_NONE) { /* the SDK: epilogues are CUDA-only */
+        qtool_logf(p->inst->host, "fp16", QTOOL_LOG_ERROR, "matmul_cpu: epilogue %d is not offered on the CPU",
+                   (int)args->epilogue);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
     return fp16_cpu_matmul(p, args);
 }
 

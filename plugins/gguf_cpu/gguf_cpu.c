@@ -543,6 +543,10 @@ static int plugin_matmul_cpu(qtool_packed *p, const qtool_matmul_args *args)
     const qtool_host_services *host = p->inst->host;
     const qtool_tensor *x = args->x;
     qtool_tensor *y = args->y;
+    if (args->epilogue != QTOOL_EPILOGUE_NONE) {
+        LOG(p->inst, QTOOL_LOG_ERROR, "matmul: epilogue %d is not offered", (int)args->epilogue);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
     if (!x || !y || x->dtype != QTOOL_DTYPE_F32 || y->dtype != QTOOL_DTYPE_F32 || x->device != QTOOL_DEVICE_CPU ||
         y->device != QTOOL_DEVICE_CPU || x->ndim < 1 || y->ndim != x->ndim || x->shape[x->ndim - 1] != p->k ||
         y->shape[y->ndim - 1] != p->n) {

@@ -115,6 +115,7 @@ static int matmul(qtool_packed *p, const qtool_matmul_args *a)
     if (!a || !a->x || !a->y) return QTOOL_ERR_INVALID_ARGUMENT;
     const qtool_tensor *x = a->x, *y = a->y;
     int lax = p->inst->bug == BUG_LAX;
+    if (!lax && a->epilogue != QTOOL_EPILOGUE_NONE) return QTOOL_ERR_INVALID_ARGUMENT;
     if (x->dtype != QTOOL_DTYPE_F32 || y->dtype != QTOOL_DTYPE_F32 || x->ndim != 2 || y->ndim != 2 ||
         x->device != QTOOL_DEVICE_CPU || y->device != QTOOL_DEVICE_CPU)
         return QTOOL_ERR_INVALID_ARGUMENT;

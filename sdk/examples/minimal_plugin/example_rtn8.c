@@ -201,6 +201,7 @@ static void matmul_rows(void *arg, int64_t begin, int64_t end)
 static int rtn8_matmul_cpu(qtool_packed *p, const qtool_matmul_args *args)
 {
     if (!p || !args || !args->x || !args->y || !args->x->data || !args->y->data) return QTOOL_ERR_INVALID_ARGUMENT;
+    if (args->epilogue != QTOOL_EPILOGUE_NONE) return QTOOL_ERR_INVALID_ARGUMENT; /* none offered */
     const qtool_tensor *x = args->x, *y = args->y;
     if (x->dtype != QTOOL_DTYPE_F32 || y->dtype != QTOOL_DTYPE_F32 || x->device != QTOOL_DEVICE_CPU ||
         y->device != QTOOL_DEVICE_CPU || x->ndim < 1 || y->ndim != x->ndim || x->shape[x->ndim - 1] != p->k ||

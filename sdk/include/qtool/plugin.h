@@ -604,7 +604,7 @@ static inline int qtool_check_tensor(const qtool_tensor *t, const char *what, ch
 }
 
 /* x [..., K] and y [..., N] for a layer of K inputs and N outputs, both on
- * `device` with the same number of rows, which goes to *M. */
+ * `device` with the same number of rows, which goes to *M; no epilogue. */
 static inline int qtool_check_matmul_args(const char *plugin, const qtool_matmul_args *a, int device, int64_t K,
                                           int64_t N, int64_t *M, char *msg, size_t msg_len)
 {
@@ -618,6 +618,10 @@ static inline int qtool_check_matmul_args(const char *plugin, const qtool_matmul
     snprintf(what, sizeof what, "%s matmul: y", plugin);
     if (qtool_check_tensor(a->y, what, msg, msg_len)) return QTOOL_ERR_INVALID_ARGUMENT;
     const qtool_tensor *x = a->x, *y = a->y;
+    if (a->epilogue != QTOOL_EPILOGUE_NONE) { /* plugins with epilogues check their arguments themselves */
+        snprintf(msg, msg_len, "%s matmul: epilogue %d is not offered", plugin, (int)a->epilogue);
+        return QTOOL_ERR_INVALID_ARGUMENT;
+    }
     if (x->device != device || y->device != device) {
         snprintf(msg, msg_len, "%s matmul: x and y must be on the %s", plugin,
                  device == QTOOL_DEVICE_CPU ? "CPU" : "CUDA device");
