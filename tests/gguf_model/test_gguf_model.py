@@ -46,25 +46,11 @@ except ImportError as e:
     print(f"skipped: {e}")
     sys.exit(77)
 
-QTOOL = os.environ.get("QTOOL_BIN", "qtool")
-PLUGINS = os.environ.get("QTOOL_PLUGIN_DIR", "")
-DATA = os.path.join(os.environ.get("QTOOL_TEST_DATA", "tests"), "model", "data")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from qtool_cli import DATA, failures, qtool, check  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
-failures = []
 # Plain lowercase words: GPT-2's and Qwen2's pre-tokenizer regexes split them alike.
 TOK_TEXT = "hello world the quick brown fox"
-
-
-def qtool(*args):
-    env = dict(os.environ, QTOOL_NO_DEFAULT_PLUGINS="1")
-    return subprocess.run([QTOOL, "--plugin-path", PLUGINS, *args], capture_output=True, text=True, env=env)
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
-    return cond
 
 
 def must(p, what):

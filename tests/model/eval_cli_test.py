@@ -10,7 +10,6 @@ Exits 77 when the fp16 plugin is not built or numpy/safetensors are missing."""
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 
@@ -21,24 +20,10 @@ except ImportError as e:
     print(f"skipped: {e}")
     sys.exit(77)
 
-QTOOL = os.environ.get("QTOOL_BIN", "qtool")
-PLUGINS = os.environ.get("QTOOL_PLUGIN_DIR", "")
-DATA = os.path.join(os.environ.get("QTOOL_TEST_DATA", "tests"), "model", "data")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from qtool_cli import PLUGINS, DATA, failures, qtool, check  # noqa: E402
 MODELS = ["bert", "modernbert", "modernbert_mean", "qwen2", "llama"]
 TOL = 1e-4
-failures = []
-
-
-def qtool(*args):
-    env = dict(os.environ, QTOOL_NO_DEFAULT_PLUGINS="1")
-    cmd = [QTOOL, "--plugin-path", PLUGINS, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env)
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
 
 
 def labels_of(name, n_labels):

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -41,33 +40,16 @@ except ImportError as e:
     print(f"skipped: {e}")
     sys.exit(77)
 
-QTOOL = os.environ.get("QTOOL_BIN", "qtool")
-PLUGINS = os.environ.get("QTOOL_PLUGIN_DIR", "")
-DATA = os.path.join(os.environ.get("QTOOL_TEST_DATA", "tests"), "model", "data")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from qtool_cli import PLUGINS, failures, check, model, data  # noqa: E402
+from qtool_cli import qtool as run_qtool  # noqa: E402
 FIXTURE = sys.argv[1] if len(sys.argv) > 1 else ""
 MODELS = ["bert", "modernbert", "modernbert_mean", "qwen2", "llama"]
-failures = []
 
 
 def qtool(*args, plugin_path=None):
-    env = dict(os.environ, QTOOL_NO_DEFAULT_PLUGINS="1")
-    path = plugin_path or f"{PLUGINS}:{FIXTURE}"
-    return subprocess.run([QTOOL, "--plugin-path", path, *args], capture_output=True, text=True, env=env)
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
-    return cond
-
-
-def model(name):
-    return os.path.join(DATA, name, "model")
-
-
-def data(name):
-    return os.path.join(DATA, name, "data.jsonl")
+    """The build's plugins and the test fixture plugin, unless told otherwise."""
+    return run_qtool(*args, plugin_path=plugin_path or f"{PLUGINS}:{FIXTURE}")
 
 
 def logits(path):

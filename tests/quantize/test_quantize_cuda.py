@@ -23,7 +23,6 @@ Env: QTOOL_BIN, QTOOL_PLUGIN_DIR, QTOOL_TEST_DATA."""
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -34,30 +33,8 @@ except ImportError as e:
     print(f"skipped: {e}")
     sys.exit(77)
 
-QTOOL = os.environ.get("QTOOL_BIN", "qtool")
-PLUGINS = os.environ.get("QTOOL_PLUGIN_DIR", "")
-DATA = os.path.join(os.environ.get("QTOOL_TEST_DATA", "tests"), "model", "data")
-failures = []
-
-
-def qtool(*args):
-    env = dict(os.environ, QTOOL_NO_DEFAULT_PLUGINS="1")
-    return subprocess.run([QTOOL, "--plugin-path", PLUGINS, *args], capture_output=True, text=True, env=env)
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
-    return cond
-
-
-def model(name):
-    return os.path.join(DATA, name, "model")
-
-
-def data(name):
-    return os.path.join(DATA, name, "data.jsonl")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from qtool_cli import PLUGINS, failures, qtool, check, model, data  # noqa: E402
 
 
 def rel_err(a, b):
