@@ -224,10 +224,15 @@ void gq_dequantize_row_q8_0(const void *vx, float *y, int64_t k)
 /* ------------------------------------------------------------ k-quants */
 
 /* Search over scales and minima for n values with codes 0..nmax, weighted
- * least squares (ggml's make_qkx2_quants). Returns the scale; *neg_min is
- * minus the fitted minimum. */
-static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint8_t *L, float *neg_min,
-                           uint8_t *Laux, float rmin, float rdelta, int nstep)
+ * least squares: ggml's make_qkx2_quants, or with `x3` its make_qkx3_quants
+ * (use_mad false, weights given), which differ in two places only: an empty
+ * range is max <= min rather than max == min, and a candidate's codes are
+ * clamped before rounding (the fitted minimum may sit at or near the
+ * maximum, so iscale * (x - min) may be huge, inf or nan). The same float
+ * operations in the same order as ggml-quants.c, so the bytes are
+ * identical. Returns the scale; *neg_min is minus the fitted minimum. */
+static float fit_scale_min_search(int n, int nmax, const float *x, const float *w, uint8_t *L, float *neg_min,
+                                  uint8_t *Laux, float rmin, float rdelta, int nstep, int x3)
 {
     float min = x[0], max = x[0];
     float sum_w = w[0];
@@ -239,7 +244,7 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint
         sum_x += w[i] * x[i];
     }
     if (min > 0) min = 0;
-    if (max == min) {
+    if (x3 ? max <= min : max == min) {
         memset(L, 0, (size_t)n);
         *neg_min = -min;
         return 0.f;
@@ -258,7 +263,13 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint
         iscale = (rmin + rdelta * is + nmax) / (max - min);
         float sum_l = 0, sum_l2 = 0, sum_xl = 0;
         for (int i = 0; i < n; i++) {
-            const int l = imax(0, imin(nmax, nearest_int(iscale * (x[i] - min))));
+            int l;
+            if (x3) {
+                const float v = iscale * (x[i] - min);
+                l = v > 0 ? nearest_int(v < nmax ? v : (float)nmax) : 0;
+            } else {
+                l = imax(0, imin(nmax, nearest_int(iscale * (x[i] - min))));
+            }
             Laux[i] = (uint8_t)l;
             sum_l += w[i] * l;
             sum_l2 += w[i] * l * l;
@@ -288,6 +299,13 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint
     }
     *neg_min = -min;
     return scale;
+}
+
+/* make_qkx2_quants. */
+static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint8_t *L, float *neg_min,
+                           uint8_t *Laux, float rmin, float rdelta, int nstep)
+{
+    return fit_scale_min_search(n, nmax, x, w, L, neg_min, Laux, rmin, rdelta, nstep, 0);
 }
 
 /* Symmetric codes -nmax..nmax-1 with a weighted scale search (ggml's
@@ -502,74 +520,11 @@ void gq_quantize_row_q6_K(const float *x, void *y, int64_t k) { quantize_q6_K_we
  * imatrix: the mean of x_j^2 over calibration tokens). Same float order as
  * ggml-quants.c, so the bytes are identical. */
 
-/* ggml's make_qkx3_quants (use_mad false, weights given): codes 0..nmax
- * with a minimum, the scale and minimum refitted by weighted least squares
- * over nstep + 1 candidate scales. */
+/* ggml's make_qkx3_quants (use_mad false, weights given). */
 static float fit_scale_min_x3(int n, int nmax, const float *x, const float *w, uint8_t *L, float *neg_min,
                               uint8_t *Laux, float rmin, float rdelta, int nstep)
 {
-    float min = x[0], max = x[0];
-    float sum_w = w[0];
-    float sum_x = sum_w * x[0];
-    for (int i = 1; i < n; i++) {
-        if (x[i] < min) min = x[i];
-        if (x[i] > max) max = x[i];
-        sum_w += w[i];
-        sum_x += w[i] * x[i];
-    }
-    if (min > 0) min = 0;
-    if (max <= min) {
-        memset(L, 0, (size_t)n);
-        *neg_min = -min;
-        return 0.f;
-    }
-    float iscale = nmax / (max - min);
-    float scale = 1 / iscale;
-    float best = 0;
-    for (int i = 0; i < n; i++) {
-        const int l = nearest_int(iscale * (x[i] - min));
-        L[i] = (uint8_t)imax(0, imin(nmax, l));
-        float diff = scale * L[i] + min - x[i];
-        diff = diff * diff;
-        best += w[i] * diff;
-    }
-    for (int is = 0; is <= nstep; is++) {
-        iscale = (rmin + rdelta * is + nmax) / (max - min);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-        for (int i = 0; i < n; i++) {
-            /* min is the best fit so far and may sit at or near max: clamp
-             * before rounding, as ggml does (v may be huge, inf or nan) */
-            const float v = iscale * (x[i] - min);
-            const int l = v > 0 ? nearest_int(v < nmax ? v : (float)nmax) : 0;
-            Laux[i] = (uint8_t)l;
-            sum_l += w[i] * l;
-            sum_l2 += w[i] * l * l;
-            sum_xl += w[i] * l * x[i];
-        }
-        const float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-            if (this_min > 0) {
-                this_min = 0;
-                this_scale = sum_xl / sum_l2;
-            }
-            float cur = 0;
-            for (int i = 0; i < n; i++) {
-                float diff = this_scale * Laux[i] + this_min - x[i];
-                diff = diff * diff;
-                cur += w[i] * diff;
-            }
-            if (cur < best) {
-                memcpy(L, Laux, (size_t)n);
-                best = cur;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    *neg_min = -min;
-    return scale;
+    return fit_scale_min_search(n, nmax, x, w, L, neg_min, Laux, rmin, rdelta, nstep, 1);
 }
 
 /* ggml's make_qp_quants: codes 0..nmax for non-negative x (the sub-block
