@@ -663,7 +663,6 @@ int fp16_cuda_matmul(qtool_packed *p, const qtool_matmul_args *args)
             if (residual) {
                 const qtool_host_services *h = inst->host;
                 ty = tmp = h->alloc(h->ctx, QTOOL_DEVICE_CUDA, (size_t)(m * p->n) * 2, QTOOL_MEM_WORKSPACE);
-                if (tmp && alignment_of(tmp) < pl->align_y) ty = NULL;
             }
             if (ty) tune_plan(p, pl, x->data, ty, stream);
             if (tmp) inst->host->free(inst->host->ctx, QTOOL_DEVICE_CUDA, tmp);
