@@ -40,17 +40,22 @@ typedef struct qt_seqs {
  * i - window_left <= j <= i + window_right; -1 means unbounded on that side.
  * Bidirectional: -1/-1; causal: -1/0; ModernBERT local: w/w; causal sliding
  * window W: W-1/0. */
-typedef struct qt_attn_params {
-    int64_t n_heads, n_kv_heads, head_dim;
-    float scale;
-    int64_t window_left, window_right;
-} qt_attn_params;
-
+/* RoPE (rotate_half convention), rows at their positions. */
 typedef struct qt_rope_params {
     const float *inv_freq; /* head_dim / 2 floats (host) */
     float scaling;         /* multiplies cos and sin */
     int64_t n_heads, head_dim;
 } qt_rope_params;
+
+typedef struct qt_attn_params {
+    int64_t n_heads, n_kv_heads, head_dim;
+    float scale;
+    int64_t window_left, window_right;
+    /* Not NULL: q and k arrive without RoPE and the op applies it with these
+     * frequencies and scaling (its n_heads and head_dim are ignored),
+     * rotating them in place or on the fly. */
+    const qt_rope_params *rope;
+} qt_attn_params;
 
 typedef struct qt_backend qt_backend;
 
@@ -73,10 +78,9 @@ typedef struct qt_backend_ops {
     /* Optional: y += x W^T + b in the plugin's GEMM (its residual epilogue,
      * QTOOL_PLUGIN_RESIDUAL_EPILOGUE); packed Linears only. */
     int (*linear_residual)(qt_backend *be, const qt_model *m, qt_linear *l, const qt_mat *x, qt_mat *y);
-    /* Rotates x in place (rotate_half convention), rows at their positions. */
-    int (*rope)(qt_backend *be, const qt_rope_params *r, const qt_seqs *s, qt_mat *x);
     /* out = softmax(q k^T * scale + mask) v per sequence and head; k/v heads
-     * are shared by n_heads / n_kv_heads query heads (GQA). */
+     * are shared by n_heads / n_kv_heads query heads (GQA). With a->rope,
+     * q and k are rotated first and may be left rotated. */
     int (*attention)(qt_backend *be, const qt_attn_params *a, const qt_seqs *s, const qt_mat *q,
                      const qt_mat *k, const qt_mat *v, qt_mat *out);
     /* out = act(a) * b (elementwise). */

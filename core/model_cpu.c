@@ -324,9 +324,8 @@ static void rope_rows(void *arg, int64_t b, int64_t e)
     free(cs);
 }
 
-static int cpu_rope(qt_backend *be, const qt_rope_params *r, const qt_seqs *s, qt_mat *x)
+static int cpu_rope(const qt_rope_params *r, const qt_seqs *s, qt_mat *x)
 {
-    (void)be;
     rope_job j = {r, s, x, 0};
     qt_parallel_for(x->rows, grain_for(r->n_heads * r->head_dim * 4), rope_rows, &j);
     return atomic_load(&j.failed) ? qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory") : 0;
@@ -433,6 +432,16 @@ static int cpu_attention(qt_backend *be, const qt_attn_params *a, const qt_seqs 
     if (a->n_kv_heads < 1 || a->n_heads % a->n_kv_heads)
         return qt_fail(QTOOL_ERR_INTERNAL, "attention with %lld heads and %lld kv heads", (long long)a->n_heads,
                        (long long)a->n_kv_heads);
+    if (a->rope) {
+        qt_rope_params rp = *a->rope;
+        qt_mat qr = *q, kr = *k;
+        rp.head_dim = a->head_dim;
+        rp.n_heads = a->n_heads;
+        int rc = cpu_rope(&rp, s, &qr);
+        if (rc) return rc;
+        rp.n_heads = a->n_kv_heads;
+        if ((rc = cpu_rope(&rp, s, &kr))) return rc;
+    }
     attn_job j = {a, s, q, k, v, out, 0};
     int64_t work = s->max_len * a->head_dim * 2;
     qt_parallel_for(s->total * a->n_heads, grain_for(work), attn_items, &j);
@@ -548,7 +557,6 @@ const qt_backend_ops qt_cpu_backend_ops = {
     .embed = cpu_embed,
     .norm = cpu_norm,
     .linear = cpu_linear,
-    .rope = cpu_rope,
     .attention = cpu_attention,
     .glu = cpu_glu,
     .act = cpu_act,

@@ -58,8 +58,8 @@ typedef struct cache_block {
 /* Optional per-operation timing (QTOOL_CUDA_OP_TIMES=1): an event before
  * each operation; the time to the next one is charged to it. Printed to
  * stderr at the end of every pass. */
-enum { P_EMBED, P_NORM, P_LINEAR, P_ROPE, P_ATTN, P_GLU, P_ACT, P_ADD, P_HEAD, P_READ, P_COUNT };
-static const char *const prof_names[P_COUNT] = {"embed", "norm", "linear", "rope", "attention",
+enum { P_EMBED, P_NORM, P_LINEAR, P_ATTN, P_GLU, P_ACT, P_ADD, P_HEAD, P_READ, P_COUNT };
+static const char *const prof_names[P_COUNT] = {"embed", "norm", "linear", "attention",
                                                 "glu",   "act",  "add",    "pool+head", "read"};
 #define PROF_MAX 4096
 
@@ -561,13 +561,21 @@ static int cu_begin(qt_backend *be, const qt_model *m, qt_seqs *s)
     memcpy(hi, s->ids, (size_t)T * 4);
     memcpy(hi + T, s->pos, (size_t)T * 4);
     memcpy(hi + 2 * T, s->seq, (size_t)T * 4);
+    /* Attention tiles, later query tiles first: under a causal mask they
+     * see the most keys, and starting the longest work first leaves the
+     * shortest for the end of the grid. */
     int32_t *tl = hi + 3 * T;
-    for (int64_t i = 0, k = 0; i < n; i++) {
-        int64_t L = s->offsets[i + 1] - s->offsets[i];
-        for (int64_t q0 = 0; q0 < L; q0 += QTK_ATTN_TILE, k++) {
-            tl[2 * k] = (int32_t)i;
-            tl[2 * k + 1] = (int32_t)q0;
-        }
+    int64_t k = 0;
+    for (int64_t q0 = (s->max_len - 1) / QTK_ATTN_TILE * QTK_ATTN_TILE; q0 >= 0; q0 -= QTK_ATTN_TILE)
+        for (int64_t i = 0; i < n; i++)
+            if (s->offsets[i + 1] - s->offsets[i] > q0) {
+                tl[2 * k] = (int32_t)i;
+                tl[2 * k + 1] = (int32_t)q0;
+                k++;
+            }
+    if (k != n_tiles) { /* max_len below a sequence's length */
+        qt_free(QTOOL_DEVICE_CPU, h);
+        return qt_fail(QTOOL_ERR_INTERNAL, "attention tiles: %lld of %lld", (long long)k, (long long)n_tiles);
     }
     /* From pageable memory the copy is staged before the call returns, so
      * the host buffer can go at once. */
@@ -849,24 +857,14 @@ static int cu_linear_residual(qt_backend *be, const qt_model *m, qt_linear *l, c
     return cu_linear_ep(be, m, l, x, y, QTOOL_EPILOGUE_RESIDUAL);
 }
 
-static int cu_rope(qt_backend *be, const qt_rope_params *r, const qt_seqs *s, qt_mat *x)
+/* The model's RoPE frequencies on the device (uploaded with the model). */
+static const float *dev_inv_freq(const cuda_state *st, const float *host)
 {
-    cuda_state *st = STATE(be);
-    prof_mark(st, P_ROPE);
-    int rc = flush(st);
-    if (rc) return rc;
-    (void)s;
-    const float *inv = r->inv_freq == st->m->inv_freq_full ? st->inv_full
-                       : r->inv_freq == st->m->inv_freq_sliding ? st->inv_sliding
-                                                                : NULL;
-    if (!inv) return qt_fail(QTOOL_ERR_INTERNAL, "CUDA backend: RoPE frequencies that are not the model's");
-    if (r->n_heads * r->head_dim > x->cols) return qt_fail(QTOOL_ERR_INTERNAL, "CUDA backend: RoPE past the row");
-    CK(qtk_rope(kdt(x->dtype), x->data, x->ld, st->d_pos, x->rows, (int)r->n_heads, (int)r->head_dim, inv, r->scaling,
-                be->stream),
-       "RoPE kernel");
-    return 0;
+    return host == st->m->inv_freq_full ? st->inv_full : host == st->m->inv_freq_sliding ? st->inv_sliding : NULL;
 }
 
+/* With a->rope, k is rotated in place and q inside the attention kernel
+ * (qtk_attention), which saves writing and reading q once more. */
 static int cu_attention(qt_backend *be, const qt_attn_params *a, const qt_seqs *s, const qt_mat *q,
                         const qt_mat *k, const qt_mat *v, qt_mat *out)
 {
@@ -880,9 +878,13 @@ static int cu_attention(qt_backend *be, const qt_attn_params *a, const qt_seqs *
     if (a->head_dim > 256 && !qtk_attention_uses_mma(kdt(q->dtype), (int)a->head_dim, st->cc_major))
         return qt_fail(QTOOL_ERR_UNSUPPORTED, "CUDA attention supports head_dim up to 256 (found %lld)",
                        (long long)a->head_dim);
+    const float *inv = NULL;
+    if (a->rope && !(inv = dev_inv_freq(st, a->rope->inv_freq)))
+        return qt_fail(QTOOL_ERR_INTERNAL, "CUDA backend: RoPE frequencies that are not the model's");
     CK(qtk_attention(kdt(q->dtype), q->data, q->ld, k->data, k->ld, v->data, v->ld, out->data, out->ld, st->d_offsets,
                      st->d_seq, st->d_pos, st->d_tiles, st->n_tiles, s->total, (int)a->n_heads, (int)a->n_kv_heads,
-                     (int)a->head_dim, a->scale, a->window_left, a->window_right, st->cc_major, be->stream),
+                     (int)a->head_dim, a->scale, a->window_left, a->window_right, inv,
+                     a->rope ? a->rope->scaling : 1.0f, st->cc_major, be->stream),
        "attention kernel");
     return 0;
 }
@@ -1037,7 +1039,6 @@ const qt_backend_ops qt_cuda_backend_ops = {
     .norm = cu_norm,
     .linear = cu_linear,
     .linear_residual = cu_linear_residual,
-    .rope = cu_rope,
     .attention = cu_attention,
     .glu = cu_glu,
     .act = cu_act,

@@ -181,7 +181,8 @@ static int block_bert(run *R, qt_block *b, qt_mat *x, block_bufs *B)
     const qt_model_config *c = &R->m->cfg;
     qt_mat *q = &B->m[0], *k = &B->m[1], *v = &B->m[2], *ctx = &B->m[3], *tmp = &B->m[4], *inter = &B->m[5];
     int rc;
-    qt_attn_params ap = {c->n_heads, c->n_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, -1};
+    qt_attn_params ap = {c->n_heads, c->n_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, -1,
+                         NULL};
     TRY(linear(R, &b->q, x, q));
     TRY(linear_again(R, &b->k, x, k));
     TRY(linear_again(R, &b->v, x, v));
@@ -208,14 +209,14 @@ static int block_modernbert(run *R, qt_block *b, qt_mat *x, block_bufs *B)
     int64_t H = c->hidden_size, I = c->intermediate_size;
     qt_mat *h = &B->m[0], *qkv = &B->m[1], *ctx = &B->m[2], *tmp = &B->m[3], *gu = &B->m[4], *inter = &B->m[5];
     int rc;
-    qt_attn_params ap = {c->n_heads, c->n_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, -1};
+    qt_attn_params ap = {c->n_heads, c->n_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, -1,
+                         NULL};
     if (b->sliding) ap.window_left = ap.window_right = c->sliding_window;
     qt_rope_params rp = rope_of(R->m, b);
     TRY(op->norm(be, &b->norm1, x, h));
     TRY(linear(R, &b->qkv, h, qkv));
     qt_mat q = cols_of(qkv, 0, H), k = cols_of(qkv, H, H), v = cols_of(qkv, 2 * H, H);
-    TRY(op->rope(be, &rp, R->s, &q));
-    TRY(op->rope(be, &rp, R->s, &k));
+    ap.rope = &rp;
     TRY(op->attention(be, &ap, R->s, &q, &k, &v, ctx));
     TRY(linear_residual(R, &b->o, ctx, tmp, x));
     TRY(op->norm(be, &b->norm2, x, h));
@@ -237,30 +238,25 @@ static int block_decoder(run *R, qt_block *b, qt_mat *x, block_bufs *B)
     qt_mat *h = &B->m[0], *q = &B->m[1], *k = &B->m[2], *v = &B->m[3], *ctx = &B->m[4], *tmp = &B->m[5];
     qt_mat *g = &B->m[6], *u = &B->m[7];
     int rc;
-    qt_attn_params ap = {c->n_heads, c->n_kv_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)), -1, 0};
+    qt_attn_params ap = {c->n_heads, c->n_kv_heads, c->head_dim, (float)(1.0 / sqrt((double)c->head_dim)),
+                         -1,        0,             NULL};
     if (b->sliding) ap.window_left = c->sliding_window - 1;
     qt_rope_params rp = rope_of(R->m, b);
     if (b->fused != R->m->blocks[0].fused || b->gate_up.glu_epilogue != R->m->blocks[0].gate_up.glu_epilogue)
         return qt_fail(QTOOL_ERR_INTERNAL, "block %d: fused Linears in some blocks only", b->index);
     TRY(op->norm(be, &b->norm1, x, h));
+    ap.rope = &rp; /* the attention op rotates q and k */
     if (b->fused) {
-        /* One GEMM for q|k|v; q and k are adjacent, so one RoPE pass rotates
-         * both (the same rotation per position, head by head). */
+        /* One GEMM for q|k|v. */
         const int64_t QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
         qt_mat *qkv = &B->m[1];
         TRY(linear(R, &b->qkv, h, qkv));
-        qt_mat qk = cols_of(qkv, 0, QD + KD), qs = cols_of(qkv, 0, QD), ks = cols_of(qkv, QD, KD),
-               vs = cols_of(qkv, QD + KD, KD);
-        rp.n_heads = c->n_heads + c->n_kv_heads;
-        TRY(op->rope(be, &rp, R->s, &qk));
+        qt_mat qs = cols_of(qkv, 0, QD), ks = cols_of(qkv, QD, KD), vs = cols_of(qkv, QD + KD, KD);
         TRY(op->attention(be, &ap, R->s, &qs, &ks, &vs, ctx));
     } else {
         TRY(linear(R, &b->q, h, q));
         TRY(linear_again(R, &b->k, h, k));
         TRY(linear_again(R, &b->v, h, v));
-        TRY(op->rope(be, &rp, R->s, q));
-        rp.n_heads = c->n_kv_heads;
-        TRY(op->rope(be, &rp, R->s, k));
         TRY(op->attention(be, &ap, R->s, q, k, v, ctx));
     }
     TRY(linear_residual(R, &b->o, ctx, tmp, x));

@@ -1,5 +1,6 @@
 /* What the CUDA GEMM benchmarks share: error-checking macros, the timing
- * loop (CUDA events, 3 warm-up runs, median), the cuBLASLt fp16/bf16
+ * loop (CUDA events, 3 warm-up runs, then the median of single calls or,
+ * with g_queued, the mean of calls issued back to back), the cuBLASLt fp16/bf16
  * baseline, loading a plugin with options, running its matmul_cuda, and
  * the error of a 16-bit device output against a float reference. Included
  * by one source file per benchmark (the globals are that program's). */
@@ -43,6 +44,11 @@
 static cudaStream_t g_stream;
 static int g_reps = 50;
 static int g_bf16; /* 16-bit type of activations and baseline: bf16 when set, else fp16 */
+/* Timing mode. 0: each call alone from an idle stream, the median (host
+ * launch latency included, as one call in isolation sees it). 1: `reps`
+ * calls issued back to back, the mean (the GPU never waits for the host,
+ * as inside a model's forward pass). */
+static int g_queued;
 
 typedef void (*run_fn)(void *ctx);
 
@@ -59,6 +65,17 @@ static inline float time_ms(run_fn fn, void *ctx, int reps)
     CK(cudaEventCreate(&b));
     for (int i = 0; i < 3; i++) fn(ctx);
     CK(cudaStreamSynchronize(g_stream));
+    if (g_queued) {
+        float total = 0.0f;
+        CK(cudaEventRecord(a, g_stream));
+        for (int i = 0; i < reps; i++) fn(ctx);
+        CK(cudaEventRecord(b, g_stream));
+        CK(cudaEventSynchronize(b));
+        CK(cudaEventElapsedTime(&total, a, b));
+        CK(cudaEventDestroy(a));
+        CK(cudaEventDestroy(b));
+        return total / (float)reps;
+    }
     float *t = malloc(sizeof(float) * (size_t)reps);
     for (int i = 0; i < reps; i++) {
         CK(cudaEventRecord(a, g_stream));

@@ -1,10 +1,11 @@
 /* GEMM benchmark on the CUDA device: cuBLASLt fp16 baseline against the
  * bnb_int8 and nf4 plugins at M in {1, 16, 8192} and (K, N) in
- * {(896, 4864), (4864, 896)}. CUDA events, 3 warm-up runs, median of the
- * timed runs. Prints ms, TFLOP/s (2*M*N*K / time) and the ratio to fp16 of
- * the same run.
+ * {(896, 4864), (4864, 896)}. CUDA events, 3 warm-up runs, then the
+ * median of single calls (each from an idle stream), or with --queued the
+ * mean of calls issued back to back. Prints ms, TFLOP/s (2*M*N*K / time)
+ * and the ratio to fp16 of the same run.
  *
- *   qtool_bench_gemm [--reps N] [--plugin-dir DIR]
+ *   qtool_bench_gemm [--reps N] [--queued] [--plugin-dir DIR]
  *
  * Plugins come from --plugin-dir, QTOOL_PLUGIN_DIR, or the folder next to
  * the executable (../lib/qtool/plugins). */
@@ -19,10 +20,12 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             g_reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--queued"))
+            g_queued = 1;
         else if (!strcmp(argv[i], "--plugin-dir") && i + 1 < argc)
             dir = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--reps N] [--plugin-dir DIR]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--reps N] [--queued] [--plugin-dir DIR]\n", argv[0]);
             return 2;
         }
     }
@@ -37,7 +40,8 @@ int main(int argc, char **argv)
     CK(cudaGetDeviceProperties(&prop, 0));
     CK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
     printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
-    printf("timing: CUDA events, 3 warm-up runs, median of %d; TFLOP/s = 2*M*N*K / time\n\n", g_reps);
+    printf("timing: CUDA events, 3 warm-up runs, %s of %d (20 at M >= 4096); TFLOP/s = 2*M*N*K / time\n\n",
+           g_queued ? "mean per call of calls issued back to back" : "median of single calls", g_reps);
 
     plugin i8 = {0}, q4 = {0}, q4dq = {0};
     const char *i8kv[] = {"threshold=6.0"};

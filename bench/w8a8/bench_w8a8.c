@@ -5,11 +5,12 @@
  * the per-token quantization of the activations, the GEMM and the
  * dequantization + bias: everything a Linear costs. Shapes: M in {1, 16,
  * 8192} and (K, N) in {(896, 4864), (4864, 896)} (Qwen2.5-0.5B's MLP).
- * CUDA events, 3 warm-up runs, median of the timed runs; ms, TFLOP/s
- * (2*M*N*K / time), the ratio to fp16 measured in the same run, and the
- * relative max error against the fp16 output.
+ * CUDA events, 3 warm-up runs, median of single calls (--queued: the mean
+ * of calls issued back to back); ms, TFLOP/s (2*M*N*K / time), the ratio
+ * to fp16 measured in the same run, and the relative max error against
+ * the fp16 output.
  *
- *   qtool_bench_w8a8 [--reps N] [--plugin-dir DIR] [--bf16]
+ *   qtool_bench_w8a8 [--reps N] [--queued] [--plugin-dir DIR] [--bf16]
  *
  * Plugins come from --plugin-dir, QTOOL_PLUGIN_DIR, or the folder next to
  * the executable (../lib/qtool/plugins). The last lines say whether each
@@ -27,12 +28,14 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             g_reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--queued"))
+            g_queued = 1;
         else if (!strcmp(argv[i], "--plugin-dir") && i + 1 < argc)
             dir = argv[++i];
         else if (!strcmp(argv[i], "--bf16"))
             g_bf16 = 1;
         else {
-            fprintf(stderr, "usage: %s [--reps N] [--plugin-dir DIR] [--bf16]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--reps N] [--queued] [--plugin-dir DIR] [--bf16]\n", argv[0]);
             return 2;
         }
     }
@@ -51,9 +54,10 @@ int main(int argc, char **argv)
     int fp8_ok = prop.major > 8 || (prop.major == 8 && prop.minor >= 9);
     printf("device: %s (compute capability %d.%d, %d SMs), cuBLASLt %zu\n", prop.name, prop.major, prop.minor,
            prop.multiProcessorCount, cublasLtGetVersion());
-    printf("timing: CUDA events, 3 warm-up runs, median of %d (20 at M >= 4096); TFLOP/s = 2*M*N*K / time; "
+    printf("timing: CUDA events, 3 warm-up runs, %s of %d (20 at M >= 4096); TFLOP/s = 2*M*N*K / time; "
            "%s activations; the W8A8 times include activation quantization and dequantization\n\n",
-           g_reps, g_bf16 ? "bf16" : "fp16");
+           g_queued ? "mean per call of calls issued back to back" : "median of single calls", g_reps,
+           g_bf16 ? "bf16" : "fp16");
 
     plugin methods[MAX_METHODS];
     memset(methods, 0, sizeof methods);

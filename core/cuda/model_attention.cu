@@ -92,9 +92,37 @@ template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, f
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
+// 16 bytes global -> shared without a register stop (sm_80+); `bytes` 0
+// fills the 16 bytes with zeros. Older cards copy through registers.
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid)
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(valid ? 16 : 0));
+#else
+    *reinterpret_cast<uint4 *>(dst) = valid ? *reinterpret_cast<const uint4 *>(src) : make_uint4(0u, 0u, 0u, 0u);
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit()
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most N of this thread's committed groups are in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
 // Rows [r0, r0 + 64) of a head (g points at row 0 of the sequence, column
 // of the head) into shared memory [64][LDS]; zeros past the sequence and
-// past the head dimension.
+// past the head dimension. The 16-byte form (`vec`) is asynchronous: the
+// caller commits and waits.
 template <typename T, int DP>
 __device__ __forceinline__ void load_tile(T *s, const T *g, int64_t ld, int r0, int len, int D, int vec)
 {
@@ -103,9 +131,8 @@ __device__ __forceinline__ void load_tile(T *s, const T *g, int64_t ld, int r0, 
         constexpr int CH = DP / 8;
         for (int idx = threadIdx.x; idx < 64 * CH; idx += NTHREADS) {
             int r = idx / CH, c = (idx % CH) * 8;
-            uint4 val = make_uint4(0u, 0u, 0u, 0u);
-            if (r0 + r < len && c < D) val = *reinterpret_cast<const uint4 *>(g + (int64_t)(r0 + r) * ld + c);
-            *reinterpret_cast<uint4 *>(s + r * LDS + c) = val;
+            bool ok = r0 + r < len && c < D;
+            cp_async16(s + r * LDS + c, ok ? g + (int64_t)(r0 + r) * ld + c : g, ok);
         }
     } else {
         for (int idx = threadIdx.x; idx < 64 * DP; idx += NTHREADS) {
@@ -117,18 +144,57 @@ __device__ __forceinline__ void load_tile(T *s, const T *g, int64_t ld, int r0, 
     }
 }
 
+// The query tile rotated by RoPE on its way to shared memory (what
+// qtk_rope would have written to q first): needs D % 16 == 0 and 16-byte
+// rows. Row r of the sequence is at position pos[r].
 template <typename T, int DP>
+__device__ __forceinline__ void load_q_rope(T *s, const T *g, int64_t ld, const int32_t *pos, int r0, int len, int D,
+                                            const float *inv_freq, float scaling)
+{
+    constexpr int LDS = DP + 8;
+    const int half = D / 2, ch = half / 8;
+    for (int idx = threadIdx.x; idx < 64 * ch; idx += NTHREADS) {
+        int r = idx / ch, c = (idx % ch) * 8;
+        float x1[8], x2[8];
+        if (r0 + r < len) {
+            const T *row = g + (int64_t)(r0 + r) * ld;
+            ld8(row + c, x1);
+            ld8(row + c + half, x2);
+            const int p = pos[r0 + r];
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                float cs, sn;
+                rope_cos_sin(p, inv_freq[c + e], scaling, cs, sn);
+                rope_apply(x1[e], x2[e], cs, sn, x1[e], x2[e]);
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) x1[e] = x2[e] = 0.0f;
+        }
+        st8(s + r * LDS + c, x1);
+        st8(s + r * LDS + c + half, x2);
+    }
+    for (int idx = threadIdx.x; idx < 64 * (DP - D); idx += NTHREADS) // zero padding of the head
+        s[(idx / (DP - D)) * LDS + D + idx % (DP - D)] = Cvt<T>::h(0.0f);
+}
+
+// STAGES 2: the next key/value tile is loaded (cp.async) while this one is
+// computed; 1 for DP = 128, where two stages would not fit the 48 KB of
+// static shared memory. ROPE: q arrives unrotated (load_q_rope).
+template <typename T, int DP, bool ROPE>
 __global__ void __launch_bounds__(NTHREADS) flash_kernel(const T *__restrict__ q, int64_t ldq, const T *__restrict__ k,
                                                          int64_t ldk, const T *__restrict__ v, int64_t ldv,
                                                          T *__restrict__ o, int64_t ldo, const int64_t *offsets,
                                                          const int32_t *tiles, int group, int D, float sl2,
-                                                         int64_t wl, int64_t wr, int vec_in, int vec_out)
+                                                         int wl, int wr, int vec_in, int vec_out,
+                                                         const int32_t *pos, const float *inv_freq, float rope_scaling)
 {
     constexpr int LDS = DP + 8; // +16 bytes a row: conflict-free ldmatrix
     constexpr int KD = DP / 16; // k-steps of Q K^T
     constexpr int ND = DP / 8;  // n-tiles of O
-    __shared__ __align__(16) T sK[BN * LDS]; // Q is staged here first
-    __shared__ __align__(16) T sV[BN * LDS];
+    constexpr int STAGES = DP <= 64 ? 2 : 1;
+    __shared__ __align__(16) T sK[STAGES][BN * LDS];
+    __shared__ __align__(16) T sV[STAGES][BN * LDS];
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int h = blockIdx.y, kvh = h / group;
@@ -136,12 +202,32 @@ __global__ void __launch_bounds__(NTHREADS) flash_kernel(const T *__restrict__ q
     const int64_t base = offsets[seq];
     const int len = (int)(offsets[seq + 1] - base);
 
-    load_tile<T, DP>(sK, q + base * ldq + (int64_t)h * D, ldq, q0, len, D, vec_in);
+    const int q_last = min(q0 + BM, len) - 1;
+    const int lo = wl < 0 ? 0 : max(0, q0 - wl);
+    const int hi = wr < 0 ? len - 1 : min(len - 1, q_last + wr);
+    const int i0 = q0 + warp * 16 + (lane >> 2); // this thread's rows: i0, i0 + 8
+    const T *kg = k + base * ldk + (int64_t)kvh * D;
+    const T *vg = v + base * ldv + (int64_t)kvh * D;
+
+    // With two stages the first key/value tile streams in while the query
+    // tile goes through the second stage's key buffer.
+    T *sQ = sK[STAGES - 1];
+    if (STAGES == 2) {
+        load_tile<T, DP>(sK[0], kg, ldk, lo, len, D, vec_in);
+        load_tile<T, DP>(sV[0], vg, ldv, lo, len, D, vec_in);
+        cp_async_commit();
+    }
+    if constexpr (ROPE)
+        load_q_rope<T, DP>(sQ, q + base * ldq + (int64_t)h * D, ldq, pos + base, q0, len, D, inv_freq, rope_scaling);
+    else
+        load_tile<T, DP>(sQ, q + base * ldq + (int64_t)h * D, ldq, q0, len, D, vec_in);
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
     uint32_t qf[KD][4];
 #pragma unroll
     for (int kd = 0; kd < KD; kd++)
-        ldsm_x4(qf[kd], &sK[(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + kd * 16 + (lane >> 4) * 8]);
+        ldsm_x4(qf[kd], &sQ[(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + kd * 16 + (lane >> 4) * 8]);
     __syncthreads();
 
     float acc[ND][4];
@@ -149,17 +235,23 @@ __global__ void __launch_bounds__(NTHREADS) flash_kernel(const T *__restrict__ q
     for (int d = 0; d < ND; d++) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-    const int q_last = min(q0 + BM, len) - 1;
-    const int lo = wl < 0 ? 0 : (int)max((int64_t)0, (int64_t)q0 - wl);
-    const int hi = wr < 0 ? len - 1 : (int)min((int64_t)len - 1, (int64_t)q_last + wr);
-    const int i0 = q0 + warp * 16 + (lane >> 2); // this thread's rows: i0, i0 + 8
-    const T *kg = k + base * ldk + (int64_t)kvh * D;
-    const T *vg = v + base * ldv + (int64_t)kvh * D;
-
-    for (int kv0 = lo; kv0 <= hi; kv0 += BN) {
-        load_tile<T, DP>(sK, kg, ldk, kv0, len, D, vec_in);
-        load_tile<T, DP>(sV, vg, ldv, kv0, len, D, vec_in);
+    if (STAGES == 1) {
+        load_tile<T, DP>(sK[0], kg, ldk, lo, len, D, vec_in);
+        load_tile<T, DP>(sV[0], vg, ldv, lo, len, D, vec_in);
+        cp_async_commit();
+    }
+    for (int kv0 = lo, stage = 0; kv0 <= hi; kv0 += BN) {
+        const bool more = kv0 + BN <= hi;
+        if (STAGES == 2 && more) { // the next tile into the other stage (free since the last barrier)
+            load_tile<T, DP>(sK[stage ^ 1], kg, ldk, kv0 + BN, len, D, vec_in);
+            load_tile<T, DP>(sV[stage ^ 1], vg, ldv, kv0 + BN, len, D, vec_in);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
+        const T *cK = sK[stage], *cV = sV[stage];
 
         float s[8][4];
 #pragma unroll
@@ -169,23 +261,36 @@ __global__ void __launch_bounds__(NTHREADS) flash_kernel(const T *__restrict__ q
 #pragma unroll
             for (int n = 0; n < 8; n += 2) {
                 uint32_t b[4];
-                ldsm_x4(b, &sK[(n * 8 + (lane & 7) + (lane >> 4) * 8) * LDS + kd * 16 + ((lane >> 3) & 1) * 8]);
+                ldsm_x4(b, &cK[(n * 8 + (lane & 7) + (lane >> 4) * 8) * LDS + kd * 16 + ((lane >> 3) & 1) * 8]);
                 mma16816<T>(s[n], qf[kd], b[0], b[1]);
                 mma16816<T>(s[n + 1], qf[kd], b[2], b[3]);
             }
         }
 
-        // Mask and scale into the log2 domain; row maxima over the quad.
+        // Scale into the log2 domain; mask only a tile that some query of
+        // this CTA cannot see in full (the diagonal of a causal layer, the
+        // edges of a window, the end of the sequence). Row maxima over the quad.
+        const bool full = kv0 + BN <= len && (wl < 0 || kv0 >= q_last - wl) && (wr < 0 || kv0 + BN - 1 <= q0 + wr);
         float mx[2] = {m[0], m[1]};
+        if (full) {
 #pragma unroll
-        for (int n = 0; n < 8; n++) {
+            for (int n = 0; n < 8; n++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int j = kv0 + n * 8 + (lane & 3) * 2 + (e & 1);
-                int i = i0 + (e >> 1) * 8;
-                bool ok = j <= hi && (wl < 0 || (int64_t)j >= (int64_t)i - wl) && (wr < 0 || (int64_t)j <= (int64_t)i + wr);
-                s[n][e] = ok ? s[n][e] * sl2 : -INFINITY;
-                mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+                for (int e = 0; e < 4; e++) {
+                    s[n][e] *= sl2;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+                }
+        } else {
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int j = kv0 + n * 8 + (lane & 3) * 2 + (e & 1);
+                    int i = i0 + (e >> 1) * 8;
+                    bool ok = j <= hi && (wl < 0 || j >= i - wl) && (wr < 0 || j <= i + wr);
+                    s[n][e] = ok ? s[n][e] * sl2 : -INFINITY;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+                }
             }
         }
         float alpha[2], base_[2];
@@ -229,12 +334,19 @@ __global__ void __launch_bounds__(NTHREADS) flash_kernel(const T *__restrict__ q
 #pragma unroll
             for (int d = 0; d < ND; d += 2) {
                 uint32_t b[4];
-                ldsm_x4_t(b, &sV[(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + d * 8 + (lane >> 4) * 8]);
+                ldsm_x4_t(b, &cV[(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + d * 8 + (lane >> 4) * 8]);
                 mma16816<T>(acc[d], a, b[0], b[1]);
                 mma16816<T>(acc[d + 1], a, b[2], b[3]);
             }
         }
-        __syncthreads();
+        __syncthreads(); // every warp is done with this stage before it is refilled
+        if (STAGES == 2) {
+            stage ^= 1;
+        } else if (more) {
+            load_tile<T, DP>(sK[0], kg, ldk, kv0 + BN, len, D, vec_in);
+            load_tile<T, DP>(sV[0], vg, ldv, kv0 + BN, len, D, vec_in);
+            cp_async_commit();
+        }
     }
 
 #pragma unroll
@@ -311,32 +423,44 @@ __global__ void attn_simt_kernel(const T *q, int64_t ldq, const T *k, int64_t ld
     }
 }
 
-template <typename T, int DP>
-int flash_launch(const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v, int64_t ldv, void *o,
-                 int64_t ldo, const int64_t *offsets, const int32_t *tiles, int64_t n_tiles, int n_heads, int group,
-                 int D, float scale, int64_t wl, int64_t wr, cudaStream_t st)
+// One tensor-core attention call, as the launchers pass it on.
+struct FlashArgs {
+    const void *q, *k, *v;
+    void *o;
+    int64_t ldq, ldk, ldv, ldo;
+    const int64_t *offsets;
+    const int32_t *tiles, *pos;
+    int64_t n_tiles;
+    int n_heads, group, D;
+    float scale;
+    int wl, wr;                 // -1: unbounded
+    const float *rope_inv_freq; // not NULL: rotate q in the kernel
+    float rope_scaling;
+};
+
+template <typename T, int DP, bool ROPE> int flash_launch(const FlashArgs &a, cudaStream_t st)
 {
-    int vec_in = D % 8 == 0 && ldq % 8 == 0 && ldk % 8 == 0 && ldv % 8 == 0 && aligned16(q) && aligned16(k) &&
-                 aligned16(v);
-    int vec_out = D % 2 == 0 && ldo % 2 == 0 && ((uintptr_t)o & 3u) == 0;
-    dim3 grid((unsigned)n_tiles, (unsigned)n_heads);
-    flash_kernel<T, DP><<<grid, NTHREADS, 0, st>>>((const T *)q, ldq, (const T *)k, ldk, (const T *)v, ldv, (T *)o,
-                                                   ldo, offsets, tiles, group, D, scale * LOG2E, wl, wr, vec_in,
-                                                   vec_out);
+    int vec_in = a.D % 8 == 0 && a.ldq % 8 == 0 && a.ldk % 8 == 0 && a.ldv % 8 == 0 && aligned16(a.q) &&
+                 aligned16(a.k) && aligned16(a.v);
+    int vec_out = a.D % 2 == 0 && a.ldo % 2 == 0 && ((uintptr_t)a.o & 3u) == 0;
+    dim3 grid((unsigned)a.n_tiles, (unsigned)a.n_heads);
+    flash_kernel<T, DP, ROPE><<<grid, NTHREADS, 0, st>>>(
+        (const T *)a.q, a.ldq, (const T *)a.k, a.ldk, (const T *)a.v, a.ldv, (T *)a.o, a.ldo, a.offsets, a.tiles,
+        a.group, a.D, a.scale * LOG2E, a.wl, a.wr, vec_in, vec_out, a.pos, a.rope_inv_freq, a.rope_scaling);
     return (int)cudaGetLastError();
 }
 
-template <typename T>
-int flash_dispatch(int dp, const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v, int64_t ldv,
-                   void *o, int64_t ldo, const int64_t *offsets, const int32_t *tiles, int64_t n_tiles, int n_heads,
-                   int group, int D, float scale, int64_t wl, int64_t wr, cudaStream_t st)
+template <typename T, int DP> int flash_launch_rope(const FlashArgs &a, cudaStream_t st)
 {
-    switch (dp) {
-    case 16: return flash_launch<T, 16>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, st);
-    case 32: return flash_launch<T, 32>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, st);
-    case 64: return flash_launch<T, 64>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, st);
-    default: return flash_launch<T, 128>(q, ldq, k, ldk, v, ldv, o, ldo, offsets, tiles, n_tiles, n_heads, group, D, scale, wl, wr, st);
-    }
+    return a.rope_inv_freq ? flash_launch<T, DP, true>(a, st) : flash_launch<T, DP, false>(a, st);
+}
+
+template <typename T> int flash_dispatch(const FlashArgs &a, cudaStream_t st)
+{
+    if (a.D <= 16) return flash_launch_rope<T, 16>(a, st);
+    if (a.D <= 32) return flash_launch_rope<T, 32>(a, st);
+    if (a.D <= 64) return flash_launch_rope<T, 64>(a, st);
+    return flash_launch_rope<T, 128>(a, st);
 }
 
 template <typename T>
@@ -390,23 +514,50 @@ extern "C" int qtk_attention_simt(int dt, const void *q, int64_t ldq, const void
                                head_dim, scale, wl, wr, (cudaStream_t)stream);
 }
 
-extern "C" int qtk_attention(int dt, const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v,
+extern "C" int qtk_attention(int dt, void *q, int64_t ldq, void *k, int64_t ldk, const void *v,
                              int64_t ldv, void *out, int64_t ldo, const int64_t *offsets, const int32_t *seq_of,
                              const int32_t *pos, const int32_t *tiles, int64_t n_tiles, int64_t total, int n_heads,
-                             int n_kv_heads, int head_dim, float scale, int64_t wl, int64_t wr, int cc_major,
-                             void *stream)
+                             int n_kv_heads, int head_dim, float scale, int64_t wl, int64_t wr,
+                             const float *rope_inv_freq, float rope_scaling, int cc_major, void *stream)
 {
     if (total <= 0) return 0;
     if (n_kv_heads < 1 || n_heads % n_kv_heads || n_heads > 65535) return (int)cudaErrorInvalidValue;
-    if (!qtk_attention_uses_mma(dt, head_dim, cc_major))
+    const bool mma = qtk_attention_uses_mma(dt, head_dim, cc_major);
+    // The query rotation happens in the tensor-core kernel where it can
+    // read both halves of a head with 16-byte loads; k (and q elsewhere)
+    // are rotated in place first.
+    const bool rope_in_kernel = rope_inv_freq && mma && head_dim % 16 == 0 && ldq % 8 == 0 && aligned16(q);
+    if (rope_inv_freq) {
+        int rc = qtk_rope(dt, k, ldk, pos, total, n_kv_heads, head_dim, rope_inv_freq, rope_scaling, stream);
+        if (!rc && !rope_in_kernel)
+            rc = qtk_rope(dt, q, ldq, pos, total, n_heads, head_dim, rope_inv_freq, rope_scaling, stream);
+        if (rc) return rc;
+    }
+    if (!mma)
         return qtk_attention_simt(dt, q, ldq, k, ldk, v, ldv, out, ldo, offsets, seq_of, pos, total, n_heads,
                                   n_kv_heads, head_dim, scale, wl, wr, stream);
-    int group = n_heads / n_kv_heads;
-    int dp = head_dim <= 16 ? 16 : head_dim <= 32 ? 32 : head_dim <= 64 ? 64 : 128;
+    FlashArgs a;
+    a.q = q;
+    a.k = k;
+    a.v = v;
+    a.o = out;
+    a.ldq = ldq;
+    a.ldk = ldk;
+    a.ldv = ldv;
+    a.ldo = ldo;
+    a.offsets = offsets;
+    a.tiles = tiles;
+    a.pos = pos;
+    a.n_tiles = n_tiles;
+    a.n_heads = n_heads;
+    a.group = n_heads / n_kv_heads;
+    a.D = head_dim;
+    a.scale = scale;
+    // Windows wider than any sequence the kernel sees are unbounded.
+    a.wl = wl < 0 || wl > (1 << 30) ? -1 : (int)wl;
+    a.wr = wr < 0 || wr > (1 << 30) ? -1 : (int)wr;
+    a.rope_inv_freq = rope_in_kernel ? rope_inv_freq : nullptr;
+    a.rope_scaling = rope_scaling;
     cudaStream_t st = (cudaStream_t)stream;
-    if (dt == QTK_BF16)
-        return flash_dispatch<__nv_bfloat16>(dp, q, ldq, k, ldk, v, ldv, out, ldo, offsets, tiles, n_tiles, n_heads,
-                                             group, head_dim, scale, wl, wr, st);
-    return flash_dispatch<__half>(dp, q, ldq, k, ldk, v, ldv, out, ldo, offsets, tiles, n_tiles, n_heads, group,
-                                  head_dim, scale, wl, wr, st);
+    return dt == QTK_BF16 ? flash_dispatch<__nv_bfloat16>(a, st) : flash_dispatch<__half>(a, st);
 }

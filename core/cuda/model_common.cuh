@@ -80,6 +80,23 @@ template <typename F> __device__ __forceinline__ F warp_sum(F v)
     return v;
 }
 
+// RoPE (rotate_half) of the pair (x1, x2) = (x[i], x[i + head_dim / 2])
+// at position `pos`: the angle is pos * inv_freq[i] in float32, as
+// transformers computes it; cos and sin are scaled by `scaling`. The RoPE
+// kernel and the attention kernel's fused query rotation share these.
+__device__ __forceinline__ void rope_cos_sin(int pos, float inv_freq, float scaling, float &cs, float &sn)
+{
+    sincosf((float)pos * inv_freq, &sn, &cs);
+    cs *= scaling;
+    sn *= scaling;
+}
+
+__device__ __forceinline__ void rope_apply(float x1, float x2, float cs, float sn, float &o1, float &o2)
+{
+    o1 = x1 * cs - x2 * sn;
+    o2 = x2 * cs + x1 * sn;
+}
+
 static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 static inline unsigned grid_for(int64_t n, int threads)

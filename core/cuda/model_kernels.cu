@@ -272,17 +272,15 @@ __global__ void rope_kernel(T *x, int64_t ldx, const int32_t *pos, int64_t rows,
     for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < n; t += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = t / half;
         int i = (int)(t % half);
-        // freqs = position (float32) * inv_freq (float32), as transformers.
-        float ang = (float)pos[r] * inv_freq[i], sn, cs;
-        sincosf(ang, &sn, &cs);
-        cs *= scaling;
-        sn *= scaling;
+        float cs, sn;
+        rope_cos_sin(pos[r], inv_freq[i], scaling, cs, sn);
         T *row = x + r * ldx;
         for (int h = 0; h < n_heads; h++) {
             T *v = row + (int64_t)h * head_dim;
-            float x1 = ld1(v + i), x2 = ld1(v + i + half);
-            st1(v + i, x1 * cs - x2 * sn);
-            st1(v + i + half, x2 * cs + x1 * sn);
+            float o1, o2;
+            rope_apply(ld1(v + i), ld1(v + i + half), cs, sn, o1, o2);
+            st1(v + i, o1);
+            st1(v + i + half, o2);
         }
     }
 }

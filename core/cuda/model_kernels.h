@@ -57,14 +57,18 @@ int qtk_rope(int dt, void *x, int64_t ldx, const int32_t *pos, int64_t rows, int
  * the tensor-core kernel. Head h reads k/v head h / (n_heads / n_kv_heads).
  * Key j is visible from query i of the same sequence when
  * i - wl <= j <= i + wr (-1: unbounded). seq_of/pos give each row's
- * sequence and position. `cc_major` picks the kernel: tensor cores
- * (mma.sync) for head_dim <= 128 (fp16 from sm_75, bf16 from sm_80), the
- * float32 kernel otherwise. */
+ * sequence and position. With rope_inv_freq (device, head_dim / 2 floats)
+ * q and k arrive unrotated and get RoPE as qtk_rope applies it: k is
+ * rotated in place, q inside the tensor-core kernel where it can (else in
+ * place too). `cc_major` picks the kernel: tensor cores (mma.sync) for
+ * head_dim <= 128 (fp16 from sm_75, bf16 from sm_80), the float32 kernel
+ * otherwise. */
 #define QTK_ATTN_TILE 64
-int qtk_attention(int dt, const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v, int64_t ldv,
-                  void *out, int64_t ldo, const int64_t *offsets, const int32_t *seq_of, const int32_t *pos,
+int qtk_attention(int dt, void *q, int64_t ldq, void *k, int64_t ldk, const void *v, int64_t ldv, void *out,
+                  int64_t ldo, const int64_t *offsets, const int32_t *seq_of, const int32_t *pos,
                   const int32_t *tiles, int64_t n_tiles, int64_t total, int n_heads, int n_kv_heads, int head_dim,
-                  float scale, int64_t wl, int64_t wr, int cc_major, void *stream);
+                  float scale, int64_t wl, int64_t wr, const float *rope_inv_freq, float rope_scaling, int cc_major,
+                  void *stream);
 /* The portable float32 kernel alone (one warp per query and head, any
  * head_dim <= 256): what qtk_attention falls back to; tests compare both. */
 int qtk_attention_simt(int dt, const void *q, int64_t ldq, const void *k, int64_t ldk, const void *v,

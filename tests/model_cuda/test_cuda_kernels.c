@@ -147,6 +147,7 @@ typedef struct attn_case {
     int simt;  /* call the float32 kernel directly */
     const int64_t *lens;
     int n;
+    int rope; /* q and k arrive unrotated: 1 RoPE, 2 RoPE with cos/sin scaled by 1.25 */
 } attn_case;
 
 static void run_attention(const attn_case *c)
@@ -176,7 +177,8 @@ static void run_attention(const attn_case *c)
     hbuf qb, kb, vb, ob;
     int64_t ldq, ldk, ldv;
     const float *qh, *kh, *vh;
-    const void *qd, *kd, *vd;
+    void *qd, *kd;
+    const void *vd;
     if (c->fused) {
         int64_t W = QD + 2 * KD;
         hbuf_make(&qb, c->dt, T * W, 1.0);
@@ -185,7 +187,7 @@ static void run_attention(const attn_case *c)
         kh = qb.host + QD;
         vh = qb.host + QD + KD;
         qd = qb.dev;
-        kd = (const uint16_t *)qb.dev + QD;
+        kd = (uint16_t *)qb.dev + QD;
         vd = (const uint16_t *)qb.dev + QD + KD;
     } else {
         hbuf_make(&qb, c->dt, T * QD, 1.0);
@@ -205,13 +207,36 @@ static void run_attention(const attn_case *c)
     int32_t *d_seq = dev_copy(seq, (size_t)T * 4), *d_pos = dev_copy(pos, (size_t)T * 4);
     int32_t *d_tiles = dev_copy(tiles, (size_t)n_tiles * 8);
     float scale = (float)(1.0 / sqrt((double)c->D));
+    /* RoPE frequencies (theta 10000) and the rotated q and k the reference
+     * uses, in double. */
+    const int half = c->D / 2;
+    const float rope_scaling = c->rope == 2 ? 1.25f : 1.0f;
+    float *inv = malloc((size_t)(half > 0 ? half : 1) * 4);
+    for (int i = 0; i < half; i++) inv[i] = (float)(1.0 / pow(10000.0, 2.0 * i / c->D));
+    float *d_inv = c->rope ? dev_copy(inv, (size_t)half * 4) : NULL;
+    double *qr = malloc((size_t)(T * QD) * sizeof(double)), *kr = malloc((size_t)(T * KD) * sizeof(double));
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t e = 0; e < QD; e++) qr[t * QD + e] = qh[t * ldq + e];
+        for (int64_t e = 0; e < KD; e++) kr[t * KD + e] = kh[t * ldk + e];
+        if (!c->rope) continue;
+        for (int i = 0; i < half; i++) {
+            float ang = (float)pos[t] * inv[i];
+            double cs = cos((double)ang) * rope_scaling, sn = sin((double)ang) * rope_scaling;
+            for (int h = 0; h < c->nh + c->nkv; h++) {
+                double *x = h < c->nh ? qr + t * QD + h * c->D : kr + t * KD + (h - c->nh) * c->D;
+                double x1 = x[i], x2 = x[i + half];
+                x[i] = x1 * cs - x2 * sn;
+                x[i + half] = x2 * cs + x1 * sn;
+            }
+        }
+    }
     int rc;
     if (c->simt)
         rc = qtk_attention_simt(c->dt, qd, ldq, kd, ldk, vd, ldv, ob.dev, QD, d_off, d_seq, d_pos, T, c->nh, c->nkv,
                                 c->D, scale, c->wl, c->wr, NULL);
     else
-        rc = qtk_attention(c->dt, qd, ldq, kd, ldk, vd, ldv, ob.dev, QD, d_off, d_seq, d_pos, d_tiles, n_tiles, T,
-                           c->nh, c->nkv, c->D, scale, c->wl, c->wr, cc_major, NULL);
+        rc = qtk_attention(c->dt, qd, ldq, kd, ldk, vd, ldv, ob.dev, QD, d_off, d_seq, d_pos, d_tiles,
+                           n_tiles, T, c->nh, c->nkv, c->D, scale, c->wl, c->wr, d_inv, rope_scaling, cc_major, NULL);
     assert_int_equal(rc, 0);
     assert_int_equal(qt_cuda_check("attention"), 0);
     hbuf_fetch(&ob);
@@ -229,12 +254,12 @@ static void run_attention(const attn_case *c)
         if (hi > len - 1) hi = len - 1;
         for (int h = 0; h < c->nh; h++) {
             int kvh = h / group;
-            const float *qv = qh + t * ldq + h * c->D;
+            const double *qv = qr + t * QD + h * c->D;
             double mx = -INFINITY, sum = 0;
             for (int64_t j = lo; j <= hi; j++) {
-                const float *kv = kh + (b + j) * ldk + kvh * c->D;
+                const double *kv = kr + (b + j) * KD + kvh * c->D;
                 double dot = 0;
-                for (int d = 0; d < c->D; d++) dot += (double)qv[d] * kv[d];
+                for (int d = 0; d < c->D; d++) dot += qv[d] * kv[d];
                 p[j - lo] = dot * scale;
                 if (p[j - lo] > mx) mx = p[j - lo];
             }
@@ -247,10 +272,15 @@ static void run_attention(const attn_case *c)
         }
     }
     double tol = c->dt == QTK_BF16 ? 2.5e-2 : 4e-3;
-    EXPECT_REL(ob.host, ref, T * QD, tol, "attention %s%s D=%d heads %d/%d window %lld/%lld T=%lld%s", dt_name(c->dt),
-               c->simt || !qtk_attention_uses_mma(c->dt, c->D, cc_major) ? " f32" : " mma", c->D, c->nh, c->nkv,
-               (long long)c->wl, (long long)c->wr, (long long)T, c->fused ? " fused" : "");
+    EXPECT_REL(ob.host, ref, T * QD, tol, "attention %s%s D=%d heads %d/%d window %lld/%lld T=%lld%s%s",
+               dt_name(c->dt), c->simt || !qtk_attention_uses_mma(c->dt, c->D, cc_major) ? " f32" : " mma", c->D, c->nh,
+               c->nkv, (long long)c->wl, (long long)c->wr, (long long)T, c->fused ? " fused" : "",
+               c->rope ? " rope" : "");
     free(ref);
+    free(qr);
+    free(kr);
+    free(inv);
+    qt_cuda_free(d_inv);
     free(p);
     hbuf_free(&qb);
     if (!c->fused) {
@@ -278,23 +308,32 @@ static void test_attention(void **state)
     for (int dt = 0; dt < 2; dt++) {
         const attn_case cases[] = {
             /* ModernBERT: global and local (|i - j| <= 64) layers on fused qkv. */
-            {dt, 64, 12, 12, -1, -1, 1, 0, enc, 5},
-            {dt, 64, 12, 12, 64, 64, 1, 0, enc, 5},
+            {dt, 64, 12, 12, -1, -1, 1, 0, enc, 5, 0},
+            {dt, 64, 12, 12, 64, 64, 1, 0, enc, 5, 0},
             /* Qwen2: GQA 14/2, causal, and a causal sliding window of 37. */
-            {dt, 64, 14, 2, -1, 0, 0, 0, dec, 5},
-            {dt, 64, 14, 2, 36, 0, 0, 0, dec, 5},
+            {dt, 64, 14, 2, -1, 0, 0, 0, dec, 5, 0},
+            {dt, 64, 14, 2, 36, 0, 0, 0, dec, 5, 0},
             /* Tiny shapes of the reference models; MQA; head_dim 24 and 16. */
-            {dt, 24, 4, 1, -1, 0, 0, 0, small, 6},
-            {dt, 16, 4, 4, 4, 4, 1, 0, small, 6},
-            {dt, 16, 4, 2, 5, 0, 0, 0, small, 6},
+            {dt, 24, 4, 1, -1, 0, 0, 0, small, 6, 0},
+            {dt, 16, 4, 4, 4, 4, 1, 0, small, 6, 0},
+            {dt, 16, 4, 2, 5, 0, 0, 0, small, 6, 0},
             /* head_dim 20: not a multiple of 8 (element-wise loads). */
-            {dt, 20, 3, 3, -1, -1, 0, 0, big, 3},
+            {dt, 20, 3, 3, -1, -1, 0, 0, big, 3, 0},
             /* head_dim 128 and 80 (padded to 128), GQA. */
-            {dt, 128, 8, 4, -1, 0, 0, 0, big, 3},
-            {dt, 80, 2, 2, 100, 3, 1, 0, big, 3},
+            {dt, 128, 8, 4, -1, 0, 0, 0, big, 3, 0},
+            {dt, 80, 2, 2, 100, 3, 1, 0, big, 3, 0},
             /* The float32 kernel: directly, and for head_dim > 128. */
-            {dt, 64, 14, 2, -1, 0, 0, 1, dec, 5},
-            {dt, 160, 2, 1, 7, 7, 0, 0, big, 3},
+            {dt, 64, 14, 2, -1, 0, 0, 1, dec, 5, 0},
+            {dt, 160, 2, 1, 7, 7, 0, 0, big, 3, 0},
+            /* q and k unrotated: RoPE of q in the tensor-core kernel (head_dim
+             * 64 with two stages, 128 with one, 80 padded), in place for
+             * head_dim 24 (not a multiple of 16) and 160 (float32 kernel). */
+            {dt, 64, 14, 2, -1, 0, 1, 0, dec, 5, 1},
+            {dt, 64, 12, 12, 64, 64, 1, 0, enc, 5, 2},
+            {dt, 128, 8, 4, -1, 0, 0, 0, big, 3, 1},
+            {dt, 80, 2, 2, 100, 3, 1, 0, big, 3, 2},
+            {dt, 24, 4, 1, -1, 0, 0, 0, small, 6, 1},
+            {dt, 160, 2, 1, 7, 7, 0, 0, big, 3, 1},
         };
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_attention(&cases[i]);
     }

@@ -48,10 +48,10 @@ typedef enum qt_i8gemm_config {
     QT_I8GEMM_64x64 = 5,   /* 4 warps, 32x32 warp tiles, 2 stages (fits sm_75's 64 KB) */
     QT_I8GEMM_WGMMA = 6,   /* sm_90a only: 2 warpgroups of wgmma m64n256k32, 3 stages of K 128 */
     /* sm_90a, built with CUTLASS: warp-specialized TMA kernels, persistent,
-     * clusters of 2x1. They take no outlier columns and no broadcast row
+     * in clusters of two CTAs. They take no outlier columns and no broadcast row
      * scale, and need D 16-byte aligned with ldd % 8 == 0. */
-    QT_I8GEMM_TMA_PINGPONG = 7,    /* 128x128x128 tiles, two consumer warpgroups in turn */
-    QT_I8GEMM_TMA_COOPERATIVE = 8, /* 256x128x128 tiles, two consumer warpgroups together */
+    QT_I8GEMM_TMA_PINGPONG = 7,    /* 128x128x128 tiles, two consumer warpgroups in turn; clusters 2x1 */
+    QT_I8GEMM_TMA_COOPERATIVE = 8, /* 256x128x128 tiles, two consumer warpgroups together; clusters 1x2 */
     QT_I8GEMM_CONFIG_COUNT
 } qt_i8gemm_config;
 

