@@ -99,8 +99,9 @@ typedef struct qt_backend_ops {
     /* out = x (same shape and dtype, both the backend's). */
     int (*copy)(qt_backend *be, const qt_mat *x, qt_mat *out);
     /* Optional (NULL: `pool`, then the head on the host): pools as `pool`
-     * does into `pooled` (host float32 [n, H]) and, when `logits` is not
-     * NULL, runs the float32 head on the device into `logits` [n, labels]. */
+     * does, into `pooled` (host float32 [n, H]) when it is not NULL, and,
+     * when `logits` is not NULL, runs the float32 head on the device into
+     * `logits` [n, labels]. */
     int (*pool_head)(qt_backend *be, const qt_model *m, int mode, const qt_seqs *s, const int64_t *rows,
                      const qt_mat *x, float *pooled, float *logits);
 } qt_backend_ops;

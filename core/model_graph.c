@@ -467,7 +467,8 @@ int qt_model_forward(qt_model *m, const qt_batch *b, int device, void *stream, q
     if (out->hidden && (rc = op->read(&be, &x, out->hidden))) goto out;
     if ((out->pooled || out->logits) && op->pool_head) {
         /* The backend pools and runs the head itself (on its device). */
-        if ((rc = op->pool_head(&be, m, c->pooling, &s, rows, &x, pooled, out->logits))) goto out;
+        if ((rc = op->pool_head(&be, m, c->pooling, &s, rows, &x, out->pooled ? pooled : NULL, out->logits)))
+            goto out;
         if (out->pooled) memcpy(out->pooled, pooled, (size_t)(n * H) * sizeof(float));
         goto out;
     }

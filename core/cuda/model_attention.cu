@@ -180,9 +180,11 @@ __device__ __forceinline__ void load_q_rope(T *s, const T *g, int64_t ld, const 
 
 // STAGES 2: the next key/value tile is loaded (cp.async) while this one is
 // computed; 1 for DP = 128, where two stages would not fit the 48 KB of
-// static shared memory. ROPE: q arrives unrotated (load_q_rope).
+// static shared memory. ROPE: q arrives unrotated (load_q_rope). Up to
+// DP = 64, registers are capped for four CTAs a multiprocessor (no spills;
+// the compiler's own choice, 141, allows three); DP = 128 would spill.
 template <typename T, int DP, bool ROPE>
-__global__ void __launch_bounds__(NTHREADS) flash_kernel(const T *__restrict__ q, int64_t ldq, const T *__restrict__ k,
+__global__ void __launch_bounds__(NTHREADS, DP <= 64 ? 4 : 1) flash_kernel(const T *__restrict__ q, int64_t ldq, const T *__restrict__ k,
                                                          int64_t ldk, const T *__restrict__ v, int64_t ldv,
                                                          T *__restrict__ o, int64_t ldo, const int64_t *offsets,
                                                          const int32_t *tiles, int group, int D, float sl2,
