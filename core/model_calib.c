@@ -261,29 +261,6 @@ static int fusable(const qt_model *m, const qt_block *b, int data_free)
            (b->gate.bias != NULL) == (b->up.bias != NULL);
 }
 
-/* Rows [0, N/2) and [N/2, N) of w [N, K] (and of bias) interleaved in place:
- * row 2j from the first half, 2j + 1 from the second. */
-static int interleave_halves(float *w, float *bias, int64_t N, int64_t K)
-{
-    const int64_t h = N / 2;
-    float *t = qt_alloc(QTOOL_DEVICE_CPU, (size_t)(N * K) * sizeof(float), QTOOL_MEM_WORKSPACE);
-    if (!t) return qt_fail(QTOOL_ERR_OUT_OF_MEMORY, "out of memory");
-    for (int64_t j = 0; j < h; j++) {
-        memcpy(t + (2 * j) * K, w + j * K, (size_t)K * sizeof(float));
-        memcpy(t + (2 * j + 1) * K, w + (h + j) * K, (size_t)K * sizeof(float));
-    }
-    memcpy(w, t, (size_t)(N * K) * sizeof(float));
-    if (bias) {
-        for (int64_t j = 0; j < h; j++) {
-            t[2 * j] = bias[j];
-            t[2 * j + 1] = bias[h + j];
-        }
-        memcpy(bias, t, (size_t)N * sizeof(float));
-    }
-    qt_free(QTOOL_DEVICE_CPU, t);
-    return 0;
-}
-
 /* Packs parts[0..n) (same K, rows stacked in this order) as `out`, named
  * `suffix` after the first part's module (".q_proj.weight" -> ".qkv_proj_fused.weight").
  * With `glu_epilogue` (two parts of the same N: gate, up) the rows are
@@ -309,18 +286,30 @@ static int pack_stacked(qt_model *m, qt_linear *out, qt_linear *const *parts, in
     }
     memcpy(name, first, keep);
     strcpy(name + keep, suffix);
+    /* Stacked: part i's rows after those of the parts before it.
+     * Interleaved (glu_epilogue, two parts): part i's row r goes to row
+     * 2r + i. */
+    if (glu_epilogue && (n != 2 || parts[1]->info.out_features != parts[0]->info.out_features)) {
+        rc = qt_fail(QTOOL_ERR_INTERNAL, "%s: a GLU epilogue pack needs two parts of equal size", name);
+        goto done;
+    }
     int64_t row = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n && !rc; i++) {
+        const qtool_tensor *pw = parts[i]->weight, *pb = parts[i]->bias;
         const int64_t rows = parts[i]->info.out_features;
-        if (qt_convert_to_f32(w + row * K, parts[i]->weight->data, parts[i]->weight->dtype, rows * K) ||
-            (has_bias && qt_convert_to_f32(bias + row, parts[i]->bias->data, parts[i]->bias->dtype, rows))) {
-            rc = qt_fail(QTOOL_ERR_UNSUPPORTED, "%s: weight type %d cannot be read as float", parts[i]->name,
-                         parts[i]->weight->dtype);
-            goto done;
+        const size_t wrow = (size_t)K * qtool_dtype_size(pw->dtype);
+        for (int64_t r = 0; r < rows && !rc; r++) {
+            const int64_t dst = glu_epilogue ? 2 * r + i : row + r;
+            rc = qt_convert_to_f32(w + dst * K, (const char *)pw->data + (size_t)r * wrow, pw->dtype, K) ||
+                 (has_bias &&
+                  qt_convert_to_f32(bias + dst, (const char *)pb->data + (size_t)r * qtool_dtype_size(pb->dtype),
+                                    pb->dtype, 1));
         }
+        if (rc) rc = qt_fail(QTOOL_ERR_UNSUPPORTED, "%s: weight type %d cannot be read as float", parts[i]->name,
+                             pw->dtype);
         row += rows;
     }
-    if (glu_epilogue && (rc = interleave_halves(w, bias, N, K))) goto done;
+    if (rc) goto done;
     qtool_tensor wt = qtool_tensor_view(w, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 2, N, K),
                  bt = qtool_tensor_view(bias, QTOOL_DTYPE_F32, QTOOL_DEVICE_CPU, 1, N, 0);
     memset(out, 0, sizeof *out);
