@@ -92,8 +92,9 @@ template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, f
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
-// 16 bytes global -> shared without a register stop (sm_80+); `bytes` 0
-// fills the 16 bytes with zeros. Older cards copy through registers.
+// 16 bytes global -> shared without a register stop (sm_80+); when not
+// `valid`, the 16 bytes are zeros and src is not read. Older cards copy
+// through registers.
 __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid)
 {
 #if __CUDA_ARCH__ >= 800
@@ -184,12 +185,11 @@ __device__ __forceinline__ void load_q_rope(T *s, const T *g, int64_t ld, const 
 // DP = 64, registers are capped for four CTAs a multiprocessor (no spills;
 // the compiler's own choice, 141, allows three); DP = 128 would spill.
 template <typename T, int DP, bool ROPE>
-__global__ void __launch_bounds__(NTHREADS, DP <= 64 ? 4 : 1) flash_kernel(const T *__restrict__ q, int64_t ldq, const T *__restrict__ k,
-                                                         int64_t ldk, const T *__restrict__ v, int64_t ldv,
-                                                         T *__restrict__ o, int64_t ldo, const int64_t *offsets,
-                                                         const int32_t *tiles, int group, int D, float sl2,
-                                                         int wl, int wr, int vec_in, int vec_out,
-                                                         const int32_t *pos, const float *inv_freq, float rope_scaling)
+__global__ void __launch_bounds__(NTHREADS, DP <= 64 ? 4 : 1)
+    flash_kernel(const T *__restrict__ q, int64_t ldq, const T *__restrict__ k, int64_t ldk, const T *__restrict__ v,
+                 int64_t ldv, T *__restrict__ o, int64_t ldo, const int64_t *offsets, const int32_t *tiles, int group,
+                 int D, float sl2, int wl, int wr, int vec_in, int vec_out, const int32_t *pos,
+                 const float *inv_freq, float rope_scaling)
 {
     constexpr int LDS = DP + 8; // +16 bytes a row: conflict-free ldmatrix
     constexpr int KD = DP / 16; // k-steps of Q K^T
