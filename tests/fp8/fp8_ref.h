@@ -65,33 +65,20 @@ static qtool_packed *pack_layer(qtool_instance *inst, const char *name, const fl
     return p;
 }
 
-typedef struct saved_layer {
-    store st;
-    const uint8_t *q;  /* [N, K] E4M3 */
-    const float *ws;   /* [N] */
-    float act_scale;   /* 0: per token */
-    const float *bias; /* [N] or NULL */
-} saved_layer;
-
-static void save_layer(qtool_packed *p, saved_layer *s, int64_t N, int64_t K)
+/* What the plugin saved: E4M3 codes, per-channel scales, static scale. */
+static void save_layer(qtool_packed *p, ct_saved *s, int64_t N, int64_t K)
 {
-    ct_saved c;
-    ct_save(p, &c, N, K, QTOOL_DTYPE_F8_E4M3);
-    s->st = c.st;
-    s->q = c.codes;
-    s->ws = c.ws;
-    s->act_scale = c.act_scale;
-    s->bias = c.bias;
+    ct_save(p, s, N, K, QTOOL_DTYPE_F8_E4M3);
 }
 
 /* What the GPU computes, from the saved codes. `x` holds values the
  * device input can represent. acc_mag (may be NULL) receives
  * sum |a_k w_k| * scales per output, the scale of accumulation error. */
-static void emulate(const saved_layer *s, const float *x, float *y, double *acc_mag, int64_t M, int64_t N, int64_t K)
+static void emulate(const ct_saved *s, const float *x, float *y, double *acc_mag, int64_t M, int64_t N, int64_t K)
 {
     double *qa = malloc((size_t)K * sizeof(double));
     double *wd = malloc((size_t)(N * K) * sizeof(double));
-    for (int64_t i = 0; i < N * K; i++) wd[i] = ref_decode(s->q[i]);
+    for (int64_t i = 0; i < N * K; i++) wd[i] = ref_decode(s->u8[i]);
     for (int64_t m = 0; m < M; m++) {
         const float *xr = x + m * K;
         float sa, inv;

@@ -176,7 +176,7 @@ static void test_pack_codes(void **state)
     w[2 * K + 3] = 25.0f;                                /* one large weight: tiny ones go subnormal */
     qtool_instance *inst = make_inst(NULL, 0);
     qtool_packed *p = pack_layer(inst, "w.weight", w, N, K, NULL, QTOOL_DEVICE_CPU);
-    saved_layer sv;
+    ct_saved sv;
     save_layer(p, &sv, N, K);
     assert_int_equal(H.desc->dequantize(p, what), QTOOL_OK);
     double e2 = 0, s2 = 0;
@@ -187,7 +187,7 @@ static void test_pack_codes(void **state)
         float inv = amax > 0 ? 448.0f / amax : 0.0f;
         for (int64_t k = 0; k < K; k++) {
             int want = ref_encode((double)(w[n * K + k] * inv));
-            assert_int_equal(sv.q[n * K + k], want);
+            assert_int_equal(sv.u8[n * K + k], want);
             assert_true(what[n * K + k] == (float)ref_decode(want) * sv.ws[n]);
             double d = what[n * K + k] - (double)w[n * K + k];
             e2 += d * d;
@@ -224,7 +224,7 @@ static void test_emulated_product(void **state)
             round_to_f16(x, M * K);
             qtool_instance *inst = make_inst(NULL, 0);
             qtool_packed *p = pack_layer(inst, "e.weight", w, N, K, (mi + si) % 2 ? b : NULL, QTOOL_DEVICE_CPU);
-            saved_layer sv;
+            ct_saved sv;
             save_layer(p, &sv, N, K);
             emulate(&sv, x, y, NULL, M, N, K);
             reference(w, (mi + si) % 2 ? b : NULL, x, yr, M, N, K);
@@ -267,7 +267,7 @@ static void test_static_scale(void **state)
     calibrate(inst, "t.weight", x, T / 2, N, K);
     calibrate(inst, "t.weight", x + (T / 2) * K, T - T / 2, N, K);
     qtool_packed *p = pack_layer(inst, "t.weight", w, N, K, NULL, QTOOL_DEVICE_CPU);
-    saved_layer sv;
+    ct_saved sv;
     save_layer(p, &sv, N, K);
     float amax = 0.0f;
     for (int64_t i = 0; i < T * K; i++) amax = fmaxf(amax, fabsf(x[i]));

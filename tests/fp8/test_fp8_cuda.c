@@ -65,7 +65,7 @@ static void check(const char *mode, const char *scaling, const char *chunk, int 
     qtool_packed *pc = pack_layer(inst, "g.weight", w, N, K, bias, QTOOL_DEVICE_CPU);
     qtool_packed *pg = pack_layer(inst, "g.weight", w, N, K, bias, QTOOL_DEVICE_CUDA);
     run_cuda(pg, x, yg, M, N, K, dt, offset);
-    saved_layer sv;
+    ct_saved sv;
     save_layer(pc, &sv, N, K);
     emulate(&sv, x, ye, mag, M, N, K);
     reference(w, bias, x, yr, M, N, K);

@@ -34,30 +34,16 @@ static void matmul_cpu(qtool_packed *p, const float *x, float *y, int64_t M, int
     assert_int_equal(H.desc->matmul_cpu(p, &ma), QTOOL_OK);
 }
 
-/* What the plugin saved: codes, per-channel scales, static scale. */
-typedef struct saved_layer {
-    store st;
-    const int8_t *q;  /* [N, K] int8 */
-    const float *ws;   /* [N] */
-    float act_scale;   /* 0: per token */
-    const float *bias; /* [N] or NULL */
-} saved_layer;
-
-static void save_layer(qtool_packed *p, saved_layer *s, int64_t N, int64_t K)
+/* What the plugin saved: int8 codes, per-channel scales, static scale. */
+static void save_layer(qtool_packed *p, ct_saved *s, int64_t N, int64_t K)
 {
-    ct_saved c;
-    ct_save(p, &c, N, K, QTOOL_DTYPE_I8);
-    s->st = c.st;
-    s->q = c.codes;
-    s->ws = c.ws;
-    s->act_scale = c.act_scale;
-    s->bias = c.bias;
+    ct_save(p, s, N, K, QTOOL_DTYPE_I8);
 }
 
 /* The W8A8 product from the saved codes: per-token absmax / 127 (or the
  * static scale), round half to even, exact integer sums, dequantized in
  * float in the documented order. x is the (already divided) layer input. */
-static void emulate(const saved_layer *s, const float *x, float *y, int64_t M, int64_t N, int64_t K)
+static void emulate(const ct_saved *s, const float *x, float *y, int64_t M, int64_t N, int64_t K)
 {
     int *qa = malloc((size_t)K * sizeof(int));
     for (int64_t m = 0; m < M; m++) {
@@ -79,7 +65,7 @@ static void emulate(const saved_layer *s, const float *x, float *y, int64_t M, i
         }
         for (int64_t n = 0; n < N; n++) {
             int64_t acc = 0;
-            for (int64_t k = 0; k < K; k++) acc += (int64_t)qa[k] * s->q[n * K + k];
+            for (int64_t k = 0; k < K; k++) acc += (int64_t)qa[k] * s->i8[n * K + k];
             float v = (float)acc * sa;
             v = v * s->ws[n];
             y[m * N + n] = v + (s->bias ? s->bias[n] : 0.0f);

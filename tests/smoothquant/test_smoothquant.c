@@ -90,7 +90,7 @@ static void test_packed_codes(void **state)
     qtool_instance *inst = make_inst(NULL, 0);
     calibrate(inst, "c.weight", x, T, N, K);
     qtool_packed *p = pack_layer(inst, "c.weight", w, N, K, NULL, QTOOL_DEVICE_CPU, s, NULL);
-    saved_layer sv;
+    ct_saved sv;
     save_layer(p, &sv, N, K);
     assert_int_equal(H.desc->dequantize(p, what), QTOOL_OK);
     for (int64_t n = 0; n < N; n++) {
@@ -103,8 +103,8 @@ static void test_packed_codes(void **state)
         float inv = amax > 0 ? 127.0f / amax : 0.0f;
         for (int64_t k = 0; k < K; k++) {
             int want = (int)nearbyintf(ws[k] * inv);
-            if (sv.q[n * K + k] != want) {
-                fprintf(stderr, "code [%lld,%lld]: %d, want %d\n", (long long)n, (long long)k, sv.q[n * K + k], want);
+            if (sv.i8[n * K + k] != want) {
+                fprintf(stderr, "code [%lld,%lld]: %d, want %d\n", (long long)n, (long long)k, sv.i8[n * K + k], want);
                 fail();
             }
             assert_true(what[n * K + k] == (float)want * sv.ws[n]);
@@ -141,7 +141,7 @@ static void check_matmul(const char *mode, int64_t M, int64_t N, int64_t K, int 
     /* The runtime divides the input by s. */
     for (int64_t i = 0; i < M * K; i++) x[i] /= s[i % K];
     matmul_cpu(p, x, y, M, N, K);
-    saved_layer sv;
+    ct_saved sv;
     save_layer(p, &sv, N, K);
     emulate(&sv, x, ye, M, N, K);
     reference(w, with_bias ? b : NULL, s, x, yr, M, N, K);
@@ -255,7 +255,7 @@ static void test_static_scale(void **state)
     qtool_instance *inst = make_inst(kv, 1);
     calibrate(inst, "s.weight", xc, T, N, K);
     qtool_packed *p = pack_layer(inst, "s.weight", w, N, K, NULL, QTOOL_DEVICE_CPU, s, NULL);
-    saved_layer sv;
+    ct_saved sv;
     save_layer(p, &sv, N, K);
     float want = 0.0f;
     for (int64_t k = 0; k < K; k++) {
@@ -310,7 +310,7 @@ static void test_uncalibrated(void **state)
     qtool_packed *p = pack_layer(inst, "u.weight", w, N, K, NULL, QTOOL_DEVICE_CPU, s, &has);
     assert_int_equal(has, 0);
     matmul_cpu(p, x, y, M, N, K);
-    saved_layer sv;
+    ct_saved sv;
     save_layer(p, &sv, N, K);
     emulate(&sv, x, ye, M, N, K);
     for (int64_t i = 0; i < M * N; i++) assert_true(fabsf(y[i] - ye[i]) <= 1e-5f * (fabsf(ye[i]) + 1.0f));
@@ -373,11 +373,11 @@ static void test_save_load(void **state)
         ((int8_t *)wq->t.data)[K + 7] = -128;
         assert_int_equal(H.desc->load(fresh, &li, QTOOL_DEVICE_CPU, &src, &pl), QTOOL_OK);
         matmul_cpu(pl, x, y2, M, N, K);
-        saved_layer sv;
+        ct_saved sv;
         memset(&sv, 0, sizeof sv);
         float *wsf = malloc(N * 4);
         for (int64_t n = 0; n < N; n++) wsf[n] = qtool_bf16_to_f32(bf[n]);
-        sv.q = wq->t.data;
+        sv.i8 = wq->t.data;
         sv.ws = wsf;
         sv.bias = store_find(&sto, "bias")->t.data;
         stored *is = store_find(&sto, "input_scale");

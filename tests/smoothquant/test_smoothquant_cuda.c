@@ -72,7 +72,7 @@ static void check(const char *mode, const char *gemm, const char *chunk, int dt,
     for (int64_t i = 0; i < M * K; i++) x[i] = round_dt(x[i] / s[i % K], dt);
     matmul_cpu(pc, x, yc, M, N, K);
     run_cuda(pg, x, yg, M, N, K, dt, offset);
-    saved_layer sv;
+    ct_saved sv;
     save_layer(pc, &sv, N, K);
     emulate(&sv, x, ye, M, N, K);
     reference(w, b, s, x, yr, M, N, K);

@@ -32,7 +32,11 @@ static void calibrate(qtool_instance *inst, const char *name, const float *x, in
 
 typedef struct ct_saved {
     store st;
-    const void *codes; /* [N, K] */
+    union {                /* [N, K]: the codes, typed as the plugin saves them */
+        const void *codes;
+        const int8_t *i8;  /* int8 (smoothquant) */
+        const uint8_t *u8; /* E4M3 bytes (fp8) */
+    };
     const float *ws;   /* [N] */
     float act_scale;   /* 0: dynamic */
     const float *bias; /* [N] or NULL */
