@@ -103,6 +103,9 @@ typedef struct cuda_state {
     int32_t *d_ids, *d_pos, *d_seq, *d_tiles;
     int64_t n_tiles;
     float *d_pooled, *d_h1, *d_logits;
+    /* RoPE angles of this batch's positions (qtk_rope_table), for
+     * inv_full and inv_sliding. */
+    float *d_rope_full, *d_rope_sliding;
     /* Pinned staging for the pooled rows: a copy from pageable memory
      * would wait for the whole pass before the pooling could be queued. */
     int64_t *h_rows;
@@ -530,8 +533,12 @@ static int cu_begin(qt_backend *be, const qt_model *m, qt_seqs *s)
     size_t off_bytes = (size_t)(n + 1) * 8, rows_bytes = (size_t)n * 8;
     size_t i32_bytes = ((size_t)T * 3 + (size_t)n_tiles * 2) * 4;
     size_t f_bytes = ((size_t)(2 * n * H) + (size_t)(n * C)) * 4;
+    int64_t n_pos = 0, half = m->cfg.head_dim / 2;
+    for (int64_t t = 0; t < T; t++)
+        if (s->pos[t] >= n_pos) n_pos = (int64_t)s->pos[t] + 1;
+    size_t rope_bytes = (size_t)(n_pos * half) * 8;
     size_t host_bytes = off_bytes + i32_bytes;
-    size_t need = off_bytes + rows_bytes + i32_bytes + 64 + f_bytes;
+    size_t need = off_bytes + rows_bytes + i32_bytes + 64 + f_bytes + 2 * (rope_bytes + 16);
     if (need > st->meta_bytes) {
         qt_free(QTOOL_DEVICE_CUDA, st->meta);
         st->meta = NULL;
@@ -553,6 +560,10 @@ static int cu_begin(qt_backend *be, const qt_model *m, qt_seqs *s)
     st->d_pooled = (float *)(d + fo);
     st->d_h1 = st->d_pooled + n * H;
     st->d_logits = st->d_h1 + n * H;
+    fo = (fo + f_bytes + 15) & ~(size_t)15;
+    st->d_rope_full = m->inv_freq_full ? (float *)(d + fo) : NULL;
+    fo = (fo + rope_bytes + 15) & ~(size_t)15;
+    st->d_rope_sliding = m->inv_freq_sliding ? (float *)(d + fo) : NULL;
 
     char *h = qt_alloc(QTOOL_DEVICE_CPU, host_bytes, QTOOL_MEM_ACTIVATIONS);
     if (!h) return QTOOL_ERR_OUT_OF_MEMORY;
@@ -582,6 +593,13 @@ static int cu_begin(qt_backend *be, const qt_model *m, qt_seqs *s)
     int e = (int)cudaMemcpyAsync(st->meta, h, host_bytes, cudaMemcpyHostToDevice, (cudaStream_t)be->stream);
     qt_free(QTOOL_DEVICE_CPU, h);
     if (e) return cu_fail(e, "copying the batch to the device");
+    if (st->d_rope_full)
+        CK(qtk_rope_table(st->inv_full, (int)half, m->rope_scaling_full, n_pos, st->d_rope_full, be->stream),
+           "RoPE table kernel");
+    if (st->d_rope_sliding)
+        CK(qtk_rope_table(st->inv_sliding, (int)half, m->rope_scaling_sliding, n_pos, st->d_rope_sliding,
+                          be->stream),
+           "RoPE table kernel");
     s->dev = st;
     return 0;
 }
@@ -857,10 +875,14 @@ static int cu_linear_residual(qt_backend *be, const qt_model *m, qt_linear *l, c
     return cu_linear_ep(be, m, l, x, y, QTOOL_EPILOGUE_RESIDUAL);
 }
 
-/* The model's RoPE frequencies on the device (uploaded with the model). */
-static const float *dev_inv_freq(const cuda_state *st, const float *host)
+/* The RoPE angle table of this batch for the model's frequencies `host`
+ * at `scaling` (built in cu_begin); NULL for anything else. */
+static const float *dev_rope_table(const cuda_state *st, const float *host, float scaling)
 {
-    return host == st->m->inv_freq_full ? st->inv_full : host == st->m->inv_freq_sliding ? st->inv_sliding : NULL;
+    const qt_model *m = st->m;
+    if (host == m->inv_freq_full && scaling == m->rope_scaling_full) return st->d_rope_full;
+    if (host == m->inv_freq_sliding && scaling == m->rope_scaling_sliding) return st->d_rope_sliding;
+    return NULL;
 }
 
 /* With a->rope, k is rotated in place and q inside the attention kernel
@@ -878,13 +900,13 @@ static int cu_attention(qt_backend *be, const qt_attn_params *a, const qt_seqs *
     if (a->head_dim > 256 && !qtk_attention_uses_mma(kdt(q->dtype), (int)a->head_dim, st->cc_major))
         return qt_fail(QTOOL_ERR_UNSUPPORTED, "CUDA attention supports head_dim up to 256 (found %lld)",
                        (long long)a->head_dim);
-    const float *inv = NULL;
-    if (a->rope && !(inv = dev_inv_freq(st, a->rope->inv_freq)))
+    const float *rope = NULL;
+    if (a->rope && !(rope = dev_rope_table(st, a->rope->inv_freq, a->rope->scaling)))
         return qt_fail(QTOOL_ERR_INTERNAL, "CUDA backend: RoPE frequencies that are not the model's");
     CK(qtk_attention(kdt(q->dtype), q->data, q->ld, k->data, k->ld, v->data, v->ld, out->data, out->ld, st->d_offsets,
                      st->d_seq, st->d_pos, st->d_tiles, st->n_tiles, s->total, (int)a->n_heads, (int)a->n_kv_heads,
-                     (int)a->head_dim, a->scale, a->window_left, a->window_right, inv,
-                     a->rope ? a->rope->scaling : 1.0f, st->cc_major, be->stream),
+                     (int)a->head_dim, a->scale, a->window_left, a->window_right, rope, st->cc_major,
+                     be->stream),
        "attention kernel");
     return 0;
 }

@@ -147,26 +147,30 @@ __device__ __forceinline__ void load_tile(T *s, const T *g, int64_t ld, int r0, 
 
 // The query tile rotated by RoPE on its way to shared memory (what
 // qtk_rope would have written to q first): needs D % 16 == 0 and 16-byte
-// rows. Row r of the sequence is at position pos[r].
+// rows. Row r of the sequence is at position pos[r]; `table` holds the
+// (cos, sin) pairs (qtk_rope_table). Eight consecutive threads take the
+// same eight columns of eight rows, so their 16-byte stores land in
+// different banks (rows are LDS halves apart) and a warp reads whole
+// 32-byte sectors of q.
 template <typename T, int DP>
 __device__ __forceinline__ void load_q_rope(T *s, const T *g, int64_t ld, const int32_t *pos, int r0, int len, int D,
-                                            const float *inv_freq, float scaling)
+                                            const float2 *table)
 {
     constexpr int LDS = DP + 8;
     const int half = D / 2, ch = half / 8;
     for (int idx = threadIdx.x; idx < 64 * ch; idx += NTHREADS) {
-        int r = idx / ch, c = (idx % ch) * 8;
+        const int r = (idx / (8 * ch)) * 8 + (idx & 7), c = ((idx >> 3) % ch) * 8;
         float x1[8], x2[8];
         if (r0 + r < len) {
             const T *row = g + (int64_t)(r0 + r) * ld;
             ld8(row + c, x1);
             ld8(row + c + half, x2);
-            const int p = pos[r0 + r];
+            const float4 *a = reinterpret_cast<const float4 *>(table + (int64_t)pos[r0 + r] * half + c);
 #pragma unroll
-            for (int e = 0; e < 8; e++) {
-                float cs, sn;
-                rope_cos_sin(p, inv_freq[c + e], scaling, cs, sn);
-                rope_apply(x1[e], x2[e], cs, sn, x1[e], x2[e]);
+            for (int e = 0; e < 8; e += 2) {
+                const float4 cs = a[e / 2]; // (cos, sin) of columns c + e and c + e + 1
+                rope_apply(x1[e], x2[e], cs.x, cs.y, x1[e], x2[e]);
+                rope_apply(x1[e + 1], x2[e + 1], cs.z, cs.w, x1[e + 1], x2[e + 1]);
             }
         } else {
 #pragma unroll
@@ -179,6 +183,15 @@ __device__ __forceinline__ void load_q_rope(T *s, const T *g, int64_t ld, const 
         s[(idx / (DP - D)) * LDS + D + idx % (DP - D)] = Cvt<T>::h(0.0f);
 }
 
+// 2^x on the special function unit; results below 2^-126 flush to zero
+// (a softmax weight that small does not change a float32 sum).
+__device__ __forceinline__ float exp2_ftz(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // STAGES 2: the next key/value tile is loaded (cp.async) while this one is
 // computed; 1 for DP = 128, where two stages would not fit the 48 KB of
 // static shared memory. ROPE: q arrives unrotated (load_q_rope). Up to
@@ -189,7 +202,7 @@ __global__ void __launch_bounds__(NTHREADS, DP <= 64 ? 4 : 1)
     flash_kernel(const T *__restrict__ q, int64_t ldq, const T *__restrict__ k, int64_t ldk, const T *__restrict__ v,
                  int64_t ldv, T *__restrict__ o, int64_t ldo, const int64_t *offsets, const int32_t *tiles, int group,
                  int D, float sl2, int wl, int wr, int vec_in, int vec_out, const int32_t *pos,
-                 const float *inv_freq, float rope_scaling)
+                 const float2 *rope_table)
 {
     constexpr int LDS = DP + 8; // +16 bytes a row: conflict-free ldmatrix
     constexpr int KD = DP / 16; // k-steps of Q K^T
@@ -220,7 +233,7 @@ __global__ void __launch_bounds__(NTHREADS, DP <= 64 ? 4 : 1)
         cp_async_commit();
     }
     if constexpr (ROPE)
-        load_q_rope<T, DP>(sQ, q + base * ldq + (int64_t)h * D, ldq, pos + base, q0, len, D, inv_freq, rope_scaling);
+        load_q_rope<T, DP>(sQ, q + base * ldq + (int64_t)h * D, ldq, pos + base, q0, len, D, rope_table);
     else
         load_tile<T, DP>(sQ, q + base * ldq + (int64_t)h * D, ldq, q0, len, D, vec_in);
     cp_async_commit();
@@ -271,7 +284,9 @@ __global__ void __launch_bounds__(NTHREADS, DP <= 64 ? 4 : 1)
 
         // Scale into the log2 domain; mask only a tile that some query of
         // this CTA cannot see in full (the diagonal of a causal layer, the
-        // edges of a window, the end of the sequence). Row maxima over the quad.
+        // edges of a window, the end of the sequence). Row maxima over the
+        // quad. (Leaving the scale to an FFMA in the exponent would save a
+        // multiply a score but costs registers this kernel does not have.)
         const bool full = kv0 + BN <= len && (wl < 0 || kv0 >= q_last - wl) && (wr < 0 || kv0 + BN - 1 <= q0 + wr);
         float mx[2] = {m[0], m[1]};
         if (full) {
@@ -301,7 +316,7 @@ __global__ void __launch_bounds__(NTHREADS, DP <= 64 ? 4 : 1)
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
             base_[r] = mx[r] == -INFINITY ? 0.0f : mx[r]; // nothing visible yet: all p are 0
-            alpha[r] = exp2f(m[r] - base_[r]);
+            alpha[r] = exp2_ftz(m[r] - base_[r]);
             m[r] = mx[r];
         }
         float rs[2] = {0.0f, 0.0f};
@@ -309,7 +324,7 @@ __global__ void __launch_bounds__(NTHREADS, DP <= 64 ? 4 : 1)
         for (int n = 0; n < 8; n++) {
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                float p = exp2f(s[n][e] - base_[e >> 1]);
+                float p = exp2_ftz(s[n][e] - base_[e >> 1]);
                 s[n][e] = p;
                 rs[e >> 1] += p;
             }
@@ -357,11 +372,34 @@ __global__ void __launch_bounds__(NTHREADS, DP <= 64 ? 4 : 1)
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
         l[r] = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
     }
+    // This warp's 16 output rows start at og; n_rows of them are in the sequence.
+    T *og = o + (base + q0 + warp * 16) * ldo + (int64_t)h * D;
+    const int n_rows = len - (q0 + warp * 16);
+    if (vec_out == 2) {
+        // Each warp stages its rows in shared memory (free since the loop's
+        // last barrier; a quad's four-byte stores hit 32 different banks)
+        // and writes them back as whole 16-byte pieces of a row.
+        T *sO = sK[0] + warp * 16 * LDS;
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+            for (int d = 0; d < ND; d++)
+                *reinterpret_cast<uint32_t *>(&sO[((lane >> 2) + 8 * r) * LDS + d * 8 + (lane & 3) * 2]) =
+                    pack2<T>(acc[d][2 * r] * l[r], acc[d][2 * r + 1] * l[r]);
+        __syncwarp();
+        const int CH = D / 8;
+        for (int idx = lane; idx < 16 * CH; idx += 32) {
+            const int r = idx / CH, c = (idx % CH) * 8;
+            if (r < n_rows)
+                *reinterpret_cast<uint4 *>(og + r * ldo + c) = *reinterpret_cast<const uint4 *>(&sO[r * LDS + c]);
+        }
+        return;
+    }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        int i = i0 + r * 8;
-        if (i >= len) continue;
-        T *orow = o + (base + i) * ldo + (int64_t)h * D;
+        const int row = (lane >> 2) + 8 * r;
+        if (row >= n_rows) continue;
+        T *orow = og + row * ldo;
 #pragma unroll
         for (int d = 0; d < ND; d++) {
             int c = d * 8 + (lane & 3) * 2;
@@ -436,25 +474,27 @@ struct FlashArgs {
     int n_heads, group, D;
     float scale;
     int wl, wr;                 // -1: unbounded
-    const float *rope_inv_freq; // not NULL: rotate q in the kernel
-    float rope_scaling;
+    const float *rope_table; // not NULL: rotate q in the kernel
 };
 
 template <typename T, int DP, bool ROPE> int flash_launch(const FlashArgs &a, cudaStream_t st)
 {
     int vec_in = a.D % 8 == 0 && a.ldq % 8 == 0 && a.ldk % 8 == 0 && a.ldv % 8 == 0 && aligned16(a.q) &&
                  aligned16(a.k) && aligned16(a.v);
-    int vec_out = a.D % 2 == 0 && a.ldo % 2 == 0 && ((uintptr_t)a.o & 3u) == 0;
+    // 2: whole 16-byte pieces of a row; 1: pairs.
+    int vec_out = a.D % 8 == 0 && a.ldo % 8 == 0 && aligned16(a.o)                   ? 2
+                  : a.D % 2 == 0 && a.ldo % 2 == 0 && ((uintptr_t)a.o & 3u) == 0 ? 1
+                                                                                   : 0;
     dim3 grid((unsigned)a.n_tiles, (unsigned)a.n_heads);
     flash_kernel<T, DP, ROPE><<<grid, NTHREADS, 0, st>>>(
         (const T *)a.q, a.ldq, (const T *)a.k, a.ldk, (const T *)a.v, a.ldv, (T *)a.o, a.ldo, a.offsets, a.tiles,
-        a.group, a.D, a.scale * LOG2E, a.wl, a.wr, vec_in, vec_out, a.pos, a.rope_inv_freq, a.rope_scaling);
+        a.group, a.D, a.scale * LOG2E, a.wl, a.wr, vec_in, vec_out, a.pos, (const float2 *)a.rope_table);
     return (int)cudaGetLastError();
 }
 
 template <typename T, int DP> int flash_launch_rope(const FlashArgs &a, cudaStream_t st)
 {
-    return a.rope_inv_freq ? flash_launch<T, DP, true>(a, st) : flash_launch<T, DP, false>(a, st);
+    return a.rope_table ? flash_launch<T, DP, true>(a, st) : flash_launch<T, DP, false>(a, st);
 }
 
 template <typename T> int flash_dispatch(const FlashArgs &a, cudaStream_t st)
@@ -520,19 +560,20 @@ extern "C" int qtk_attention(int dt, void *q, int64_t ldq, void *k, int64_t ldk,
                              int64_t ldv, void *out, int64_t ldo, const int64_t *offsets, const int32_t *seq_of,
                              const int32_t *pos, const int32_t *tiles, int64_t n_tiles, int64_t total, int n_heads,
                              int n_kv_heads, int head_dim, float scale, int64_t wl, int64_t wr,
-                             const float *rope_inv_freq, float rope_scaling, int cc_major, void *stream)
+                             const float *rope_table, int cc_major, void *stream)
 {
     if (total <= 0) return 0;
     if (n_kv_heads < 1 || n_heads % n_kv_heads || n_heads > 65535) return (int)cudaErrorInvalidValue;
     const bool mma = qtk_attention_uses_mma(dt, head_dim, cc_major);
+    if (mma && !(scale > 0.0f)) return (int)cudaErrorInvalidValue; // the kernel takes row maxima before scaling
     // The query rotation happens in the tensor-core kernel where it can
     // read both halves of a head with 16-byte loads; k (and q elsewhere)
     // are rotated in place first.
-    const bool rope_in_kernel = rope_inv_freq && mma && head_dim % 16 == 0 && ldq % 8 == 0 && aligned16(q);
-    if (rope_inv_freq) {
-        int rc = qtk_rope(dt, k, ldk, pos, total, n_kv_heads, head_dim, rope_inv_freq, rope_scaling, stream);
-        if (!rc && !rope_in_kernel)
-            rc = qtk_rope(dt, q, ldq, pos, total, n_heads, head_dim, rope_inv_freq, rope_scaling, stream);
+    const bool rope_in_kernel =
+        rope_table && mma && head_dim % 16 == 0 && ldq % 8 == 0 && aligned16(q) && aligned16(rope_table);
+    if (rope_table) {
+        int rc = qtk_rope(dt, k, ldk, pos, total, n_kv_heads, head_dim, rope_table, stream);
+        if (!rc && !rope_in_kernel) rc = qtk_rope(dt, q, ldq, pos, total, n_heads, head_dim, rope_table, stream);
         if (rc) return rc;
     }
     if (!mma)
@@ -558,8 +599,7 @@ extern "C" int qtk_attention(int dt, void *q, int64_t ldq, void *k, int64_t ldk,
     // Windows wider than any sequence the kernel sees are unbounded.
     a.wl = wl < 0 || wl > (1 << 30) ? -1 : (int)wl;
     a.wr = wr < 0 || wr > (1 << 30) ? -1 : (int)wr;
-    a.rope_inv_freq = rope_in_kernel ? rope_inv_freq : nullptr;
-    a.rope_scaling = rope_scaling;
+    a.rope_table = rope_in_kernel ? rope_table : nullptr;
     cudaStream_t st = (cudaStream_t)stream;
     return dt == QTK_BF16 ? flash_dispatch<__nv_bfloat16>(a, st) : flash_dispatch<__half>(a, st);
 }

@@ -82,8 +82,9 @@ template <typename F> __device__ __forceinline__ F warp_sum(F v)
 
 // RoPE (rotate_half) of the pair (x1, x2) = (x[i], x[i + head_dim / 2])
 // at position `pos`: the angle is pos * inv_freq[i] in float32, as
-// transformers computes it; cos and sin are scaled by `scaling`. The RoPE
-// kernel and the attention kernel's fused query rotation share these.
+// transformers computes it; cos and sin are scaled by `scaling`. The
+// angle table (qtk_rope_table) holds these; the kernels apply them with
+// rope_apply.
 __device__ __forceinline__ void rope_cos_sin(int pos, float inv_freq, float scaling, float &cs, float &sn)
 {
     sincosf((float)pos * inv_freq, &sn, &cs);

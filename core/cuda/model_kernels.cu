@@ -125,82 +125,122 @@ __global__ void norm_kernel(int kind, T *x, int64_t ldx, const T *res, int64_t l
     }
 }
 
-// The same for rows of at most 256 * NCH columns (16-byte layout), held in
-// registers: x (and the residual) read once, x and the output written once.
+// Eight float32 weights through two 16-byte loads.
+__device__ __forceinline__ void ld8f(const float *p, float v[8])
+{
+    const float4 a = reinterpret_cast<const float4 *>(p)[0], b = reinterpret_cast<const float4 *>(p)[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+// The same for rows of at most 256 * NCH columns (16-byte layout, weights
+// and bias 16-byte aligned), held in registers: x (and the residual) read
+// once, x and the output written once. A warp walks rows `warps` apart
+// (the grid fills the card once): it loads the weights once for all of
+// them, and the next row's 16-byte pieces are in flight while this row is
+// reduced, so a row's load latency hides under the previous one's work.
 // Same arithmetic, in the same order, as norm_kernel.
 template <typename T, int NCH>
-__global__ void norm_reg_kernel(int kind, T *x, int64_t ldx, const T *res, int64_t ldr, T *out, int64_t ldo,
-                                int64_t rows, int cols, const float *w, const float *b, float eps)
+__global__ void norm_reg_kernel(int kind, T *x, int64_t ldx, const T *__restrict__ res, int64_t ldr,
+                                T *out, int64_t ldo, int64_t rows, int cols, const float *__restrict__ w,
+                                const float *__restrict__ b, float eps)
 {
-    int lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
     int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;
-    T *xr = x + row * ldx;
-    T *yr = out + row * ldo;
-    const T *rr = res ? res + row * ldr : nullptr;
-    float v[NCH][8];
-    float sum = 0.0f;
+    float wv[NCH][8];
+    uint4 nx[NCH], nr[NCH]; // the next row's pieces of x and of the residual
 #pragma unroll
     for (int k = 0; k < NCH; k++) {
-        int c = (lane + 32 * k) * 8;
+        const int c = (lane + 32 * k) * 8;
         if (c < cols) {
-            ld8(xr + c, v[k]);
-            if (rr) {
-                float r[8];
-                ld8(rr + c, r);
-#pragma unroll
-                for (int e = 0; e < 8; e++) v[k][e] = Cvt<T>::f(Cvt<T>::h(v[k][e] + r[e]));
-                st8(xr + c, v[k]);
-            }
-#pragma unroll
-            for (int e = 0; e < 8; e++) sum += kind == 2 ? v[k][e] * v[k][e] : v[k][e];
+            if (kind != 0) ld8f(w + c, wv[k]);
+            nx[k] = *reinterpret_cast<const uint4 *>(x + row * ldx + c);
+            if (res) nr[k] = *reinterpret_cast<const uint4 *>(res + row * ldr + c);
         }
     }
-    if (kind == 0) {
-        if (yr != xr) {
-#pragma unroll
-            for (int k = 0; k < NCH; k++) {
-                int c = (lane + 32 * k) * 8;
-                if (c < cols) st8(yr + c, v[k]);
-            }
-        }
-        return;
-    }
-    sum = warp_sum(sum);
-    float mean = 0.0f, rstd;
-    if (kind == 1) {
-        mean = sum / (float)cols;
-        float var = 0.0f;
+    for (; row < rows; row += warps) {
+        T *xr = x + row * ldx;
+        T *yr = out + row * ldo;
+        float v[NCH][8];
+        float sum = 0.0f;
 #pragma unroll
         for (int k = 0; k < NCH; k++) {
-            int c = (lane + 32 * k) * 8;
+            const int c = (lane + 32 * k) * 8;
             if (c < cols) {
+                const T *px = reinterpret_cast<const T *>(&nx[k]);
 #pragma unroll
-                for (int e = 0; e < 8; e++) {
-                    float d = v[k][e] - mean;
-                    var += d * d;
+                for (int e = 0; e < 8; e++) v[k][e] = Cvt<T>::f(px[e]);
+                if (res) {
+                    const T *pr = reinterpret_cast<const T *>(&nr[k]);
+#pragma unroll
+                    for (int e = 0; e < 8; e++) v[k][e] = Cvt<T>::f(Cvt<T>::h(v[k][e] + Cvt<T>::f(pr[e])));
+                    st8(xr + c, v[k]);
+                }
+#pragma unroll
+                for (int e = 0; e < 8; e++) sum += kind == 2 ? v[k][e] * v[k][e] : v[k][e];
+            }
+        }
+        const int64_t next = row + warps;
+        if (next < rows) {
+#pragma unroll
+            for (int k = 0; k < NCH; k++) {
+                const int c = (lane + 32 * k) * 8;
+                if (c < cols) {
+                    nx[k] = *reinterpret_cast<const uint4 *>(x + next * ldx + c);
+                    if (res) nr[k] = *reinterpret_cast<const uint4 *>(res + next * ldr + c);
                 }
             }
         }
-        var = warp_sum(var) / (float)cols;
-        rstd = 1.0f / sqrtf(var + eps);
-    } else {
-        rstd = 1.0f / sqrtf(sum / (float)cols + eps);
-    }
+        if (kind == 0) {
+            if (yr != xr) {
 #pragma unroll
-    for (int k = 0; k < NCH; k++) {
-        int c = (lane + 32 * k) * 8;
-        if (c < cols) {
-#pragma unroll
-            for (int e = 0; e < 8; e++) {
-                if (kind == 1) {
-                    float y = (v[k][e] - mean) * rstd * w[c + e];
-                    v[k][e] = b ? y + b[c + e] : y;
-                } else {
-                    v[k][e] = w[c + e] * (v[k][e] * rstd);
+                for (int k = 0; k < NCH; k++) {
+                    const int c = (lane + 32 * k) * 8;
+                    if (c < cols) st8(yr + c, v[k]);
                 }
             }
-            st8(yr + c, v[k]);
+            continue;
+        }
+        sum = warp_sum(sum);
+        float mean = 0.0f, rstd;
+        if (kind == 1) {
+            mean = sum / (float)cols;
+            float var = 0.0f;
+#pragma unroll
+            for (int k = 0; k < NCH; k++) {
+                const int c = (lane + 32 * k) * 8;
+                if (c < cols) {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) {
+                        float d = v[k][e] - mean;
+                        var += d * d;
+                    }
+                }
+            }
+            var = warp_sum(var) / (float)cols;
+            rstd = 1.0f / sqrtf(var + eps);
+        } else {
+            rstd = 1.0f / sqrtf(sum / (float)cols + eps);
+        }
+#pragma unroll
+        for (int k = 0; k < NCH; k++) {
+            const int c = (lane + 32 * k) * 8;
+            if (c < cols) {
+                if (kind == 1) {
+                    float bv[8];
+                    if (b) ld8f(b + c, bv);
+#pragma unroll
+                    for (int e = 0; e < 8; e++) {
+                        float y = (v[k][e] - mean) * rstd * wv[k][e];
+                        v[k][e] = b ? y + bv[e] : y;
+                    }
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) v[k][e] = wv[k][e] * (v[k][e] * rstd);
+                }
+                st8(yr + c, v[k]);
+            }
         }
     }
 }
@@ -261,24 +301,33 @@ int ew_launch(int act, const void *a, int64_t lda, const void *b, int64_t ldb, c
 
 // ----------------------------------------------------------------- RoPE
 
-// One thread per (row, i < head_dim / 2): the angle is computed once and
+// (cos, sin) of every (position, frequency), one thread each.
+__global__ void rope_table_kernel(const float *inv_freq, int half, float scaling, int64_t n, float2 *table)
+{
+    for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < n; t += (int64_t)gridDim.x * blockDim.x) {
+        float cs, sn;
+        rope_cos_sin((int)(t / half), inv_freq[t % half], scaling, cs, sn);
+        table[t] = make_float2(cs, sn);
+    }
+}
+
+// One thread per (row, i < head_dim / 2): the angle is read once and
 // applied to every head of the row.
 template <typename T>
 __global__ void rope_kernel(T *x, int64_t ldx, const int32_t *pos, int64_t rows, int n_heads, int head_dim,
-                            const float *inv_freq, float scaling)
+                            const float2 *table)
 {
     int half = head_dim / 2;
     int64_t n = rows * half;
     for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < n; t += (int64_t)gridDim.x * blockDim.x) {
         int64_t r = t / half;
         int i = (int)(t % half);
-        float cs, sn;
-        rope_cos_sin(pos[r], inv_freq[i], scaling, cs, sn);
+        const float2 a = table[(int64_t)pos[r] * half + i];
         T *row = x + r * ldx;
         for (int h = 0; h < n_heads; h++) {
             T *v = row + (int64_t)h * head_dim;
             float o1, o2;
-            rope_apply(ld1(v + i), ld1(v + i + half), cs, sn, o1, o2);
+            rope_apply(ld1(v + i), ld1(v + i + half), a.x, a.y, o1, o2);
             st1(v + i, o1);
             st1(v + i + half, o2);
         }
@@ -379,19 +428,34 @@ __global__ void head_act_norm_kernel(float *x, int64_t H, int act, int kind, con
     }
 }
 
+// `want` blocks, or as many as the card holds at once if fewer (the
+// kernel's warps then take several rows each).
+template <typename K> static unsigned reg_grid(K kernel, unsigned want, int threads)
+{
+    int dev = 0, sms = 0, per_sm = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0) || sms < 1 || per_sm < 1) {
+        (void)cudaGetLastError(); // not the launch's error
+        return want;              // one row a warp
+    }
+    const unsigned fill = (unsigned)sms * (unsigned)per_sm;
+    return want < fill ? want : fill;
+}
+
 template <typename T>
 int norm_launch(int kind, void *x, int64_t ldx, const void *res, int64_t ldr, void *out, int64_t ldo, int64_t rows,
                 int64_t cols, const float *w, const float *b, float eps, cudaStream_t st)
 {
     bool vec = cols % 8 == 0 && ldx % 8 == 0 && ldo % 8 == 0 && aligned16(x) && aligned16(out) &&
                (!res || (ldr % 8 == 0 && aligned16(res)));
+    bool vec_w = (!w || aligned16(w)) && (!b || aligned16(b));
     const int warps = 8;
     unsigned grid = (unsigned)((rows + warps - 1) / warps);
     int64_t nch = (cols + 255) / 256;
 #define NORM_REG(N)                                                                                                  \
-    norm_reg_kernel<T, N><<<grid, warps * 32, 0, st>>>(kind, (T *)x, ldx, (const T *)res, ldr, (T *)out, ldo, rows, \
-                                                       (int)cols, w, b, eps)
-    if (vec && nch <= 8) {
+    norm_reg_kernel<T, N><<<reg_grid(norm_reg_kernel<T, N>, grid, warps * 32), warps * 32, 0, st>>>(                 \
+        kind, (T *)x, ldx, (const T *)res, ldr, (T *)out, ldo, rows, (int)cols, w, b, eps)
+    if (vec && vec_w && nch <= 8) {
         if (nch <= 1) NORM_REG(1);
         else if (nch <= 2) NORM_REG(2);
         else if (nch <= 4) NORM_REG(4);
@@ -483,18 +547,31 @@ extern "C" int qtk_scale_cols(int dt, const void *x, int64_t ldx, const float *s
 
 template <typename T>
 static int rope_launch(void *x, int64_t ldx, const int32_t *pos, int64_t rows, int n_heads, int head_dim,
-                       const float *inv_freq, float scaling, cudaStream_t st)
+                       const float *table, cudaStream_t st)
 {
     int64_t n = rows * (head_dim / 2);
-    rope_kernel<T><<<grid_for(n, 256), 256, 0, st>>>((T *)x, ldx, pos, rows, n_heads, head_dim, inv_freq, scaling);
+    rope_kernel<T><<<grid_for(n, 256), 256, 0, st>>>((T *)x, ldx, pos, rows, n_heads, head_dim,
+                                                     (const float2 *)table);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int qtk_rope_table(const float *inv_freq, int half, float scaling, int64_t n_pos, float *table,
+                              void *stream)
+{
+    if (n_pos <= 0 || half < 1) return 0;
+    if (((uintptr_t)table & 7u) != 0) return (int)cudaErrorMisalignedAddress;
+    int64_t n = n_pos * half;
+    rope_table_kernel<<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(inv_freq, half, scaling, n,
+                                                                          (float2 *)table);
     return (int)cudaGetLastError();
 }
 
 extern "C" int qtk_rope(int dt, void *x, int64_t ldx, const int32_t *pos, int64_t rows, int n_heads, int head_dim,
-                        const float *inv_freq, float scaling, void *stream)
+                        const float *rope_table, void *stream)
 {
     if (rows <= 0 || head_dim < 2) return 0;
-    return DISPATCH(dt, rope_launch, x, ldx, pos, rows, n_heads, head_dim, inv_freq, scaling, (cudaStream_t)stream);
+    if (((uintptr_t)rope_table & 7u) != 0) return (int)cudaErrorMisalignedAddress;
+    return DISPATCH(dt, rope_launch, x, ldx, pos, rows, n_heads, head_dim, rope_table, (cudaStream_t)stream);
 }
 
 template <typename T>

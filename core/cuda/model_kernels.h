@@ -47,27 +47,33 @@ int qtk_glu(int dt, int act, const void *a, int64_t lda, const void *b, int64_t 
 int qtk_scale_cols(int dt, const void *x, int64_t ldx, const float *s, void *out, int64_t ldo, int64_t rows,
                    int64_t cols, void *stream);
 
-/* Rotates heads in place (rotate_half): each row r at position pos[r];
- * cos/sin of pos * inv_freq[i] (float32 product), times `scaling`. */
+/* RoPE angles as the kernels read them: table[2 (p * half + i)] and
+ * [... + 1] are the cosine and sine of p * inv_freq[i] (float32 product),
+ * times `scaling`, for positions p < n_pos. Built once a batch and read by
+ * every layer, so no kernel evaluates a sine per head. */
+int qtk_rope_table(const float *inv_freq, int half, float scaling, int64_t n_pos, float *table, void *stream);
+/* Rotates heads in place (rotate_half): row r at position pos[r], which
+ * must be below the table's n_pos; the table has head_dim / 2 angles a
+ * position. */
 int qtk_rope(int dt, void *x, int64_t ldx, const int32_t *pos, int64_t rows, int n_heads, int head_dim,
-             const float *inv_freq, float scaling, void *stream);
+             const float *rope_table, void *stream);
 
 /* Varlen attention. Sequence s owns rows [offsets[s], offsets[s+1]); `tiles`
  * lists (sequence, first query) pairs of QTK_ATTN_TILE query rows each, for
  * the tensor-core kernel. Head h reads k/v head h / (n_heads / n_kv_heads).
  * Key j is visible from query i of the same sequence when
  * i - wl <= j <= i + wr (-1: unbounded). seq_of/pos give each row's
- * sequence and position. With rope_inv_freq (device, head_dim / 2 floats)
- * q and k arrive unrotated and get RoPE as qtk_rope applies it: k is
+ * sequence and position. With rope_table (qtk_rope_table, covering every
+ * position) q and k arrive unrotated and get RoPE as qtk_rope applies it: k is
  * rotated in place, q inside the tensor-core kernel where it can (else in
  * place too). `cc_major` picks the kernel: tensor cores (mma.sync) for
- * head_dim <= 128 (fp16 from sm_75, bf16 from sm_80), the float32 kernel
- * otherwise. */
+ * head_dim <= 128 (fp16 from sm_75, bf16 from sm_80; scale > 0), the
+ * float32 kernel otherwise. */
 #define QTK_ATTN_TILE 64
 int qtk_attention(int dt, void *q, int64_t ldq, void *k, int64_t ldk, const void *v, int64_t ldv, void *out,
                   int64_t ldo, const int64_t *offsets, const int32_t *seq_of, const int32_t *pos,
                   const int32_t *tiles, int64_t n_tiles, int64_t total, int n_heads, int n_kv_heads, int head_dim,
-                  float scale, int64_t wl, int64_t wr, const float *rope_inv_freq, float rope_scaling, int cc_major,
+                  float scale, int64_t wl, int64_t wr, const float *rope_table, int cc_major,
                   void *stream);
 /* The portable float32 kernel alone (one warp per query and head, any
  * head_dim <= 256): what qtk_attention falls back to; tests compare both. */

@@ -105,6 +105,13 @@ static void hbuf_free(hbuf *b)
     memset(b, 0, sizeof *b);
 }
 
+static void *dev_alloc(size_t bytes)
+{
+    void *d = NULL;
+    assert_int_equal(qt_cuda_malloc(&d, bytes ? bytes : 4), 0);
+    return d;
+}
+
 static void *dev_copy(const void *src, size_t bytes)
 {
     void *d = NULL;
@@ -213,7 +220,14 @@ static void run_attention(const attn_case *c)
     const float rope_scaling = c->rope == 2 ? 1.25f : 1.0f;
     float *inv = malloc((size_t)(half > 0 ? half : 1) * 4);
     for (int i = 0; i < half; i++) inv[i] = (float)(1.0 / pow(10000.0, 2.0 * i / c->D));
-    float *d_inv = c->rope ? dev_copy(inv, (size_t)half * 4) : NULL;
+    float *d_inv = c->rope ? dev_copy(inv, (size_t)half * 4) : NULL, *d_rope = NULL;
+    if (c->rope) {
+        int64_t n_pos = 0;
+        for (int i = 0; i < c->n; i++)
+            if (c->lens[i] > n_pos) n_pos = c->lens[i];
+        d_rope = dev_alloc((size_t)(n_pos * half) * 8);
+        assert_int_equal(qtk_rope_table(d_inv, half, rope_scaling, n_pos, d_rope, NULL), 0);
+    }
     double *qr = malloc((size_t)(T * QD) * sizeof(double)), *kr = malloc((size_t)(T * KD) * sizeof(double));
     for (int64_t t = 0; t < T; t++) {
         for (int64_t e = 0; e < QD; e++) qr[t * QD + e] = qh[t * ldq + e];
@@ -236,7 +250,7 @@ static void run_attention(const attn_case *c)
                                 c->D, scale, c->wl, c->wr, NULL);
     else
         rc = qtk_attention(c->dt, qd, ldq, kd, ldk, vd, ldv, ob.dev, QD, d_off, d_seq, d_pos, d_tiles,
-                           n_tiles, T, c->nh, c->nkv, c->D, scale, c->wl, c->wr, d_inv, rope_scaling, cc_major, NULL);
+                           n_tiles, T, c->nh, c->nkv, c->D, scale, c->wl, c->wr, d_rope, cc_major, NULL);
     assert_int_equal(rc, 0);
     assert_int_equal(qt_cuda_check("attention"), 0);
     hbuf_fetch(&ob);
@@ -281,6 +295,7 @@ static void run_attention(const attn_case *c)
     free(kr);
     free(inv);
     qt_cuda_free(d_inv);
+    qt_cuda_free(d_rope);
     free(p);
     hbuf_free(&qb);
     if (!c->fused) {
@@ -422,6 +437,12 @@ static void test_norms(void **state)
             run_norm(dt, 1, 1, 1, 5, colss[ci], 1);
             run_norm(dt, 2, 0, 1, 5, colss[ci], 1);
         }
+        /* More rows than the card holds warps at once: each warp of the
+         * register kernel takes several rows (896 columns: 3.5 pieces a
+         * lane), in place and not. */
+        run_norm(dt, 2, 0, 1, 6000, 896, 0);
+        run_norm(dt, 2, 0, 1, 6000, 896, 1);
+        run_norm(dt, 1, 1, 0, 6000, 896, 0);
     }
 }
 
@@ -529,7 +550,12 @@ static void test_rope(void **state)
             int32_t *dpos = dev_copy(pos, (size_t)rows * 4);
             float *dinv = dev_copy(inv, (size_t)half * 4);
             float scaling = di ? 1.25f : 1.0f;
-            assert_int_equal(qtk_rope(dt, x.dev, ld, dpos, rows, nh, D, dinv, scaling, NULL), 0);
+            int64_t n_pos = 0;
+            for (int64_t r = 0; r < rows; r++)
+                if (pos[r] >= n_pos) n_pos = pos[r] + 1;
+            float *dtab = dev_alloc((size_t)(n_pos * half) * 8);
+            assert_int_equal(qtk_rope_table(dinv, half, scaling, n_pos, dtab, NULL), 0);
+            assert_int_equal(qtk_rope(dt, x.dev, ld, dpos, rows, nh, D, dtab, NULL), 0);
             hbuf_fetch(&x);
             double *ref = malloc((size_t)(rows * ld) * sizeof(double));
             for (int64_t r = 0; r < rows; r++) {
@@ -550,6 +576,7 @@ static void test_rope(void **state)
             free(inv);
             qt_cuda_free(dpos);
             qt_cuda_free(dinv);
+            qt_cuda_free(dtab);
             hbuf_free(&x);
         }
     }
