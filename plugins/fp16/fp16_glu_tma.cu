@@ -193,19 +193,20 @@ template <class Element, int EpiM, int EpiN> struct Sm90GluStore {
     }
 };
 
-template <class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule, class Element, int EpiM>
+template <class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule, class Element, int EpiM,
+          int EpiN = 32>
 struct GluGemm {
     using Bias = fusion::Sm90RowBroadcast<0, TileShape, Element, float, Stride<_0, _1, int64_t>>; // [2I]
     using AddBias = fusion::Sm90Compute<cutlass::plus, float, float, cutlass::FloatRoundStyle::round_to_nearest>;
     using Biased = fusion::Sm90EVT<AddBias, fusion::Sm90AccFetch, Bias>;
-    using Epilogue = fusion::Sm90EVT<Sm90GluStore<Element, EpiM, 32>, Biased>;
+    using Epilogue = fusion::Sm90EVT<Sm90GluStore<Element, EpiM, EpiN>, Biased>;
 
     using Layout = cutlass::layout::RowMajor;
     static constexpr int kAlign = 16 / sizeof(Element);
 
     using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
         cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-        Shape<Int<EpiM>, _32>, float, float, void, Layout, kAlign, void, Layout, kAlign,
+        Shape<Int<EpiM>, Int<EpiN>>, float, float, void, Layout, kAlign, void, Layout, kAlign,
         EpilogueSchedule, Epilogue>::CollectiveOp;
 
     using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
@@ -247,13 +248,15 @@ struct GluGemm {
 // Ping-pong: one consumer warpgroup's epilogue runs under the other's
 // MMAs, which hides most of the GLU's arithmetic. Measured on an H100 at
 // M = 8192, 2I = 9728, K = 896 (calls back to back): 128x192 tiles with
-// clusters of 2x1 0.243 ms; 128x128 0.247 (clusters 1x1 the same, 1x2
-// 0.252, 2x2 0.270; K tiles of 128 0.250); cooperative 256x128 0.265 and
-// 128x256 0.273; cuBLAS's plain GEMM without the GLU 0.210.
+// clusters of 2x1 and 64x64 epilogue subtiles 0.238 ms (64x32 subtiles
+// 0.244; clusters 1x1 0.247, 1x2 0.263); 128x128 0.247 (clusters 1x2
+// 0.252, 2x2 0.270; K tiles of 128 0.250); cooperative 256x192 0.268-0.271,
+// 256x128 0.265-0.273, 128x256 0.273; cuBLAS's plain GEMM without the GLU
+// 0.210-0.214.
 template <class Element> int run_pingpong(const fp16_glu_problem &p, char *msg, size_t len)
 {
     return GluGemm<Shape<_128, _192, _64>, Shape<_2, _1, _1>, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
-                   cutlass::epilogue::TmaWarpSpecialized, Element, 64>::run(p, msg, len);
+                   cutlass::epilogue::TmaWarpSpecialized, Element, 64, 64>::run(p, msg, len);
 }
 
 } // namespace
