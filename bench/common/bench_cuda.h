@@ -9,7 +9,6 @@
 
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
-#include <dlfcn.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -23,6 +22,7 @@
 #include "cuda_rt.h"
 #include "error.h"
 #include "host_services.h"
+#include "plugin_host.h"
 
 #define CK(call)                                                                                   \
     do {                                                                                           \
@@ -150,68 +150,45 @@ static inline void f16_teardown(f16_ctx *c)
 /* ------------------------------------------------------------ plugins */
 
 typedef struct plugin {
-    void *dl;
-    const qtool_plugin_desc *d;
-    qt_services svc;
+    qt_plugin *qp;
+    const qtool_plugin_desc *d; /* the host's copy of the plugin's */
     qtool_instance *inst;
     char label[64];
 } plugin;
 
+/* Loads dir/libqtool_<name>.so through the runtime's plugin host and
+ * creates an instance for device 0 and g_stream with the "name=value"
+ * options, parsed as `--opt` is. The library stays loaded to the end of
+ * the process. */
 static inline int open_plugin(plugin *p, const char *dir, const char *name, const char *label, const char *const *kv,
-                       int n_kv)
+                              int n_kv)
 {
     char path[PATH_MAX];
+    memset(p, 0, sizeof *p);
     snprintf(p->label, sizeof p->label, "%s", label);
     snprintf(path, sizeof path, "%s/libqtool_%s.so", dir, name);
-    p->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!p->dl) {
-        fprintf(stderr, "cannot load %s: %s\n", path, dlerror());
+    qt_plugin_options opts;
+    if (qt_plugin_load(path, &p->qp) != 0 ||
+        qt_plugin_parse_options(p->qp, (char *const *)kv, (size_t)(kv ? n_kv : 0), &opts) != 0) {
+        fprintf(stderr, "%s\n", qt_last_error());
         return -1;
     }
-    qtool_plugin_entry_fn entry = (qtool_plugin_entry_fn)dlsym(p->dl, QTOOL_PLUGIN_ENTRY_SYMBOL);
-    if (!entry) return -1;
-    p->d = entry();
-    qt_services_init(&p->svc, name, 0, g_stream);
-    char msg[256] = "";
-    if (p->d->init && p->d->init(&p->svc.table, msg, sizeof msg)) return -1;
-    qtool_option_value vals[16];
-    memset(vals, 0, sizeof vals);
-    for (uint32_t i = 0; i < p->d->n_options && i < 16; i++) {
-        const qtool_option_desc *o = &p->d->options[i];
-        const char *text = o->default_value;
-        size_t nl = strlen(o->name);
-        for (int j = 0; j < n_kv; j++)
-            if (!strncmp(kv[j], o->name, nl) && kv[j][nl] == '=') text = kv[j] + nl + 1;
-        vals[i].name = o->name;
-        vals[i].type = o->type;
-        vals[i].s = text;
-        vals[i].i = strtoll(text, NULL, 10);
-        vals[i].f = strtod(text, NULL);
-        if (o->type == QTOOL_OPT_BOOL) vals[i].i = !strcmp(text, "1") || !strcmp(text, "true");
-        if (o->type == QTOOL_OPT_ENUM) {
-            int idx = 0;
-            vals[i].i = 0;
-            for (const char *c = o->choices; c && *c; idx++) {
-                const char *bar = strchr(c, '|');
-                size_t l = bar ? (size_t)(bar - c) : strlen(c);
-                if (l == strlen(text) && !strncmp(c, text, l)) vals[i].i = idx;
-                c = bar ? bar + 1 : NULL;
-            }
-        }
-    }
-    if (p->d->create(&p->svc.table, vals, p->d->n_options, &p->inst, msg, sizeof msg)) {
-        fprintf(stderr, "%s: %s\n", name, msg);
+    p->d = p->qp->desc;
+    int rc = qt_plugin_create(p->qp, &opts, 0, g_stream, &p->inst);
+    qt_plugin_options_free(&opts);
+    if (rc != 0) {
+        fprintf(stderr, "%s\n", qt_last_error());
         return -1;
     }
     return 0;
 }
 
+/* Destroys the instance; the library stays loaded (cuBLAS state may still
+ * reference it until the process ends). */
 static inline void close_plugin(plugin *p)
 {
     if (p->inst) p->d->destroy(p->inst);
-    if (p->d && p->d->shutdown) p->d->shutdown();
-    /* The library stays loaded: cuBLAS state may still reference it. */
-    memset(p, 0, sizeof *p);
+    p->inst = NULL;
 }
 
 typedef struct plugin_run {

@@ -1,12 +1,11 @@
 /* Test helpers for plugin tests: loads a plugin .so from QTOOL_PLUGIN_DIR
- * with dlopen, hands it the runtime's real host services (accounted
- * allocator, thread pool), parses options, and keeps saved tensors in a
- * memory store usable as both save sink and load source. Shared by the
- * nf4 and bnb_int8 tests. */
+ * through the runtime's own plugin host (ABI checks, init, the accounted
+ * allocator and thread pool as its services), parses options as `--opt`
+ * does, and keeps saved tensors in a memory store usable as both save sink
+ * and load source. Shared by the plugin tests. */
 #ifndef PLUGIN_HARNESS_H
 #define PLUGIN_HARNESS_H
 
-#include <dlfcn.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdint.h>
@@ -20,12 +19,16 @@
 
 #include "alloc.h"
 #include "cuda_rt.h"
+#include "error.h"
 #include "host_services.h"
+#include "plugin_host.h"
 
 typedef struct harness {
-    void *dl;
-    const qtool_plugin_desc *desc;
-    qt_services svc;
+    qt_plugin *p;
+    const qtool_plugin_desc *desc; /* the host's copy of the plugin's */
+    int cuda_device;               /* what instances are created for */
+    void *stream;
+    qt_services svc; /* a services table for that device, for tests that call plugin internals */
 } harness;
 
 static inline int harness_open(harness *H, const char *plugin, int cuda_device, void *stream)
@@ -34,70 +37,39 @@ static inline int harness_open(harness *H, const char *plugin, int cuda_device, 
     const char *dir = getenv("QTOOL_PLUGIN_DIR");
     char path[1024];
     snprintf(path, sizeof path, "%s/libqtool_%s.so", dir ? dir : ".", plugin);
-    H->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!H->dl) {
-        fprintf(stderr, "cannot load %s: %s\n", path, dlerror());
+    if (qt_plugin_load(path, &H->p) != 0) {
+        fprintf(stderr, "%s\n", qt_last_error());
         return -1;
     }
-    qtool_plugin_entry_fn entry = (qtool_plugin_entry_fn)dlsym(H->dl, QTOOL_PLUGIN_ENTRY_SYMBOL);
-    if (!entry) return -1;
-    H->desc = entry();
+    H->desc = H->p->desc;
+    H->cuda_device = cuda_device;
+    H->stream = stream;
     qt_services_init(&H->svc, plugin, cuda_device, stream);
-    char msg[256] = "";
-    if (H->desc->init && H->desc->init(&H->svc.table, msg, sizeof msg) != QTOOL_OK) {
-        fprintf(stderr, "init failed: %s\n", msg);
-        return -1;
-    }
     return 0;
 }
 
 static inline void harness_close(harness *H)
 {
-    if (H->desc && H->desc->shutdown) H->desc->shutdown();
-    if (H->dl) dlclose(H->dl);
+    if (H->p) qt_plugin_unload(H->p);
     memset(H, 0, sizeof *H);
 }
 
-/* Creates an instance from "name=value" overrides on top of the defaults. */
+/* Creates an instance from "name=value" overrides on top of the defaults,
+ * parsed as `--opt` is (an unknown name or a value outside the declared
+ * type or range fails before the plugin sees it). On failure returns the
+ * status with the reason in msg. */
 static inline int harness_create(harness *H, const char *const *kv, int n_kv, qtool_instance **inst, char *msg,
-                          size_t msg_len)
+                                 size_t msg_len)
 {
-    const qtool_plugin_desc *d = H->desc;
-    qtool_option_value vals[16];
-    memset(vals, 0, sizeof vals);
-    for (uint32_t i = 0; i < d->n_options && i < 16; i++) {
-        const qtool_option_desc *o = &d->options[i];
-        const char *text = o->default_value;
-        size_t nl = strlen(o->name);
-        for (int j = 0; j < n_kv; j++)
-            if (!strncmp(kv[j], o->name, nl) && kv[j][nl] == '=') text = kv[j] + nl + 1;
-        vals[i].name = o->name;
-        vals[i].type = o->type;
-        vals[i].s = text;
-        switch (o->type) {
-        case QTOOL_OPT_INT: vals[i].i = strtoll(text, NULL, 10); break;
-        case QTOOL_OPT_FLOAT: vals[i].f = strtod(text, NULL); break;
-        case QTOOL_OPT_BOOL:
-            vals[i].i = !strcmp(text, "1") || !strcmp(text, "true") || !strcmp(text, "yes") || !strcmp(text, "on");
-            break;
-        case QTOOL_OPT_ENUM: {
-            int idx = 0, found = -1;
-            const char *c = o->choices;
-            size_t tl = strlen(text);
-            while (c && *c) {
-                const char *bar = strchr(c, '|');
-                size_t l = bar ? (size_t)(bar - c) : strlen(c);
-                if (l == tl && !strncmp(c, text, l)) found = idx;
-                idx++;
-                c = bar ? bar + 1 : NULL;
-            }
-            vals[i].i = found;
-            break;
-        }
-        default: break;
-        }
+    qt_plugin_options opts;
+    *inst = NULL;
+    int rc = qt_plugin_parse_options(H->p, (char *const *)kv, (size_t)n_kv, &opts);
+    if (rc == 0) {
+        rc = qt_plugin_create(H->p, &opts, H->cuda_device, H->stream, inst);
+        qt_plugin_options_free(&opts);
     }
-    return d->create(&H->svc.table, vals, d->n_options, inst, msg, msg_len);
+    if (rc != 0) snprintf(msg, msg_len, "%s", qt_last_error());
+    return rc;
 }
 
 /* ------------------------------------------------------------ tensors */
