@@ -902,7 +902,7 @@ static int cu_attention(qt_backend *be, const qt_attn_params *a, const qt_seqs *
                        (long long)a->head_dim);
     const float *rope = NULL;
     if (a->rope && !(rope = dev_rope_table(st, a->rope->inv_freq, a->rope->scaling)))
-        return qt_fail(QTOOL_ERR_INTERNAL, "CUDA backend: RoPE frequencies that are not the model's");
+        return qt_fail(QTOOL_ERR_INTERNAL, "CUDA backend: RoPE frequencies or scaling that are not the model's");
     CK(qtk_attention(kdt(q->dtype), q->data, q->ld, k->data, k->ld, v->data, v->ld, out->data, out->ld, st->d_offsets,
                      st->d_seq, st->d_pos, st->d_tiles, st->n_tiles, s->total, (int)a->n_heads, (int)a->n_kv_heads,
                      (int)a->head_dim, a->scale, a->window_left, a->window_right, rope, st->cc_major,
