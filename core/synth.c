@@ -8,43 +8,13 @@
 
 #include "error.h"
 #include "fsutil.h"
+#include "metrics.h"
 #include "safetensors.h"
 
-typedef struct synth_rng {
-    uint64_t s[4];
-} synth_rng;
+/* The runtime's xoshiro256** (metrics.h), seeded through splitmix64. */
+static double rng_uniform(qt_rng *r) { return (double)(qt_rng_next(r) >> 11) * 0x1.0p-53; }
 
-/* xoshiro256** seeded through splitmix64. */
-static uint64_t splitmix(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
-static void rng_seed(synth_rng *r, uint64_t seed)
-{
-    for (int i = 0; i < 4; i++) r->s[i] = splitmix(&seed);
-}
-
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t rng_next(synth_rng *r)
-{
-    uint64_t *s = r->s, out = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return out;
-}
-
-static double rng_uniform(synth_rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p-53; }
-
-static double rng_normal(synth_rng *r)
+static double rng_normal(qt_rng *r)
 {
     double u = rng_uniform(r), v = rng_uniform(r);
     return sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v);
@@ -52,7 +22,7 @@ static double rng_normal(synth_rng *r)
 
 /* Student-t with 4 degrees of freedom, scaled to unit variance: the heavy
  * tails of trained weights. */
-static double heavy(synth_rng *r)
+static double heavy(qt_rng *r)
 {
     double z = rng_normal(r), c = 0;
     for (int i = 0; i < 4; i++) {
@@ -64,7 +34,7 @@ static double heavy(synth_rng *r)
 
 typedef struct builder {
     qt_st_writer *w;
-    synth_rng rng;
+    qt_rng rng;
     int rc;
     const qt_synth_spec *spec;
     int *outlier_ch; /* hidden channels that carry large activations */
@@ -321,7 +291,7 @@ int qt_synth_write(const qt_synth_spec *spec, const char *dir)
         (spec->arch == QT_SYNTH_QWEN2 && (spec->kv_heads <= 0 || spec->heads % spec->kv_heads)))
         return qt_fail(QTOOL_ERR_INVALID_ARGUMENT, "synthetic model: inconsistent sizes");
     builder b = {.spec = spec};
-    rng_seed(&b.rng, spec->seed);
+    qt_rng_seed(&b.rng, spec->seed);
     b.n_outlier = spec->hidden >= 64 ? 3 : 1;
     int outl[3];
     for (int i = 0; i < b.n_outlier; i++) outl[i] = (int)((uint64_t)(i * 7919 + 13) % (uint64_t)spec->hidden);
