@@ -234,47 +234,55 @@ static int sweep_ini_handler(void *user, const char *section, const char *name, 
                    section);
 }
 
+/* The text's next line from *p (advanced past it); when it is a section
+ * header "[ name ]", its name, trimmed as inih trims it, goes to `name`.
+ * Returns 0 at the end of the text, 1 for a line without a header, 2 for
+ * a header. */
+static int next_ini_line(const char **p, char *name, size_t name_len)
+{
+    if (!**p) return 0;
+    const char *line = *p, *e = strchr(line, '\n');
+    size_t len = e ? (size_t)(e - line) : strlen(line);
+    *p = e ? e + 1 : line + len;
+    const char *q = line;
+    while (q < line + len && isspace((unsigned char)*q)) q++;
+    const char *close = q < line + len && *q == '[' ? memchr(q, ']', (size_t)(line + len - q)) : NULL;
+    if (!close) return 1;
+    size_t n = (size_t)(close - q - 1);
+    if (n >= name_len) n = name_len - 1;
+    memcpy(name, q + 1, n);
+    name[n] = '\0';
+    char *s = name;
+    while (isspace((unsigned char)*s)) s++;
+    char *t = s + strlen(s);
+    while (t > s && isspace((unsigned char)t[-1])) *--t = '\0';
+    memmove(name, s, strlen(s) + 1);
+    return 2;
+}
+
+/* "model" or "model NAME". */
+static int is_model_section(const char *s) { return strncmp(s, "model", 5) == 0 && (s[5] == ' ' || !s[5]); }
+
 /* inih never calls the handler for an empty section: find section lines
  * ourselves, so an unknown or incomplete one is still reported with its
  * line. Returns the line of section `want` (or of the first unknown one
  * when want is NULL), 0 when none. */
 static int section_line(const char *text, const char *want, char *unknown, size_t unknown_len)
 {
-    int line = 0;
-    for (const char *p = text; *p;) {
+    char name[256];
+    int line = 0, kind;
+    for (const char *p = text; (kind = next_ini_line(&p, name, sizeof name)); ) {
         line++;
-        const char *e = strchr(p, '\n');
-        size_t len = e ? (size_t)(e - p) : strlen(p);
-        const char *q = p;
-        while (q < p + len && isspace((unsigned char)*q)) q++;
-        if (q < p + len && *q == '[') {
-            const char *close = memchr(q, ']', (size_t)(p + len - q));
-            if (close) {
-                char name[256];
-                size_t n = (size_t)(close - q - 1);
-                if (n >= sizeof name) n = sizeof name - 1;
-                memcpy(name, q + 1, n);
-                name[n] = '\0';
-                /* inih strips the section name of surrounding spaces too. */
-                char *s = name;
-                while (isspace((unsigned char)*s)) s++;
-                char *t = s + strlen(s);
-                while (t > s && isspace((unsigned char)t[-1])) *--t = '\0';
-                if (want && strcmp(s, want) == 0) return line;
-                if (!want) {
-                    int known = strcmp(s, "data") == 0 || strcmp(s, "plugins") == 0 ||
-                                strcmp(s, "envelope") == 0 || strcmp(s, "output") == 0 ||
-                                strcmp(s, "named_classes") == 0 ||
-                                (strncmp(s, "model", 5) == 0 && (s[5] == ' ' || !s[5]));
-                    if (!known) {
-                        snprintf(unknown, unknown_len, "%s", s);
-                        return line;
-                    }
-                }
+        if (kind != 2) continue;
+        if (want && strcmp(name, want) == 0) return line;
+        if (!want) {
+            int known = strcmp(name, "data") == 0 || strcmp(name, "plugins") == 0 || strcmp(name, "envelope") == 0 ||
+                        strcmp(name, "output") == 0 || strcmp(name, "named_classes") == 0 || is_model_section(name);
+            if (!known) {
+                snprintf(unknown, unknown_len, "%s", name);
+                return line;
             }
         }
-        if (!e) break;
-        p = e + 1;
     }
     return 0;
 }
@@ -283,38 +291,20 @@ static int section_line(const char *text, const char *want, char *unknown, size_
  * never reports a section without keys), with "model NAME" in `which`. */
 static int model_without_path(const char *text, const qt_sweep_config *c, char *which, size_t which_len)
 {
-    int line = 0;
-    for (const char *p = text; *p;) {
+    char name[256];
+    int line = 0, kind;
+    for (const char *p = text; (kind = next_ini_line(&p, name, sizeof name)); ) {
         line++;
-        const char *e = strchr(p, '\n');
-        size_t len = e ? (size_t)(e - p) : strlen(p);
-        const char *q = p;
-        while (q < p + len && isspace((unsigned char)*q)) q++;
-        const char *close = q < p + len && *q == '[' ? memchr(q, ']', (size_t)(p + len - q)) : NULL;
-        if (close) {
-            char name[256];
-            size_t n = (size_t)(close - q - 1);
-            if (n >= sizeof name) n = sizeof name - 1;
-            memcpy(name, q + 1, n);
-            name[n] = '\0';
-            char *s = name;
-            while (isspace((unsigned char)*s)) s++;
-            char *t = s + strlen(s);
-            while (t > s && isspace((unsigned char)t[-1])) *--t = '\0';
-            if (strncmp(s, "model", 5) == 0 && (s[5] == ' ' || !s[5])) {
-                const char *m = s + 5;
-                while (*m == ' ') m++;
-                int has_path = 0;
-                for (size_t i = 0; i < c->n_models; i++)
-                    if (strcmp(c->models[i].name, m) == 0 && c->models[i].path) has_path = 1;
-                if (!has_path) {
-                    snprintf(which, which_len, "%s", s);
-                    return line;
-                }
-            }
+        if (kind != 2 || !is_model_section(name)) continue;
+        const char *m = name + 5;
+        while (*m == ' ') m++;
+        int has_path = 0;
+        for (size_t i = 0; i < c->n_models; i++)
+            if (strcmp(c->models[i].name, m) == 0 && c->models[i].path) has_path = 1;
+        if (!has_path) {
+            snprintf(which, which_len, "%s", name);
+            return line;
         }
-        if (!e) break;
-        p = e + 1;
     }
     return 0;
 }

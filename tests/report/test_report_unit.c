@@ -188,6 +188,8 @@ static void test_sweep_ini(void **state)
     } bad[] = {
         {"[model a]\npath = x\n[data]\neval = v\nbogus = 1\n", ":5: unknown key 'bogus' in [data]"},
         {"[model a]\npath = x\n[data]\neval = v\n[extra]\n", ":5: unknown section [extra]"},
+        {"[model a]\npath = x\n[data]\neval = v\n[ extra ]", ":5: unknown section [extra]"},
+        {"[model a]\npath = x\n\n[ model b ]\n[data]\neval = v\n", ":4: [model b] has no path="},
         {"[model a/b]\npath = x\n", ":2: [model a/b]: a model needs a name"},
         {"[model a]\n[data]\neval = v\n", ":1: [model a] has no path="},
         {"[model a]\npath = x\n", "no [data] section with eval="},
