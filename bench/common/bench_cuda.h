@@ -18,10 +18,8 @@
 
 #include <qtool/plugin.h>
 
-#include "alloc.h"
 #include "cuda_rt.h"
 #include "error.h"
-#include "host_services.h"
 #include "plugin_host.h"
 
 #define CK(call)                                                                                   \
